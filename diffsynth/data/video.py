@@ -1,0 +1,133 @@
+"""Reading and writing videos and image sequences (imageio + its bundled ffmpeg; no torchvision)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import imageio.v2 as imageio
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+Frame = Union[Image.Image, np.ndarray]
+
+
+def _to_uint8_rgb(frame: Frame) -> np.ndarray:
+    array = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame)
+    if array.dtype != np.uint8:
+        raise ValueError(f"video frames must be uint8 RGB arrays or PIL images; got dtype {array.dtype}")
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"video frames must be H x W x 3; got shape {array.shape}")
+    return array
+
+
+def save_video(frames: Sequence[Frame], save_path: Union[str, os.PathLike], fps: float = 15, quality: int = 9,
+               ffmpeg_params: Optional[List[str]] = None, progress: bool = True) -> str:
+    """Write frames (PIL images or HxWx3 uint8 arrays) to an H.264 mp4 with the ffmpeg bundled by imageio-ffmpeg.
+
+    Frame sizes must be even (yuv420p); odd sizes are padded by one black row/column rather than rescaled.
+    The file is written next to its final name and renamed at the end, so a crash never leaves a truncated mp4.
+    """
+    if len(frames) == 0:
+        raise ValueError("save_video got no frames")
+    save_path = Path(save_path)
+    save_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = save_path.with_name(save_path.stem + ".partial" + save_path.suffix)
+    writer = imageio.get_writer(partial, fps=fps, quality=quality, ffmpeg_params=ffmpeg_params,
+                                macro_block_size=1, format="FFMPEG", codec="libx264", pixelformat="yuv420p")
+    try:
+        for frame in tqdm(frames, desc="Saving video", disable=not progress):
+            array = _to_uint8_rgb(frame)
+            pad_h, pad_w = array.shape[0] % 2, array.shape[1] % 2
+            if pad_h or pad_w:
+                array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)))
+            writer.append_data(array)
+    except BaseException:
+        writer.close()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(partial, save_path)
+    return str(save_path)
+
+
+def save_frames(frames: Sequence[Frame], folder: Union[str, os.PathLike], suffix: str = ".png") -> List[str]:
+    """Write frames as zero-padded numbered images, wide enough for any count (00000.png, 00001.png, ...)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(len(frames) - 1)))
+    paths = []
+    for i, frame in enumerate(frames):
+        path = folder / f"{i:0{width}d}{suffix}"
+        Image.fromarray(_to_uint8_rgb(frame)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
+    """Image files of a folder in natural numeric order (so 10.jpg follows 9.jpg)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    key = lambda p: (int(p.stem), "") if p.stem.isdigit() else (float("inf"), p.stem)  # noqa: E731
+    return sorted(files, key=key)
+
+
+class VideoData:
+    """Frames of a video file or an image folder as PIL images, optionally resized to (height, width).
+
+    `VideoData(video_file="a.mp4")`, `VideoData(image_folder="poses/", height=832, width=480)`; index it,
+    take `len()`, or `raw_data()` for the whole list. Video files are decoded lazily, frame by frame.
+    """
+
+    def __init__(self, video_file: Optional[str] = None, image_folder: Optional[str] = None,
+                 height: Optional[int] = None, width: Optional[int] = None):
+        if (video_file is None) == (image_folder is None):
+            raise ValueError("pass exactly one of video_file= or image_folder=")
+        self.height, self.width = height, width
+        if video_file is not None:
+            if not Path(video_file).is_file():
+                raise FileNotFoundError(f"video file {video_file} does not exist")
+            self._reader = imageio.get_reader(video_file)
+            self._length = self._reader.count_frames()
+            self._images = None
+        else:
+            self._images = list_images(image_folder)
+            self._length = len(self._images)
+            self._reader = None
+        if self._length == 0:
+            raise ValueError(f"no frames found in {video_file or image_folder}")
+
+    def set_shape(self, height: Optional[int], width: Optional[int]):
+        self.height, self.width = height, width
+
+    def shape(self):
+        return (self.height, self.width) if self.height is not None else self[0].size[::-1]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Image.Image:
+        if not -self._length <= index < self._length:
+            raise IndexError(f"frame {index} out of range for {self._length} frames")
+        index %= self._length
+        if self._reader is not None:
+            image = Image.fromarray(self._reader.get_data(index)).convert("RGB")
+        else:
+            image = Image.open(self._images[index]).convert("RGB")
+        if self.height is not None and self.width is not None and image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), Image.BICUBIC)
+        return image
+
+    def raw_data(self) -> List[Image.Image]:
+        return [self[i] for i in range(len(self))]
+
+    def close(self):
+        if self._reader is not None:
+            self._reader.close()
+
+
+__all__ = ["save_video", "save_frames", "list_images", "VideoData"]

@@ -1,0 +1,26 @@
+"""UniAnimate-DiT reimplementation: human image animation on Wan2.1-I2V-14B (package `diffsynth`)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="diffsynth",
+    version="0.1.0",
+    description="UniAnimate-DiT: pose-guided human image animation on Wan2.1, DiffSynth-style",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["diffsynth", "diffsynth.*"]),
+    install_requires=[
+        "torch>=2.4", "safetensors>=0.4", "einops>=0.8", "numpy>=1.24", "pillow>=10",
+        "transformers>=4.45", "sentencepiece>=0.2", "ftfy>=6", "imageio>=2.34", "imageio-ffmpeg>=0.5",
+        "opencv-python-headless>=4.9", "tqdm>=4.66", "onnxruntime>=1.17",
+    ],
+    extras_require={
+        "download": ["huggingface_hub>=0.24", "modelscope>=1.18"],
+        "train": ["peft>=0.13", "lightning>=2.4", "deepspeed>=0.15"],
+        "gpu": ["flash-attn", "sageattention", "onnxruntime-gpu"],
+        "test": ["pytest>=8", "diffusers>=0.33", "onnx>=1.16", "onnxscript>=0.1", "scikit-image>=0.24"],
+    },
+)
