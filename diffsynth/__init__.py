@@ -1,13 +1,32 @@
-"""UniAnimate-DiT on Wan2.1: models, loading, pose extraction and video I/O (DiffSynth-style package)."""
-from .configs import ClipVisionConfig, PoseGuiderConfig, UMT5Config, WanDiTConfig, WanVAEConfig
-from .data import VideoData, save_video
-from .models import PoseGuider, WanImageEncoder, WanModel, WanTextEncoder, WanVideoVAE
-from .prompters import WanPrompter
-from .schedulers import FlowMatchScheduler
+"""UniAnimate-DiT on Wan2.1: models, loading, pose extraction and video I/O (DiffSynth-style package).
+
+Top-level names are imported lazily (PEP 562), so light subpackages such as `diffsynth.pose` work without torch
+and `import diffsynth` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "ClipVisionConfig", "PoseGuiderConfig", "UMT5Config", "WanDiTConfig", "WanVAEConfig",
-    "VideoData", "save_video", "PoseGuider", "WanImageEncoder", "WanModel", "WanTextEncoder", "WanVideoVAE",
-    "WanPrompter", "FlowMatchScheduler",
-]
+
+_EXPORTS = {
+    "ClipVisionConfig": "configs", "PoseGuiderConfig": "configs", "UMT5Config": "configs",
+    "WanDiTConfig": "configs", "WanVAEConfig": "configs",
+    "VideoData": "data.video", "save_video": "data.video", "save_frames": "data.video",
+    "PoseGuider": "models.pose_guider", "WanModel": "models.wan_dit", "WanImageEncoder": "models.wan_image_encoder",
+    "WanTextEncoder": "models.wan_text_encoder", "WanVideoVAE": "models.wan_vae",
+    "WanPrompter": "prompters.wan_prompter", "FlowMatchScheduler": "schedulers.flow_match",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffsynth' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,228 @@
+"""The `run_align_pose.py` job: extract poses from a reference image and a driving video, align, draw and save.
+
+Output folder (spec 5.6 plus `poses.json`):
+    pose.jpg              the reference pose, drawn unmodified
+    0000.jpg, 0001.jpg …  one aligned pose per driving frame (zero-padded to at least 4 digits, wider if needed)
+    poses.json            raw and aligned keypoints of every frame, the reference pose and the fitted transform
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .backends import FramePose, create_backend
+from .draw import CANVAS_HEIGHT, CANVAS_WIDTH, draw_pose, write_image
+from .keypoints import BODY_NAMES, HANDS, NUM_FACE, NUM_HAND, Pose
+from .onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
+from .retarget import align_poses
+from .smoothing import smooth_poses
+from .sources import FrameSource, read_image
+
+REFERENCE_FILE = "pose.jpg"
+POSES_FILE = "poses.json"
+_FRAME_FILE = re.compile(r"^\d+\.jpg$")
+
+
+@dataclass
+class AlignSummary:
+    frames: int
+    frames_without_person: int
+    seconds: float
+    output_dir: Path
+
+    def __str__(self) -> str:
+        return (f"{self.frames} frames ({self.frames_without_person} with no person, pose held from a neighbour) "
+                f"in {self.seconds:.1f} s -> {self.output_dir}")
+
+
+@dataclass
+class SmoothingOptions:
+    """One-Euro parameters (normalised coordinates, Hz); see `smoothing.OneEuroFilter`."""
+
+    min_cutoff: float = 1.0
+    beta: float = 0.5
+    d_cutoff: float = 1.0
+
+
+def frame_file_name(index: int, count: int) -> str:
+    """`0000.jpg` as upstream, widened so that names sort correctly for any frame count."""
+    return f"{index:0{max(4, len(str(max(count - 1, 0))))}d}.jpg"
+
+
+def is_tool_output(name: str) -> bool:
+    return name in (REFERENCE_FILE, POSES_FILE) or bool(_FRAME_FILE.match(name))
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Refuse a path that is a file, or a non-empty folder unless `overwrite`. Changes nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"output folder {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {path} is not empty; pass --overwrite to replace the pose files "
+                              f"written by a previous run (other files are left alone)")
+    return path
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create the folder; a non-empty one is refused unless `overwrite`, which removes only this tool's files
+    (pose.jpg, poses.json and digit-named .jpg frames). Never removes the folder itself."""
+    path = check_output_dir(path, overwrite)
+    if path.is_dir():
+        for entry in path.iterdir():
+            if entry.is_file() and is_tool_output(entry.name):
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fill_missing(results: list[FramePose]) -> tuple[list[Pose], list[int]]:
+    """Hold the previous pose over frames with no person (the next one at the start).
+
+    Returns the filled poses and, per frame, the index of the frame its pose comes from.
+    """
+    found = [i for i, r in enumerate(results) if r.pose is not None]
+    if not found:
+        raise ValueError(f"no person found in any of the {len(results)} driving frames")
+    source, last = [], found[0]
+    for i, r in enumerate(results):
+        if r.pose is not None:
+            last = i
+        source.append(last)
+    return [results[j].pose for j in source], source
+
+
+def run_align_pose(
+    ref_image: str | Path,
+    source: str | Path,
+    output_dir: str | Path,
+    *,
+    backend: str = "dwpose",
+    det_model: str | Path = DEFAULT_DET_MODEL,
+    pose_model: str | Path = DEFAULT_POSE_MODEL,
+    overwrite: bool = False,
+    preview: str | Path | None = None,
+    smoothing: SmoothingOptions | None = None,
+    progress: bool = True,
+) -> AlignSummary:
+    """Extract, align and draw; see the module docstring for what is written.
+
+    Args:
+        ref_image: the reference image whose proportions the poses take.
+        source: a video, an image, or a folder of videos (concatenated) or images, in natural sort order.
+        output_dir: where the pose images and poses.json go (see `prepare_output_dir`).
+        backend: `dwpose` (ONNX, `det_model` and `pose_model`) or `mediapipe` (offline extra).
+        preview: optional .mp4: [driving frame + raw pose | reference image + aligned pose] per frame.
+        smoothing: One-Euro smoothing of the raw keypoints before alignment; None (default) = off, like upstream.
+    """
+    start = time.perf_counter()
+    # 1. Check every input before the slow part.
+    reference_image = read_image(ref_image)
+    frames = FrameSource.open(source)
+    check_output_dir(output_dir, overwrite)
+    pose_backend = create_backend(backend, det_model, pose_model)
+
+    # 2. Poses.
+    reference = pose_backend.estimate_image(reference_image)
+    if reference.pose is None:
+        raise ValueError(f"no person found in the reference image {ref_image}")
+    results, sizes = [], []
+    tracker = pose_backend.new_sequence()
+    try:
+        for frame in tqdm(frames, total=frames.approximate_length(), unit="frame", desc="poses",
+                          disable=not progress):
+            results.append(tracker(frame))
+            sizes.append(frame.shape[1::-1])
+    finally:
+        tracker.close()
+    if not results:
+        raise ValueError(f"no frame could be read from {source}")
+    raw_poses, pose_source = fill_missing(results)
+    if smoothing is not None:
+        raw_poses = smooth_poses(raw_poses, frames.fps, smoothing.min_cutoff, smoothing.beta, smoothing.d_cutoff)
+
+    # 3. Align and draw.
+    aligned, retargeting = align_poses(reference.pose, raw_poses)
+    output_dir = prepare_output_dir(output_dir, overwrite)
+    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose))
+    names = [frame_file_name(i, len(aligned)) for i in range(len(aligned))]
+    for name, pose in zip(tqdm(names, unit="frame", desc="drawing", disable=not progress), aligned):
+        write_image(output_dir / name, draw_pose(pose))
+
+    # 4. poses.json and the optional preview.
+    document = {
+        "format": "diffsynth.pose/1",
+        "backend": pose_backend.name,
+        "coordinates": "normalised: x / image width, y / image height; pose images stretch them to "
+                       f"{CANVAS_WIDTH}x{CANVAS_HEIGHT}",
+        "layout": {"body": list(BODY_NAMES), "hands": list(HANDS), "hand_points": NUM_HAND, "face_points": NUM_FACE},
+        "reference": {"image": str(ref_image), "size": list(reference_image.shape[1::-1]), "file": REFERENCE_FILE,
+                      "box": _box(reference.box), "pose": reference.pose.to_dict()},
+        "source": {"files": [str(f) for f in frames.files], "fps": frames.fps},
+        "smoothing": None if smoothing is None else vars(smoothing),
+        "retargeting": retargeting.to_dict(),
+        "frames": [
+            {"index": i, "file": name, "size": list(size), "person_found": r.pose is not None,
+             "pose_from_frame": src, "box": _box(r.box), "raw": None if r.pose is None else r.pose.to_dict(),
+             "aligned": pose.to_dict()}
+            for i, (name, size, r, src, pose) in enumerate(zip(names, sizes, results, pose_source, aligned))
+        ],
+    }
+    (output_dir / POSES_FILE).write_text(_to_json(document))
+    if preview is not None:
+        write_preview(preview, frames, raw_poses, reference_image, aligned, frames.fps)
+
+    missing = sum(r.pose is None for r in results)
+    return AlignSummary(len(results), missing, time.perf_counter() - start, output_dir)
+
+
+def _to_json(document: dict) -> str:
+    """Indented JSON with one line per frame: readable and editable, and fast to write for long videos."""
+    document = dict(document)
+    frames = document.pop("frames")
+    head = json.dumps(document, indent=1)
+    lines = ",\n".join("  " + json.dumps(frame) for frame in frames)
+    return head[:-2] + ',\n "frames": [\n' + lines + "\n ]\n}\n"
+
+
+def _box(box) -> list[float] | None:
+    return None if box is None else [float(v) for v in box]
+
+
+def overlay(image_bgr: np.ndarray, pose: Pose) -> np.ndarray:
+    """The image stretched to the pose canvas, darkened, with the pose drawn over it."""
+    import cv2
+
+    background = cv2.resize(image_bgr, (CANVAS_WIDTH, CANVAS_HEIGHT), interpolation=cv2.INTER_AREA) // 2
+    drawn = draw_pose(pose)
+    return np.where(drawn.any(-1, keepdims=True), drawn, background)
+
+
+def write_preview(path: str | Path, frames: FrameSource, raw_poses: list[Pose], reference_image: np.ndarray,
+                  aligned: list[Pose], fps: float) -> None:
+    """mp4 with [driving frame + raw pose | reference image + aligned pose] side by side."""
+    import imageio.v2 as imageio
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(str(path), fps=fps, macro_block_size=16) as writer:
+        for frame, raw, pose in zip(frames, raw_poses, aligned):
+            panel = np.concatenate([overlay(frame, raw), overlay(reference_image, pose)], axis=1)
+            writer.append_data(np.ascontiguousarray(panel[:, :, ::-1]))
+
+
+def redraw_from_json(poses_json: str | Path, output_dir: str | Path | None = None) -> int:
+    """Redraw the pose images from the `aligned` entries of an (edited) poses.json; returns the frame count."""
+    poses_json = Path(poses_json)
+    document = json.loads(poses_json.read_text())
+    output_dir = Path(output_dir) if output_dir is not None else poses_json.parent
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_image(output_dir / REFERENCE_FILE, draw_pose(Pose.from_dict(document["reference"]["pose"])))
+    for entry in document["frames"]:
+        write_image(output_dir / entry["file"], draw_pose(Pose.from_dict(entry["aligned"])))
+    return len(document["frames"])

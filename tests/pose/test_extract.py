@@ -1,0 +1,226 @@
+"""The run_align_pose job end to end on the ONNX stand-ins, and its handling of bad input."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import cv2
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+import run_align_pose
+from diffsynth.pose import DWPoseBackend, PoseAlignmentWarning, redraw_from_json, select_person, standins
+from diffsynth.pose.backends import FramePose
+from diffsynth.pose.extract import frame_file_name
+
+
+def _write_video(path, frames, fps=10):
+    with imageio.get_writer(str(path), fps=fps, macro_block_size=16) as writer:
+        for frame in frames:
+            writer.append_data(frame[:, :, ::-1])
+    return path
+
+
+@pytest.fixture
+def reference_image(tmp_path, make_frame):
+    """A square reference image (so its normalised pose differs from the 2:3 driving frames')."""
+    path = tmp_path / "reference.png"
+    cv2.imwrite(str(path), cv2.resize(make_frame(), (720, 720)))
+    return path
+
+
+def _run(*args):
+    return run_align_pose.main([*map(str, args), "--quiet"])
+
+
+def test_video_end_to_end(tmp_path, det_model, pose_model, reference_image, make_frame, capsys):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame(p) for p in (True, False, True, True, False)])
+    out, preview = tmp_path / "poses", tmp_path / "preview.mp4"
+    rc = _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
+              "--det_model", det_model, "--pose_model", pose_model, "--preview", preview)
+    assert rc == 0
+    assert "5 frames (2 with no person" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg", "pose.jpg", "poses.json"]
+    assert cv2.imread(str(out / "0003.jpg")).shape == (768, 512, 3)
+
+    document = json.loads((out / "poses.json").read_text())
+    frames = document["frames"]
+    assert [f["person_found"] for f in frames] == [True, False, True, True, False]
+    assert [f["pose_from_frame"] for f in frames] == [0, 0, 2, 3, 3]  # held from the previous frame
+    assert frames[1]["raw"] is None and frames[1]["aligned"] == frames[0]["aligned"]
+    # Frame 0's neck lands on the reference neck, although the two images have different shapes.
+    reference_neck = document["reference"]["pose"]["body"][1]
+    np.testing.assert_allclose(frames[0]["aligned"]["body"][1], reference_neck, atol=1e-9)
+    assert frames[0]["raw"]["body"][1] != pytest.approx(reference_neck, abs=1e-3)
+    assert document["retargeting"]["fallbacks"] == []
+
+    reader = imageio.get_reader(str(preview))
+    panels = [frame for frame in reader]
+    assert len(panels) == 5 and panels[0].shape == (768, 1024, 3)
+
+
+def test_image_folder_holds_the_next_pose_at_the_start(tmp_path, det_model, pose_model, reference_image,
+                                                       make_frame):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, person in enumerate((False, False, True, True)):
+        cv2.imwrite(str(folder / f"frame_{i + 8}.png"), make_frame(person))  # 8, 9, 10, 11: natural order
+    out = tmp_path / "poses"
+    assert _run("--ref_name", reference_image, "--source_video_paths", folder, "--saved_pose_dir", out,
+                "--det_model", det_model, "--pose_model", pose_model) == 0
+    frames = json.loads((out / "poses.json").read_text())["frames"]
+    assert [f["pose_from_frame"] for f in frames] == [2, 2, 2, 3]
+    np.testing.assert_array_equal(cv2.imread(str(out / "0000.jpg")), cv2.imread(str(out / "0002.jpg")))
+
+
+def test_no_person_in_any_frame_is_a_clear_error(tmp_path, det_model, pose_model, reference_image, make_frame,
+                                                 capsys):
+    video = _write_video(tmp_path / "dark.mp4", [make_frame(False)] * 3)
+    rc = _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", tmp_path / "o",
+              "--det_model", det_model, "--pose_model", pose_model)
+    assert rc == 1 and "no person found in any of the 3" in capsys.readouterr().err
+
+
+def test_existing_output_folder_is_refused_then_overwritten_selectively(tmp_path, det_model, pose_model,
+                                                                       reference_image, make_frame, capsys):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
+    out = tmp_path / "poses"
+    out.mkdir()
+    for name in ("notes.txt", "0000.jpg", "00017.jpg", "poses.json"):
+        (out / name).write_text("old")
+    args = ("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
+            "--det_model", det_model, "--pose_model", pose_model)
+    assert _run(*args) == 1 and "--overwrite" in capsys.readouterr().err
+    assert (out / "00017.jpg").read_text() == "old"  # untouched after the refusal
+
+    assert _run(*args, "--overwrite") == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["0000.jpg", "0001.jpg", "notes.txt", "pose.jpg", "poses.json"]  # 00017.jpg was ours
+    assert (out / "notes.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize("case", ["unreadable_image", "missing_video", "empty_video", "empty_folder", "missing_model"])
+def test_bad_input_fails_with_a_message(tmp_path, det_model, pose_model, reference_image, make_frame, capsys, case):
+    ref, source, det = reference_image, _write_video(tmp_path / "ok.mp4", [make_frame()]), det_model
+    if case == "unreadable_image":
+        ref = tmp_path / "broken.jpg"
+        ref.write_bytes(b"not a jpeg")
+        expected = "cannot read image"
+    elif case == "missing_video":
+        source, expected = tmp_path / "nowhere.mp4", "not found"
+    elif case == "empty_video":
+        source = tmp_path / "empty.mp4"
+        source.write_bytes(b"")
+        expected = "no frame could be read"
+    elif case == "empty_folder":
+        source = tmp_path / "nothing"
+        source.mkdir()
+        expected = "is empty"
+    else:
+        det, expected = tmp_path / "yolox_l.onnx", "modelscope download --model xiaolaowx/UniAnimate-DiT"
+    out = tmp_path / "out"
+    rc = _run("--ref_name", ref, "--source_video_paths", source, "--saved_pose_dir", out,
+              "--det_model", det, "--pose_model", pose_model)
+    assert rc == 1 and expected in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_reference_with_missing_limbs_still_aligns(tmp_path, det_model, make_frame, reference_image):
+    scores = np.full(133, 0.9, np.float32)
+    scores[[7, 9]] = 0.05  # left elbow and wrist never visible
+    scores[91:112] = 0.05  # nor the left hand
+    pose_model = standins.build_pose_model(tmp_path / "armless.onnx", scores=scores)
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
+    out = tmp_path / "poses"
+    with pytest.warns(PoseAlignmentWarning, match="left_elbow"):
+        rc = _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
+                  "--det_model", det_model, "--pose_model", pose_model)
+    assert rc == 0
+    document = json.loads((out / "poses.json").read_text())
+    assert any("left_upper_arm" in f for f in document["retargeting"]["fallbacks"])
+    aligned = document["frames"][0]["aligned"]
+    assert aligned["body"][6] is None and all(p is None for p in aligned["hands"][0])
+    assert all(np.isfinite(p).all() for p in aligned["body"] if p is not None)
+
+
+def test_smoothing_flag_changes_the_poses_only_when_given(tmp_path, det_model, pose_model, reference_image,
+                                                         make_frame):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 3)
+    base = ("--ref_name", reference_image, "--source_video_paths", video, "--det_model", det_model,
+            "--pose_model", pose_model)
+    assert _run(*base, "--saved_pose_dir", tmp_path / "a") == 0
+    assert _run(*base, "--saved_pose_dir", tmp_path / "b", "--smooth") == 0
+    a = json.loads((tmp_path / "a" / "poses.json").read_text())
+    b = json.loads((tmp_path / "b" / "poses.json").read_text())
+    assert a["smoothing"] is None and b["smoothing"]["min_cutoff"] == 1.0
+    # Constant input: smoothing is the identity, so the poses agree.
+    np.testing.assert_allclose(a["frames"][2]["aligned"]["body"], b["frames"][2]["aligned"]["body"], atol=1e-12)
+
+
+def test_redraw_from_edited_json(tmp_path, det_model, pose_model, reference_image, make_frame):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()])
+    out = tmp_path / "poses"
+    assert _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
+                "--det_model", det_model, "--pose_model", pose_model) == 0
+    before = cv2.imread(str(out / "0000.jpg"))
+    document = json.loads((out / "poses.json").read_text())
+    document["frames"][0]["aligned"]["body"][0] = None  # drop the nose
+    (out / "poses.json").write_text(json.dumps(document))
+    assert redraw_from_json(out / "poses.json") == 1
+    assert np.abs(cv2.imread(str(out / "0000.jpg")).astype(int) - before).max() > 100
+
+
+def test_frame_names_are_wide_enough_to_sort():
+    assert frame_file_name(3, 10) == "0003.jpg"
+    assert frame_file_name(5, 12000) == "00005.jpg" and frame_file_name(11999, 12000) == "11999.jpg"
+
+
+# Person selection --------------------------------------------------------------------------------------------------
+
+def test_select_person_prefers_the_tracked_box_over_a_bigger_one():
+    boxes = np.array([[500.0, 0, 900, 800], [100.0, 100, 300, 600]])  # big newcomer first, tracked person second
+    assert select_person(boxes) == 0  # first frame: the largest
+    assert select_person(boxes, previous_box=np.array([110.0, 90, 310, 610])) == 1
+    assert select_person(boxes, previous_box=np.array([2000.0, 0, 2100, 100])) == 0  # lost: largest again
+    assert select_person(np.zeros((0, 4))) is None
+
+
+def test_tracker_follows_the_same_person_through_the_video():
+    class _Detector:  # two people; the order of the boxes flips every frame, as detector scores fluctuate
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, image):
+            self.calls += 1
+            a, b = np.array([10.0, 10, 110, 310]), np.array([200.0, 0, 360, 420])
+            return (np.stack([a, b]) if self.calls % 2 else np.stack([b, a])), np.array([0.9, 0.8])
+
+    backend = DWPoseBackend.__new__(DWPoseBackend)
+    backend.detector = _Detector()
+    chosen = []
+    backend._pose = lambda image, box: chosen.append(box[0]) or standins.synthetic_pose()
+    tracker = backend.new_sequence()
+    tracker.previous_box = np.array([12.0, 12, 112, 312])  # following the smaller person on the left
+    for _ in range(4):
+        assert isinstance(tracker(np.zeros((4, 4, 3), np.uint8)), FramePose)
+    assert chosen == [10.0] * 4
+
+
+def test_package_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, diffsynth.pose; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'onnxruntime', 'mediapipe') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_warnings_do_not_fire_for_a_complete_pose(tmp_path, det_model, pose_model, reference_image, make_frame):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoseAlignmentWarning)
+        assert _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir",
+                    tmp_path / "o", "--det_model", det_model, "--pose_model", pose_model) == 0
