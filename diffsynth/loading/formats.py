@@ -1,0 +1,416 @@
+"""Which model a checkpoint holds, in which naming, and with which configuration: read from key names and
+shapes only (never a hash table of key lists).
+
+Every supported layout is one `Layout` entry: the model it holds, the marker keys that must be present
+(`required`), a pure key rename to the official Wan names (`to_official`) or, where tensors must be combined, a
+state-dict converter (`convert`), and the names it ignores (`ignore`, e.g. the CLIP text tower). Each model kind
+(`ModelKind`) reads its config from official-name shapes (`config_from`) and builds the module.
+
+Wrapping prefixes are stripped first when every key has them: `model.diffusion_model.` and `diffusion_model.`
+(ComfyUI single files) and `model.` (DiffSynth-internal names).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..configs import ClipVisionConfig, UMT5Config, WanDiTConfig, WanVAEConfig
+from .files import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+Shapes = Mapping[str, Tuple[int, ...]]
+StateDict = Dict[str, torch.Tensor]
+
+WRAPPER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+DIT_HEAD_DIM = 128        # every released Wan2.1 DiT
+CLIP_HEAD_DIM = 80        # ViT-H/14
+
+
+class UnknownFormatError(CheckpointError):
+    """No supported layout matches the checkpoint's keys and shapes."""
+
+
+class ConfigError(CheckpointError):
+    """The checkpoint's shapes do not determine the model configuration; the caller must pass one."""
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _block_count(shapes: Shapes, pattern: str) -> int:
+    """1 + the largest index matched by `pattern` (a regex with one group), 0 when none."""
+    regex = re.compile(pattern)
+    indices = [int(m.group(1)) for m in map(regex.match, shapes) if m]
+    return max(indices) + 1 if indices else 0
+
+
+def _need(shapes: Shapes, key: str, what: str) -> Tuple[int, ...]:
+    if key not in shapes:
+        raise ConfigError(f"cannot read the {what} configuration: {key!r} is missing (is a shard missing?)")
+    return shapes[key]
+
+
+def read_config_json(paths: Sequence[Path]) -> Dict[str, Any]:
+    """`config.json` beside the first weight file (the Wan and diffusers release folders have one), or {}."""
+    if not paths:
+        return {}
+    candidate = Path(paths[0]).parent / "config.json"
+    if not candidate.is_file():
+        return {}
+    try:
+        with open(candidate) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable %s: %s", candidate, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ------------------------------------------------------------------------------------------------- configs
+def dit_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> WanDiTConfig:
+    """DiT config from official-name shapes. Heads: `num_heads` (Wan) or `num_attention_heads` (diffusers) from
+    `hints` (a config.json) when its width agrees, else width / 128 (every released model)."""
+    pe = _need(shapes, "patch_embedding.weight", "DiT")                    # [d, in_dim, pt, ph, pw]
+    dim, in_dim, patch = pe[0], pe[1], tuple(pe[2:])
+    head = _need(shapes, "head.head.weight", "DiT")                        # [out_dim * prod(patch), d]
+    patch_volume = patch[0] * patch[1] * patch[2]
+    i2v = "img_emb.proj.1.weight" in shapes
+    heads = _heads_from_hints(hints, dim)
+    if heads is None:
+        if dim % DIT_HEAD_DIM:
+            raise ConfigError(
+                f"a DiT of width {dim} is not a released Wan2.1 size (width not a multiple of the head width "
+                f"{DIT_HEAD_DIM}), so its number of heads cannot be read from the weights: pass "
+                "config=WanDiTConfig(...) or put a config.json with \"num_heads\" beside the checkpoint")
+        heads = dim // DIT_HEAD_DIM
+    kwargs = dict(
+        model_type="i2v" if i2v else "t2v", in_dim=in_dim, dim=dim,
+        ffn_dim=_need(shapes, "blocks.0.ffn.0.weight", "DiT")[0], num_heads=heads,
+        num_layers=_block_count(shapes, r"blocks\.(\d+)\."), out_dim=head[0] // patch_volume,
+        text_dim=_need(shapes, "text_embedding.0.weight", "DiT")[1],
+        freq_dim=_need(shapes, "time_embedding.0.weight", "DiT")[1], patch_size=patch,
+    )
+    if i2v:
+        kwargs["image_dim"] = shapes["img_emb.proj.1.weight"][1]
+    for name in ("eps", "text_len"):
+        if name in hints:
+            kwargs[name] = hints[name]
+    return WanDiTConfig(**kwargs)
+
+
+def _heads_from_hints(hints: Mapping[str, Any], dim: int) -> Optional[int]:
+    if "num_heads" in hints and hints.get("dim", dim) == dim:                               # Wan config.json
+        return int(hints["num_heads"])
+    if "num_attention_heads" in hints and "attention_head_dim" in hints:                     # diffusers
+        if hints["num_attention_heads"] * hints["attention_head_dim"] == dim:
+            return int(hints["num_attention_heads"])
+    if hints:
+        logger.info("config.json beside the checkpoint does not describe a DiT of width %d; ignored", dim)
+    return None
+
+
+def t5_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> UMT5Config:
+    vocab, dim = _need(shapes, "token_embedding.weight", "umT5")
+    buckets, heads = _need(shapes, "blocks.0.pos_embedding.embedding.weight", "umT5")
+    return UMT5Config(vocab_size=vocab, dim=dim, dim_attn=_need(shapes, "blocks.0.attn.q.weight", "umT5")[0],
+                      dim_ffn=_need(shapes, "blocks.0.ffn.fc1.weight", "umT5")[0], num_heads=heads,
+                      num_layers=_block_count(shapes, r"blocks\.(\d+)\."), num_buckets=buckets)
+
+
+def clip_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> ClipVisionConfig:
+    """CLIP visual config. Heads = width / 80 (ViT-H/14's head width); Wan uses all blocks but the last."""
+    dim, _, patch, _ = _need(shapes, "visual.patch_embedding.weight", "CLIP")
+    tokens = _need(shapes, "visual.pos_embedding", "CLIP")[1]
+    grid = round((tokens - 1) ** 0.5)
+    if grid * grid != tokens - 1:
+        raise ConfigError(f"CLIP position table has {tokens} rows, not 1 + a square number of patches")
+    if dim % CLIP_HEAD_DIM:
+        raise ConfigError(f"a CLIP tower of width {dim} is not ViT-H/14 (width not a multiple of the head width "
+                          f"{CLIP_HEAD_DIM}), so its heads cannot be read from the weights: pass "
+                          "config=ClipVisionConfig(...)")
+    layers = _block_count(shapes, r"visual\.transformer\.(\d+)\.")
+    out_dim = shapes["visual.head"][1] if "visual.head" in shapes else ClipVisionConfig.out_dim
+    return ClipVisionConfig(image_size=grid * patch, patch_size=patch, dim=dim,
+                            mlp_dim=_need(shapes, "visual.transformer.0.mlp.0.weight", "CLIP")[0],
+                            num_heads=dim // CLIP_HEAD_DIM, num_layers=layers, out_dim=out_dim,
+                            use_layers=max(layers - 1, 1))
+
+
+def vae_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> WanVAEConfig:
+    """VAE config from the encoder's layer list: stages end at each resample layer; a resample with a
+    `time_conv` also halves time. The latent statistics are not stored: the Wan values are used for z_dim 16."""
+    dim = _need(shapes, "encoder.conv1.weight", "VAE")[0]
+    z_dim = _need(shapes, "conv2.weight", "VAE")[0]
+    layer = re.compile(r"encoder\.downsamples\.(\d+)\.(.+)")
+    kinds: Dict[int, str] = {}
+    widths: Dict[int, int] = {}
+    for key, shape in shapes.items():
+        m = layer.match(key)
+        if not m:
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        if rest.startswith("resample."):
+            kinds.setdefault(i, "resample2d")
+        elif rest.startswith("time_conv."):
+            kinds[i] = "resample3d"
+        elif rest.startswith(("residual.", "shortcut.")):
+            kinds[i] = "residual"
+            if rest == "residual.2.weight":
+                widths[i] = shape[0]
+        else:
+            raise ConfigError(f"VAE encoder layer {key!r} is not a residual or resample layer (attention inside "
+                              "the stages is not read from shapes): pass config=WanVAEConfig(...)")
+    stages: List[List[int]] = [[]]
+    temporal: List[bool] = []
+    for i in sorted(kinds):
+        if kinds[i] == "residual":
+            stages[-1].append(i)
+        else:
+            temporal.append(kinds[i] == "resample3d")
+            stages.append([])
+    counts = {len(s) for s in stages}
+    if len(counts) != 1 or 0 in counts:
+        raise ConfigError(f"VAE encoder stages have uneven residual-block counts {[len(s) for s in stages]}")
+    dim_mult = tuple(widths[s[0]] // dim for s in stages)
+    kwargs: Dict[str, Any] = dict(dim=dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=counts.pop(),
+                                  temporal_downsample=tuple(temporal))
+    if z_dim != WanVAEConfig.z_dim:
+        raise ConfigError(f"a VAE with z_dim={z_dim} has no known latent mean/std (they are not stored in the "
+                          "file): pass config=WanVAEConfig(..., latents_mean=..., latents_std=...)")
+    return WanVAEConfig(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------- models
+def _build_dit(config):
+    from ..models.wan_dit import WanModel
+    return WanModel(config)
+
+
+def _build_vae(config):
+    from ..models.wan_vae import WanVideoVAE
+    return WanVideoVAE(config)
+
+
+def _build_t5(config):
+    from ..models.wan_text_encoder import WanTextEncoder
+    return WanTextEncoder(config)
+
+
+def _build_clip(config):
+    from ..models.wan_image_encoder import WanImageEncoder
+    return WanImageEncoder(config)
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str                                   # DiffSynth-compatible name, e.g. "wan_video_dit"
+    config_type: type
+    config_from: Callable[[Shapes, Mapping[str, Any]], Any]
+    build: Callable[[Any], torch.nn.Module]
+    # Official keys that may be absent (unused by Wan); they are filled with zeros.
+    optional: Tuple[str, ...] = ()
+
+
+MODEL_KINDS: Dict[str, ModelKind] = {k.name: k for k in (
+    ModelKind("wan_video_dit", WanDiTConfig, dit_config_from, _build_dit),
+    ModelKind("wan_video_text_encoder", UMT5Config, t5_config_from, _build_t5),
+    ModelKind("wan_video_image_encoder", ClipVisionConfig, clip_config_from, _build_clip,
+              optional=("visual.head", "visual.post_norm.weight", "visual.post_norm.bias")),
+    ModelKind("wan_video_vae", WanVAEConfig, vae_config_from, _build_vae),
+)}
+
+
+# ------------------------------------------------------------------------------------------------- layouts
+def _identity(keys: Iterable[str]) -> Dict[str, str]:
+    return {k: k for k in keys}
+
+
+def _rename_with(converter: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Callable[[Iterable[str]], Dict[str, str]]:
+    """Turn a pure-rename state-dict converter into a key map: run it on {key: key} and read the values back."""
+    def to_official(keys: Iterable[str]) -> Dict[str, str]:
+        try:
+            renamed = converter({k: k for k in keys})
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"key conversion failed: {e}") from e
+        return {source: official for official, source in renamed.items()}
+    return to_official
+
+
+def _dit_diffusers(keys):
+    from .diffusers_dit import dit_diffusers_to_official
+    return _rename_with(dit_diffusers_to_official)(keys)
+
+
+def _vae_diffusers(keys):
+    from .diffusers_vae import vae_diffusers_to_official
+    return _rename_with(vae_diffusers_to_official)(keys)
+
+
+def _t5_transformers(keys):
+    from .transformers_keys import t5_transformers_to_official
+    return _rename_with(t5_transformers_to_official)(keys)
+
+
+def _clip_transformers(state_dict: StateDict) -> StateDict:
+    from .transformers_keys import clip_visual_transformers_to_official
+    return clip_visual_transformers_to_official(state_dict)
+
+
+@dataclass(frozen=True)
+class Layout:
+    model: str                                  # a MODEL_KINDS name
+    name: str                                   # "official", "diffusers", "transformers"
+    description: str
+    required: Tuple[str, ...]                   # marker keys that must all be present
+    to_official: Optional[Callable[[Iterable[str]], Dict[str, str]]] = _identity   # file key -> official key
+    convert: Optional[Callable[[StateDict], StateDict]] = None   # used instead of to_official when set
+    ignore: Tuple[str, ...] = ()                # regexes of keys that are not part of the model
+    check: Optional[Callable[[Shapes], bool]] = None   # extra shape test
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} ({self.name})"
+
+    def matches(self, shapes: Shapes) -> bool:
+        return all(k in shapes for k in self.required) and (self.check is None or self.check(shapes))
+
+    def ignored(self, key: str) -> bool:
+        return any(re.fullmatch(p, key) for p in self.ignore)
+
+
+LAYOUTS: Tuple[Layout, ...] = (
+    Layout("wan_video_dit", "official", "Wan2.1 DiT, official names (diffusion_pytorch_model*.safetensors)",
+           ("patch_embedding.weight", "time_projection.1.weight", "blocks.0.self_attn.q.weight"),
+           check=lambda s: len(s["patch_embedding.weight"]) == 5),
+    Layout("wan_video_dit", "diffusers", "Wan2.1 DiT, diffusers WanTransformer3DModel names",
+           ("condition_embedder.time_proj.weight", "blocks.0.attn1.to_q.weight"),
+           to_official=_dit_diffusers),
+    Layout("wan_video_text_encoder", "official", "umT5-XXL encoder, official names (models_t5_umt5-xxl-enc-bf16.pth)",
+           ("token_embedding.weight", "blocks.0.attn.q.weight", "blocks.0.pos_embedding.embedding.weight")),
+    Layout("wan_video_text_encoder", "transformers", "umT5 encoder, transformers UMT5EncoderModel names",
+           ("encoder.block.0.layer.0.SelfAttention.q.weight",
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+           to_official=_t5_transformers, ignore=(r"decoder\..*", r"lm_head\..*"),
+           check=lambda s: "shared.weight" in s or "encoder.embed_tokens.weight" in s),
+    Layout("wan_video_image_encoder", "official",
+           "open-clip XLM-RoBERTa/ViT-H-14, official names (models_clip_*.pth; the text tower is ignored)",
+           ("visual.patch_embedding.weight", "visual.pos_embedding", "visual.transformer.0.attn.to_qkv.weight"),
+           ignore=(r"textual\..*", r"log_scale")),
+    Layout("wan_video_image_encoder", "transformers", "CLIP vision tower, transformers CLIPVisionModel names",
+           ("vision_model.embeddings.patch_embedding.weight", "vision_model.encoder.layers.0.self_attn.q_proj.weight"),
+           to_official=None, convert=_clip_transformers,
+           ignore=(r"text_model\..*", r"logit_scale", r"text_projection\..*", r".*position_ids")),
+    Layout("wan_video_vae", "official", "Wan2.1 VAE, official names (Wan2.1_VAE.pth, optionally in model_state)",
+           ("encoder.conv1.weight", "decoder.conv1.weight", "conv1.weight", "conv2.weight"),
+           check=lambda s: len(s["encoder.conv1.weight"]) == 5),
+    Layout("wan_video_vae", "diffusers", "Wan2.1 VAE, diffusers AutoencoderKLWan names",
+           ("quant_conv.weight", "encoder.conv_in.weight", "decoder.conv_in.weight"), to_official=_vae_diffusers),
+)
+
+
+def supported_formats() -> List[str]:
+    return [f"{layout.label}: {layout.description}" for layout in LAYOUTS] + [
+        "any of these with a ComfyUI/DiffSynth wrapping prefix (model.diffusion_model., diffusion_model., model.), "
+        "stored in fp32, fp16, bf16 or float8_e4m3fn"]
+
+
+# ------------------------------------------------------------------------------------------------- detection
+@dataclass
+class Detection:
+    """How to read one checkpoint as one model."""
+
+    layout: Layout
+    prefix: str                                  # stripped from every file key
+    key_map: Dict[str, str]                      # file key -> official key (rename layouts) or -> converter input key
+    official_shapes: Dict[str, Tuple[int, ...]]  # shapes under the official names
+    ignored: List[str] = field(default_factory=list)   # file keys that are not part of the model
+
+    @property
+    def model(self) -> str:
+        return self.layout.model
+
+    @property
+    def label(self) -> str:
+        return self.layout.label + (f", prefix {self.prefix!r}" if self.prefix else "")
+
+
+def _looks_like_lora(keys: Iterable[str]) -> bool:
+    return any(".lora_A." in k or ".lora_B." in k or k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
+
+
+def detect(shapes: Shapes, source: str = "checkpoint") -> Detection:
+    """Find the one layout that matches; raise `UnknownFormatError` naming the closest candidate otherwise."""
+    keys = list(shapes)
+    candidates = [p for p in WRAPPER_PREFIXES if keys and all(k.startswith(p) for k in keys)] + [""]
+    for prefix in candidates:
+        stripped = {k[len(prefix):]: v for k, v in shapes.items()}
+        found = [layout for layout in LAYOUTS if layout.matches(stripped)]
+        if len(found) > 1:
+            raise UnknownFormatError(f"{source}: ambiguous, matches {[f.label for f in found]}")
+        if found:
+            return _plan(found[0], prefix, shapes, source)
+    raise UnknownFormatError(_unknown_message(shapes, source))
+
+
+def _plan(layout: Layout, prefix: str, shapes: Shapes, source: str) -> Detection:
+    ignored = [k for k in shapes if layout.ignored(k[len(prefix):])]
+    kept = [k for k in shapes if k not in set(ignored)]
+    stripped = {k[len(prefix):]: k for k in kept}
+    if layout.convert is not None:
+        meta = {s: torch.empty(shapes[k], device="meta") for s, k in stripped.items()}
+        try:
+            official = layout.convert(meta)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{source}: looks like {layout.label} but its keys do not convert: {e}") from e
+        official_shapes = {k: tuple(v.shape) for k, v in official.items()}
+        key_map = {k: s for s, k in stripped.items()}
+    else:
+        try:
+            renamed = layout.to_official(list(stripped))
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: looks like {layout.label} but {e}") from e
+        key_map = {stripped[s]: o for s, o in renamed.items()}
+        official_shapes = {o: tuple(shapes[k]) for k, o in key_map.items()}
+        # e.g. transformers' tied copy `encoder.embed_tokens.weight` when `shared.weight` is read instead
+        ignored += [k for k in kept if k not in key_map]
+    return Detection(layout, prefix, key_map, official_shapes, ignored)
+
+
+def _unknown_message(shapes: Shapes, source: str) -> str:
+    keys = list(shapes)
+    shown = "\n".join(f"  {k} {list(shapes[k])}" for k in keys[:12])
+    more = f"\n  ... ({len(keys)} tensors in all)" if len(keys) > 12 else ""
+    lines = [f"{source}: no supported model format matches its {len(keys)} tensors. First keys seen:\n{shown}{more}"]
+    if _looks_like_lora(keys):
+        lines.append("It has lora_A/lora_B keys: a LoRA (e.g. the UniAnimate checkpoint) is merged with "
+                     "ModelManager.load_lora_v2(path), not loaded with load_models.")
+    best, best_score = None, 0.0
+    for prefix in [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in keys)] + [""]:
+        stripped = {k[len(prefix):] for k in keys}
+        for layout in LAYOUTS:
+            score = sum(k in stripped for k in layout.required) / len(layout.required)
+            if score > best_score:
+                best, best_score = (layout, stripped), score
+    if best is not None:
+        layout, stripped = best
+        missing = [k for k in layout.required if k not in stripped]
+        lines.append(f"Closest format: {layout.label}; missing marker keys: {missing}"
+                     + ("" if missing else " (shapes do not fit)"))
+    lines.append("Supported formats:\n" + "\n".join(f"  - {s}" for s in supported_formats()))
+    return "\n".join(lines)
+
+
+def config_type_for(model: str) -> type:
+    return MODEL_KINDS[model].config_type
+
+
+__all__ = [
+    "Layout", "LAYOUTS", "ModelKind", "MODEL_KINDS", "Detection", "detect", "supported_formats",
+    "UnknownFormatError", "ConfigError", "dit_config_from", "t5_config_from", "clip_config_from", "vae_config_from",
+    "read_config_json", "WRAPPER_PREFIXES",
+]

@@ -1,0 +1,420 @@
+"""Load Wan2.1 / UniAnimate checkpoints into models: detect -> build on meta -> stream, cast and assign -> place.
+
+Plain functions for notebooks (`load_wan_dit(paths, torch.bfloat16, "cuda")`, ...) and the DiffSynth-style
+`ModelManager` that the pipelines take their models from:
+
+    model_manager = ModelManager(device="cpu")
+    model_manager.load_models([clip_path], torch_dtype=torch.float32)
+    model_manager.load_models([[dit_shard_1, ..., dit_shard_7], t5_path, vae_path], torch_dtype=torch.bfloat16)
+    model_manager.load_lora_v2(unianimate_ckpt, lora_alpha=1.0)
+    dit = model_manager.fetch_model("wan_video_dit")
+    pose_guider = model_manager.fetch_pose_guider(torch_dtype=torch.bfloat16)
+
+Everything that can be checked from the file headers (format, config, every key and shape) is checked before any
+tensor is read, and a model is registered only once it is completely loaded.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..configs import PoseGuiderConfig
+from .files import Checkpoint, CheckpointError, PathSpec, describe, load_state_dict, target_dtype
+from .formats import MODEL_KINDS, Detection, ModelKind, detect, read_config_json
+from .lora import LoraError, merge_lora, pose_guider_state_dict, read_lora
+
+logger = logging.getLogger(__name__)
+
+Device = Union[str, torch.device, None]
+ConfigSpec = Union[Any, Sequence[Any], None]
+
+
+# ------------------------------------------------------------------------------------------------- assignment
+def expected_tensors(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+    """Names and shapes a checkpoint must provide: parameters and persistent buffers."""
+    out = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for mod_name, module in model.named_modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                out[f"{mod_name}.{name}" if mod_name else name] = tuple(buf.shape)
+    return out
+
+
+def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    """Replace the (meta) parameter or buffer `key` by `tensor` (frozen: requires_grad=False)."""
+    module_path, _, name = key.rpartition(".")
+    module = model.get_submodule(module_path) if module_path else model
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+    elif name in module._buffers:
+        module._buffers[name] = tensor
+    else:
+        raise KeyError(key)
+
+
+def _meta_tensors(model: nn.Module) -> List[str]:
+    names = [n for n, p in model.named_parameters() if p.is_meta]
+    return names + [n for n, b in model.named_buffers() if b.is_meta]
+
+
+def _fp32_islands(model: nn.Module) -> Tuple[str, ...]:
+    """Module names a model declares to keep in fp32 (diffusers' `_keep_in_fp32_modules` convention)."""
+    return tuple(getattr(type(model), "_keep_in_fp32_modules", None) or ())
+
+
+def _check_fit(model: nn.Module, kind: ModelKind, shapes: Dict[str, Tuple[int, ...]], source: str, label: str,
+               config: Any, config_given: bool) -> None:
+    expected = expected_tensors(model)
+    missing = [k for k in expected if k not in shapes and k not in kind.optional]
+    unexpected = [k for k in shapes if k not in expected]
+    mismatched = [f"{k}: file {list(shapes[k])}, model {list(expected[k])}"
+                  for k in shapes if k in expected and tuple(shapes[k]) != expected[k]]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            parts.append(f"{len(items)} {what}: " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
+    if missing and not (unexpected or mismatched):
+        hint = "the checkpoint is incomplete: pass every shard (a list, or the folder)"
+    elif config_given:
+        hint = "the config passed in does not match the checkpoint"
+    else:
+        hint = "a model variant this loader does not know"
+    raise CheckpointError(f"{source} ({label}) does not fit {type(model).__name__}({config}):\n  "
+                          + "\n  ".join(parts) + f"\nLikely cause: {hint}.")
+
+
+# ------------------------------------------------------------------------------------------------- plan + load
+@dataclass
+class LoadPlan:
+    """Everything decided from the headers: what to read, as what, into which (meta) model."""
+
+    checkpoint: Checkpoint
+    detection: Detection
+    kind: ModelKind
+    config: Any
+    model: nn.Module          # built on the meta device
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+
+def _pick_config(config: ConfigSpec, kind: ModelKind) -> Optional[Any]:
+    if config is None:
+        return None
+    candidates = list(config) if isinstance(config, (list, tuple)) else [config]
+    matching = [c for c in candidates if isinstance(c, kind.config_type)]
+    return matching[0] if matching else None
+
+
+def plan_load(spec: PathSpec, config: ConfigSpec = None) -> LoadPlan:
+    """Read headers, detect the format, decide the config and build the model on meta; check every key and
+    shape. Reads no tensor data (except for legacy non-zip `.pth` files)."""
+    checkpoint = Checkpoint(spec)
+    source = describe(spec)
+    try:
+        detection = detect(checkpoint.shapes, source)
+        kind = MODEL_KINDS[detection.model]
+        chosen = _pick_config(config, kind)
+        cfg = chosen if chosen is not None else kind.config_from(detection.official_shapes,
+                                                                   read_config_json(checkpoint.paths))
+        with torch.device("meta"):
+            model = kind.build(cfg)
+        _check_fit(model, kind, detection.official_shapes, source, detection.label, cfg, chosen is not None)
+    except Exception:
+        checkpoint.close()
+        raise
+    if detection.ignored:
+        logger.info("%s: ignoring %d tensors that are not part of %s (e.g. %s)", source, len(detection.ignored),
+                    kind.name, detection.ignored[0])
+    return LoadPlan(checkpoint, detection, kind, cfg, model, source)
+
+
+def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+                 progress: bool = True) -> nn.Module:
+    """Stream the tensors into the meta-built model, casting each as it is read; returns the loaded model
+    (eval mode, frozen). The plan's files are closed afterwards."""
+    started = time.perf_counter()
+    model, det = plan.model, plan.detection
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    islands = _fp32_islands(model)
+
+    def dtype_for(official_key: str) -> Optional[torch.dtype]:
+        if islands and any(m in official_key.split(".") for m in islands):
+            return torch.float32
+        return torch_dtype
+
+    try:
+        with plan.checkpoint as ckpt:
+            if det.layout.convert is None:
+                # One tensor at a time: renamed, cast and assigned before the next one is read.
+                for file_key, tensor in _stream(ckpt, det, dtype_for, device, progress, plan.name):
+                    assign_tensor(model, det.key_map[file_key], tensor)
+            else:
+                # Tensors must be combined (CLIP q/k/v -> to_qkv): read the (small) model whole, then convert.
+                raw = {det.key_map[k]: t for k, t in _stream(ckpt, det, dtype_for, device, progress, plan.name)}
+                for key, tensor in det.layout.convert(raw).items():
+                    assign_tensor(model, key, tensor.contiguous())
+                del raw
+        expected = expected_tensors(model)
+        for key in plan.kind.optional:
+            if key in expected and _is_meta(model, key):
+                logger.info("%s: %s not in the file (unused by Wan); filled with zeros", plan.source, key)
+                dtype = target_dtype(torch.float32, dtype_for(key))
+                assign_tensor(model, key, torch.zeros(expected[key], dtype=dtype, device=device))
+        left = _meta_tensors(model)
+        if left:
+            raise CheckpointError(f"{plan.source}: {len(left)} tensors were never loaded: {left[:6]}")
+        model.to(device)         # non-persistent buffers built on CPU (e.g. the VAE latent statistics)
+    except BaseException:
+        plan.checkpoint.close()
+        raise
+    model.eval().requires_grad_(False)
+    logger.info("loaded %s (%s) from %s as %s on %s in %.1f s", plan.name, det.label, plan.source,
+                torch_dtype or "stored dtype", device, time.perf_counter() - started)
+    return model
+
+
+def _stream(ckpt: Checkpoint, det: Detection, dtype_for, device, progress: bool, desc: str):
+    """(file key, tensor) in file order, each cast to the dtype its official name asks for."""
+    return ckpt.iter_tensors(det.key_map, dtype=lambda file_key: dtype_for(det.key_map[file_key]), device=device,
+                             progress=progress, desc=desc)
+
+
+def _is_meta(model: nn.Module, key: str) -> bool:
+    module_path, _, name = key.rpartition(".")
+    module = model.get_submodule(module_path) if module_path else model
+    tensor = module._parameters.get(name, module._buffers.get(name))
+    return tensor is not None and tensor.is_meta
+
+
+def load_model(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+               config: ConfigSpec = None, progress: bool = True) -> nn.Module:
+    """Load any supported checkpoint (one file, a list of shards, or a directory) as its model.
+
+    Args:
+        torch_dtype: dtype of floating weights (None: as stored; fp8 is upcast to bf16).
+        device: where the weights go, tensor by tensor.
+        config: the model config (or a list of configs, matched by type) when the shapes do not determine it,
+            e.g. tiny test models; released checkpoints need none.
+    """
+    return execute_plan(plan_load(spec, config), torch_dtype, device, progress)
+
+
+def _load_kind(name: str, spec, torch_dtype, device, config, progress) -> nn.Module:
+    plan = plan_load(spec, config)
+    if plan.name != name:
+        plan.checkpoint.close()
+        raise CheckpointError(f"{plan.source} holds a {plan.name} ({plan.detection.label}), not a {name}")
+    return execute_plan(plan, torch_dtype, device, progress)
+
+
+def load_wan_dit(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+                 config=None, progress: bool = True):
+    """The Wan2.1 DiT (`WanModel`) from official, diffusers or ComfyUI files; a list of shards or a folder."""
+    return _load_kind("wan_video_dit", spec, torch_dtype, device, config, progress)
+
+
+def load_wan_vae(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+                 config=None, progress: bool = True):
+    """The Wan2.1 VAE (`WanVideoVAE`) from `Wan2.1_VAE.pth` (optionally wrapped in `model_state`) or diffusers."""
+    return _load_kind("wan_video_vae", spec, torch_dtype, device, config, progress)
+
+
+def load_wan_text_encoder(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+                          config=None, progress: bool = True):
+    """The umT5-XXL encoder (`WanTextEncoder`) from the official `.pth` or transformers names."""
+    return _load_kind("wan_video_text_encoder", spec, torch_dtype, device, config, progress)
+
+
+def load_wan_image_encoder(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+                           config=None, progress: bool = True):
+    """The CLIP visual tower (`WanImageEncoder`) from the official open-clip `.pth` (text tower ignored) or
+    transformers `CLIPVisionModel` names."""
+    return _load_kind("wan_video_image_encoder", spec, torch_dtype, device, config, progress)
+
+
+def load_pose_guider(state_dict: Dict[str, torch.Tensor], torch_dtype: Optional[torch.dtype] = None,
+                     device: Device = "cpu", dit_dim: Optional[int] = None):
+    """Build the UniAnimate `PoseGuider` from collected `dwpose_embedding.*` / `randomref_embedding_pose.*`
+    tensors (any prefix), strictly: every tensor present, every shape right."""
+    from ..models.pose_guider import PoseGuider
+
+    sd = pose_guider_state_dict(state_dict)
+    if not sd:
+        raise CheckpointError("no pose-guider weights (dwpose_embedding.*, randomref_embedding_pose.*) were "
+                              "collected: load the UniAnimate checkpoint with model_manager.load_lora_v2(path) "
+                              "before building the pipeline")
+
+    def last_conv(prefix: str) -> Optional[str]:
+        indices = [int(k.split(".")[1]) for k in sd if k.startswith(prefix + ".") and k.endswith(".weight")]
+        return f"{prefix}.{max(indices)}.weight" if indices else None
+
+    video_out, image_out = last_conv("dwpose_embedding"), last_conv("randomref_embedding_pose")
+    defaults = PoseGuiderConfig()
+    config = PoseGuiderConfig(
+        hidden_dim=sd["dwpose_embedding.0.weight"].shape[0] if "dwpose_embedding.0.weight" in sd else defaults.hidden_dim,
+        out_dim=sd[video_out].shape[0] if video_out else (dit_dim or defaults.out_dim),
+        ref_dim=sd[image_out].shape[0] if image_out else defaults.ref_dim,
+    )
+    if dit_dim is not None and config.out_dim != dit_dim:
+        raise CheckpointError(f"the pose guider outputs {config.out_dim} channels but the DiT width is {dit_dim}: "
+                              "the UniAnimate checkpoint is for another model size")
+    with torch.device("meta"):
+        guider = PoseGuider(config)
+    expected = expected_tensors(guider)
+    missing = sorted(k for k in expected if k not in sd)
+    unexpected = sorted(k for k in sd if k not in expected)
+    mismatched = [f"{k}: {list(sd[k].shape)} vs {list(expected[k])}"
+                  for k in sd if k in expected and tuple(sd[k].shape) != expected[k]]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"pose-guider weights incomplete or wrong: missing {missing[:6]}, unexpected {unexpected[:6]}, "
+            f"shape mismatches {mismatched[:3]}. Load every file of the UniAnimate checkpoint with load_lora_v2.")
+    for key, tensor in sd.items():
+        assign_tensor(guider, key, tensor.to(device=device, dtype=target_dtype(tensor.dtype, torch_dtype)))
+    return guider.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------- manager
+class ModelManager:
+    """Holds the loaded models by DiffSynth name ("wan_video_dit", "wan_video_vae", "wan_video_text_encoder",
+    "wan_video_image_encoder") with the path each came from, plus the pose-guider tensors collected from
+    UniAnimate checkpoints.
+
+    Args:
+        torch_dtype: default dtype of floating weights (None: as stored; fp8 upcast to bf16).
+        device: default device the weights are loaded onto.
+        file_path_list: loaded right away with `load_models`.
+        progress: show a progress bar for large loads.
+    """
+
+    def __init__(self, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
+                 file_path_list: Sequence = (), progress: bool = True):
+        self.torch_dtype = torch_dtype
+        self.device = device
+        self.progress = progress
+        self.model: List[nn.Module] = []
+        self.model_name: List[str] = []
+        self.model_path: List[Any] = []          # a path, or the list of shards, per model
+        self.model_format: List[str] = []
+        self.pose_state_dict: Dict[str, torch.Tensor] = {}
+        self.lora_paths: List[Any] = []
+        if file_path_list:
+            self.load_models(file_path_list)
+
+    # -- loading
+    def load_model(self, file_path: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = None,
+                   config: ConfigSpec = None) -> nn.Module:
+        """Load one model (a file, a list of shards or a folder) and register it."""
+        self.load_models([file_path], torch_dtype, device, config)
+        return self.model[-1]
+
+    def load_models(self, file_path_list: Sequence, torch_dtype: Optional[torch.dtype] = None, device: Device = None,
+                    config: ConfigSpec = None) -> None:
+        """Load several models; a list entry that is itself a list is one model in shards.
+
+        Every entry is detected and checked from its headers before any weights are read, so a wrong path or an
+        unknown file fails before minutes of loading. Each model is registered once fully loaded.
+        """
+        if isinstance(file_path_list, (str, bytes)) or not isinstance(file_path_list, Sequence):
+            file_path_list = [file_path_list]
+        dtype = torch_dtype if torch_dtype is not None else self.torch_dtype
+        device = device if device is not None else self.device
+        plans: List[LoadPlan] = []
+        try:
+            for entry in file_path_list:
+                plans.append(plan_load(entry, config))
+        except BaseException:
+            for plan in plans:
+                plan.checkpoint.close()
+            raise
+        for i, (entry, plan) in enumerate(zip(file_path_list, plans)):
+            try:
+                model = execute_plan(plan, dtype, device, self.progress)
+            except BaseException:
+                for later in plans[i + 1:]:
+                    later.checkpoint.close()
+                raise
+            self.model.append(model)
+            self.model_name.append(plan.name)
+            self.model_path.append(entry)
+            self.model_format.append(plan.detection.label)
+
+    def load_lora_v2(self, file_path: PathSpec, lora_alpha: float = 1.0, network_alpha: Optional[float] = None
+                     ) -> int:
+        """Merge a UniAnimate/PEFT LoRA into the loaded DiT(s) and collect its pose-guider tensors.
+
+        Args:
+            file_path: a file or a list of shards (e.g. DeepSpeed `zero_to_fp32` safetensors), read as one.
+            lora_alpha: merge strength (upstream's name for it): W += lora_alpha * scale * B @ A.
+            network_alpha: the training `lora_alpha`; scale = network_alpha / rank. When None, an alpha stored
+                in the file is used, and without one scale = 1 (upstream behaviour, right when alpha = rank).
+        Returns:
+            the number of merged Linear layers.
+        """
+        source = describe(file_path)
+        lora = read_lora(file_path, progress=self.progress)
+        merged = 0
+        if lora.modules:
+            dits = [m for m, n in zip(self.model, self.model_name) if n == "wan_video_dit"]
+            if not dits:
+                raise LoraError(f"{source}: no DiT is loaded to merge the LoRA into; load the DiT first")
+            merged = merge_lora(dits, lora, lora_alpha, network_alpha, source)
+        self.pose_state_dict.update(lora.pose)
+        self.lora_paths.append(file_path)
+        ranks = sorted({m.rank for m in lora.modules.values()})
+        logger.info("%s: merged %d LoRA layers (rank %s, strength %s), collected %d pose tensors, skipped %d others",
+                    source, merged, ranks, lora_alpha, len(lora.pose), lora.ignored)
+        return merged
+
+    # -- access
+    def fetch_model(self, model_name: str, file_path: Any = None, require_model_path: bool = False):
+        """The model registered under `model_name` (the first one, or the one loaded from `file_path`); None when
+        absent. With `require_model_path`, returns (model, path)."""
+        found = [(m, p) for m, n, p in zip(self.model, self.model_name, self.model_path)
+                 if n == model_name and (file_path is None or p == file_path)]
+        if not found:
+            logger.info("no %s loaded", model_name)
+            return (None, None) if require_model_path else None
+        if len(found) > 1:
+            logger.warning("%d models named %s are loaded; using the first", len(found), model_name)
+        return found[0] if require_model_path else found[0][0]
+
+    def fetch_pose_guider(self, torch_dtype: Optional[torch.dtype] = None, device: Device = None):
+        """The UniAnimate pose guider built from the tensors `load_lora_v2` collected (strict)."""
+        dit = self.fetch_model("wan_video_dit")
+        dtype = torch_dtype if torch_dtype is not None else self.torch_dtype
+        return load_pose_guider(self.pose_state_dict, dtype, device if device is not None else self.device,
+                                dit_dim=dit.config.dim if dit is not None else None)
+
+    @property
+    def text_encoder_path(self):
+        """Path of the loaded text encoder (the `google/umt5-xxl` tokenizer folder sits beside it)."""
+        return self.fetch_model("wan_video_text_encoder", require_model_path=True)[1]
+
+    @property
+    def state_dict_new_module(self) -> Dict[str, torch.Tensor]:
+        """Upstream name of the collected pose tensors (keys as stored in the checkpoint)."""
+        return self.pose_state_dict
+
+    def __len__(self) -> int:
+        return len(self.model)
+
+    def __repr__(self) -> str:
+        rows = [f"  {n}: {describe(p)} [{f}]" for n, p, f in zip(self.model_name, self.model_path, self.model_format)]
+        return "ModelManager(\n" + "\n".join(rows) + f"\n  pose tensors: {len(self.pose_state_dict)}\n)"
+
+
+__all__ = [
+    "ModelManager", "load_model", "load_wan_dit", "load_wan_vae", "load_wan_text_encoder", "load_wan_image_encoder",
+    "load_pose_guider", "load_state_dict", "plan_load", "execute_plan", "LoadPlan", "expected_tensors", "assign_tensor",
+]
