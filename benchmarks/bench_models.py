@@ -1,6 +1,8 @@
 """CPU benchmark: our Wan DiT forward and VAE decode vs diffusers' classes on the same medium config, fp32.
 
-Each case runs in its own process so peak RSS (ru_maxrss) is measured per case. Prints a table and writes
+Timing: both implementations in one process, calls interleaved (fair under changing machine load). Memory: each
+implementation's call in a fresh process, peak RSS during the call (kernel high-water mark reset just before) minus
+RSS before it. Prints a table and writes
 `benchmarks/results/bench_models.json`. Target: time ratio ours/diffusers <= 1.0.
 
     python benchmarks/bench_models.py [--repeats 5] [--threads 2]
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -31,75 +34,118 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _timeit(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+def _build(kind: str):
+    """Both implementations of `kind` with the same weights and inputs: {impl: zero-arg callable}.
+
+    The callables share one closure, so both models stay alive as long as either callable does."""
+    import torch
+
+    torch.manual_seed(0)
+    if kind == "dit":
+        from diffusers import WanTransformer3DModel
+
+        from diffsynth.configs import WanDiTConfig
+        from diffsynth.loading.diffusers_dit import dit_official_to_diffusers
+        from diffsynth.models.wan_dit import WanModel
+
+        cfg = WanDiTConfig(model_type="i2v", in_dim=36, ffn_dim=DIT["ffn_dim"], dim=DIT["dim"],
+                           num_heads=DIT["num_heads"], num_layers=DIT["num_layers"])
+        ours = WanModel(cfg).eval()
+        peer = WanTransformer3DModel(
+            num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim, in_channels=36, out_channels=16,
+            ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, image_dim=1280, added_kv_proj_dim=cfg.dim,
+            qk_norm="rms_norm_across_heads", cross_attn_norm=True).eval()
+        peer.load_state_dict(dit_official_to_diffusers(ours.state_dict()))
+        T, h = (FRAMES - 1) // 4 + 1, SIZE // 8
+        x, y = torch.randn(1, 16, T, h, h), torch.randn(1, 20, T, h, h)
+        t, ctx, clip = torch.tensor([700.0]), torch.randn(1, 512, 4096), torch.randn(1, 257, 1280)
+        # Both calls include building the 36-channel input (diffusers' pipeline concatenates x and y too).
+        return {"ours": lambda: ours(x, t, ctx, clip_feature=clip, y=y),
+                "diffusers": lambda: peer(torch.cat([x, y], 1), t, ctx, encoder_hidden_states_image=clip,
+                                          return_dict=False)}
+    from diffusers import AutoencoderKLWan
+
+    from diffsynth.configs import WanVAEConfig
+    from diffsynth.loading.diffusers_vae import vae_official_to_diffusers
+    from diffsynth.models.wan_vae import WanVideoVAE
+
+    ours = WanVideoVAE(WanVAEConfig(dim=VAE["dim"], z_dim=VAE["z_dim"])).eval()
+    peer = AutoencoderKLWan(base_dim=VAE["dim"], z_dim=VAE["z_dim"]).eval()
+    peer.load_state_dict(vae_official_to_diffusers(ours.state_dict()))
+    z = torch.randn(1, 16, (FRAMES - 1) // 4 + 1, SIZE // 8, SIZE // 8)
+    # diffusers' VAE does not de-normalise; the same tensor costs the same work.
+    return {"ours": lambda: ours.decode(z, progress=False), "diffusers": lambda: peer.decode(z, return_dict=False)}
 
 
-def _case(kind: str, impl: str, repeats: int, threads: int, queue):
+def _time_case(kind: str, repeats: int, threads: int, queue):
+    """Both implementations in one process, calls interleaved, so they see the same machine conditions."""
     import torch
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    fns = _build(kind)
+    times = {impl: [] for impl in fns}
     with torch.no_grad():
-        if kind == "dit":
-            from diffsynth.configs import WanDiTConfig
-            from diffsynth.loading.diffusers_dit import dit_official_to_diffusers
-            from diffsynth.models.wan_dit import WanModel
-
-            cfg = WanDiTConfig(model_type="i2v", in_dim=36, ffn_dim=DIT["ffn_dim"], dim=DIT["dim"],
-                               num_heads=DIT["num_heads"], num_layers=DIT["num_layers"])
-            ours = WanModel(cfg).eval()
-            T, h = (FRAMES - 1) // 4 + 1, SIZE // 8
-            x, y = torch.randn(1, 16, T, h, h), torch.randn(1, 20, T, h, h)
-            t, ctx, clip = torch.tensor([700.0]), torch.randn(1, 512, 4096), torch.randn(1, 257, 1280)
-            if impl == "ours":
-                model, fn = ours, lambda: ours(x, t, ctx, clip_feature=clip, y=y)
-            else:
-                from diffusers import WanTransformer3DModel
-
-                model = WanTransformer3DModel(
-                    num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim, in_channels=36,
-                    out_channels=16, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, image_dim=1280,
-                    added_kv_proj_dim=cfg.dim, qk_norm="rms_norm_across_heads", cross_attn_norm=True).eval()
-                model.load_state_dict(dit_official_to_diffusers(ours.state_dict()))
-                del ours
-                xy = torch.cat([x, y], 1)
-                fn = lambda: model(xy, t, ctx, encoder_hidden_states_image=clip, return_dict=False)  # noqa: E731
-        else:
-            from diffsynth.configs import WanVAEConfig
-            from diffsynth.loading.diffusers_vae import vae_official_to_diffusers
-            from diffsynth.models.wan_vae import WanVideoVAE
-
-            ours = WanVideoVAE(WanVAEConfig(dim=VAE["dim"], z_dim=VAE["z_dim"])).eval()
-            z = torch.randn(1, 16, (FRAMES - 1) // 4 + 1, SIZE // 8, SIZE // 8)
-            if impl == "ours":
-                model, fn = ours, lambda: ours.decode(z)
-            else:
-                from diffusers import AutoencoderKLWan
-
-                model = AutoencoderKLWan(base_dim=VAE["dim"], z_dim=VAE["z_dim"]).eval()
-                model.load_state_dict(vae_official_to_diffusers(ours.state_dict()))
-                del ours
-                # diffusers' VAE does not de-normalise; feeding the same tensor times the same work
-                fn = lambda: model.decode(z, return_dict=False)  # noqa: E731
-        rss_before = _rss_mb()
-        times = _timeit(fn, repeats)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(dict(kind=kind, impl=impl, median_s=statistics.median(times), min_s=min(times),
-                   peak_rss_mb=peak, model_rss_mb=rss_before, activation_peak_mb=peak - rss_before))
+        for fn in fns.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for impl, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[impl].append(time.perf_counter() - start)
+    queue.put({impl: dict(median_s=statistics.median(v), min_s=min(v)) for impl, v in times.items()})
 
 
-def run(kind, impl, repeats, threads):
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux: VmHWM); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _memory_case(kind: str, impl: str, threads: int, queue):
+    """Peak RSS growth during one call of one implementation (both models are resident, so only the call's own
+    allocations count: the high-water mark is reset right before it)."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    fn = _build(kind)[impl]
+    gc.collect()
+    rss_before = _rss_mb()
+    exact = _reset_peak_rss()
+    with torch.no_grad():
+        fn()
+    peak = _peak_rss_mb()
+    queue.put(dict(peak_rss_mb=peak, activation_peak_mb=peak - rss_before, peak_reset=exact))
+
+
+def _in_subprocess(target, *args, exact_rss: bool = False):
+    # exact_rss: a fixed mmap threshold makes glibc map every large tensor separately and unmap it when freed, so
+    # RSS follows the live tensors instead of the allocator's free lists (where a peak would hide). It slows the
+    # process down, so timing runs without it.
+    env_before = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if exact_rss:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_case, args=(kind, impl, repeats, threads, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
+    if exact_rss:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_")
+        if env_before is not None:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = env_before
     result = queue.get()
     proc.join()
     return result
@@ -115,7 +161,9 @@ def main():
 
     rows = []
     for kind in [args.only] if args.only else ["dit", "vae"]:
-        ours, peer = run(kind, "ours", args.repeats, args.threads), run(kind, "diffusers", args.repeats, args.threads)
+        timing = _in_subprocess(_time_case, kind, args.repeats, args.threads)
+        ours, peer = ({**timing[impl], **_in_subprocess(_memory_case, kind, impl, args.threads, exact_rss=True)}
+                      for impl in ("ours", "diffusers"))
         rows.append(dict(case=kind, ours=ours, diffusers=peer, time_ratio=ours["median_s"] / peer["median_s"],
                          activation_mem_ratio=ours["activation_peak_mb"] / max(peer["activation_peak_mb"], 1e-6)))
 

@@ -23,8 +23,19 @@ from .layers import RMSNorm, apply_rope, rope_compute_dtype, rope_cos_sin, sinus
 Grid = Tuple[int, int, int]
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# In half precision these keep the upstream's two roundings (multiply, then add), so bf16 runs match
+# DiffSynth/UniAnimate; in fp32/fp64 one fused addcmul is faster (about 3% of a CPU forward) and as exact.
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    """x * (1 + scale) + shift."""
+    return x * (1 + scale) + shift if x.dtype in _HALF else torch.addcmul(shift, x, 1 + scale)
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate * y."""
+    return x + gate * y if x.dtype in _HALF else torch.addcmul(x, gate, y)
 
 
 class SelfAttention(nn.Module):
@@ -87,11 +98,11 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = (
             self.modulation.to(e0.dtype) + e0).chunk(6, dim=1)
         # 1. Self-attention, modulated and gated by the timestep.
-        x = x + gate_msa * self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin, backend)
+        x = gated_add(x, gate_msa, self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin, backend))
         # 2. Cross-attention to text (and image) tokens: no modulation, no gate.
         x = x + self.cross_attn(self.norm3(x), context, context_img, backend)
         # 3. Feed-forward, modulated and gated.
-        x = x + gate_ffn * self.ffn(modulate(self.norm2(x), shift_ffn, scale_ffn))
+        x = gated_add(x, gate_ffn, self.ffn(modulate(self.norm2(x), shift_ffn, scale_ffn)))
         return x
 
 
