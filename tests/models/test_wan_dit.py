@@ -221,3 +221,31 @@ def test_bad_input_names_the_problem(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         model(**args)
+
+
+def test_forward_never_makes_float64_copies_of_activations():
+    """Upstream upcasts q and k to complex128 inside RoPE (a 1.3 GB transient at 480p); we must not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Float64Sizes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype in (torch.float64, torch.complex128):
+                    self.sizes.append(t.numel())
+            return out
+
+    model = WanModel(TINY_I2V).to(torch.bfloat16).eval()
+    x, y = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 20, 3, 8, 8)
+    tokens = 3 * 4 * 4
+    with torch.no_grad(), Float64Sizes() as probe:
+        out = model(x.bfloat16(), torch.tensor([999.0]).bfloat16(), torch.randn(1, 512, 32).bfloat16(),
+                    clip_feature=torch.randn(1, 257, 16).bfloat16(), y=y.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert probe.sizes, "the sinusoid and the RoPE tables are built in float64"
+    # Only the phase tables ([L, 1, dh/2]) and the sinusoid may be float64; q/k are [B, L, n, dh] = 4x larger.
+    assert max(probe.sizes) <= tokens * TINY_I2V.head_dim // 2
