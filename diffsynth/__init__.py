@@ -16,6 +16,10 @@ _EXPORTS = {
     "PoseGuider": "models.pose_guider", "WanModel": "models.wan_dit", "WanImageEncoder": "models.wan_image_encoder",
     "WanTextEncoder": "models.wan_text_encoder", "WanVideoVAE": "models.wan_vae",
     "WanPrompter": "prompters.wan_prompter", "FlowMatchScheduler": "schedulers.flow_match",
+    "ModelManager": "loading.manager", "load_wan_dit": "loading.manager", "load_wan_vae": "loading.manager",
+    "load_wan_text_encoder": "loading.manager", "load_wan_image_encoder": "loading.manager",
+    "WanUniAnimateVideoPipeline": "pipelines.unianimate", "load_pose_data": "pipelines.unianimate",
+    "TeaCache": "acceleration.teacache",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,29 +2,33 @@
 
     python -m diffsynth.demo [--out outputs/demo.mp4] [--frames 9] [--height 96] [--width 64] [--steps 4]
 
-Every step is the real UniAnimate data flow (spec section 0), run with tiny untrained models:
-prompt -> umT5; reference image -> CLIP tokens and the I2V `y` (mask + VAE latent); reference pose -> added to `y`;
-pose video -> pose tokens on the conditional branch; flow-matching Euler with CFG; VAE decode; a side-by-side mp4
-[reference | pose | generated]. The generated panel is noise-like: the weights are random.
+Nothing is mocked: tiny versions of the five networks are written to disk in the released checkpoint layouts
+(sharded DiT safetensors, T5/VAE/CLIP .pth, a UniAnimate .ckpt with a LoRA and the pose guider), read back with
+`ModelManager` exactly as in the README, and run through `WanUniAnimateVideoPipeline`: prompt -> umT5; reference
+image -> CLIP tokens and the I2V `y`; reference pose -> added to `y`; pose video -> pose tokens on the conditional
+branch; flow-matching Euler with CFG; tiled VAE decode; a side-by-side mp4 [reference | pose | generated].
+The generated panel is noise-like: the weights are random.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import os
 import tempfile
 import time
 from typing import List
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from PIL import Image
 
 from .data.video import save_video
+from .loading import ModelManager
+from .pipelines import WanUniAnimateVideoPipeline, load_pose_data
 from .pose.draw import draw_pose
 from .pose.keypoints import Pose
-from .schedulers import FlowMatchScheduler
-from .tiny import TinyModels, build_tiny_models
+from .tiny import TINY_CLIP, TINY_T5, TINY_VAE, TinyCheckpoints, build_tiny_models, save_tiny_checkpoints
 
 logger = logging.getLogger("diffsynth.demo")
 
@@ -65,45 +69,23 @@ def synthetic_reference(height: int, width: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ generation
-@torch.no_grad()
-def animate(models: TinyModels, reference: np.ndarray, pose_frames: List[np.ndarray], reference_pose: np.ndarray,
-            prompt: str, negative_prompt: str = "", steps: int = 4, cfg_scale: float = 1.5, shift: float = 5.0,
-            seed: int = 0) -> np.ndarray:
-    """Returns the generated frames [F, H, W, 3] uint8. Inputs are uint8 RGB arrays of the same H x W."""
+def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_frames: List[np.ndarray],
+                    reference_pose: np.ndarray, prompt: str, steps: int, cfg_scale: float, seed: int,
+                    torch_dtype: torch.dtype = torch.float32) -> List[Image.Image]:
+    """The README's loading and generation code, verbatim but for the tiny configs and the CPU."""
+    model_manager = ModelManager(device="cpu", progress=False)
+    model_manager.load_models([checkpoints.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
+    model_manager.load_models([checkpoints.dit_shards, checkpoints.text_encoder, checkpoints.vae],
+                              torch_dtype=torch_dtype, config=[TINY_T5, TINY_VAE])
+    model_manager.load_lora_v2(checkpoints.unianimate, lora_alpha=1.0)
+    pipe = WanUniAnimateVideoPipeline.from_model_manager(model_manager, torch_dtype=torch_dtype, device="cpu")
     height, width = reference.shape[:2]
-    frames = len(pose_frames)
-    to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1).float()  # noqa: E731  [3, H, W], 0..255
-
-    # 1. Text context for both CFG branches.
-    context = models.prompter.encode_prompt(models.text_encoder, prompt)
-    context_neg = models.prompter.encode_prompt(models.text_encoder, negative_prompt)
-    # 2. Reference image: CLIP tokens, and y = [mask(4); latent of (image, grey frames...)(16)].
-    image = to_tensor(reference)[None] / 127.5 - 1                                   # [1, 3, H, W] in [-1, 1]
-    clip_feature = models.image_encoder.encode_image(image)
-    video = torch.zeros(1, 3, frames, height, width)
-    video[:, :, 0] = image
-    latent = models.vae.encode(video, progress=False)                               # [1, 16, T, h, w]
-    mask = torch.zeros(1, 4, *latent.shape[2:])
-    mask[:, :, 0] = 1
-    y = torch.cat([mask, latent], dim=1)
-    # 3. Reference pose -> added to y; pose video -> tokens for the conditional branch only.
-    y = y + models.pose_guider.embed_reference_pose(to_tensor(reference_pose)[None] / 255)
-    pose_video = torch.stack([to_tensor(f) for f in pose_frames], dim=1)[None] / 255   # [1, 3, F, H, W]
-    pose_tokens = models.pose_guider.embed_pose_video(pose_video)
-    # 4. Flow-matching Euler with classifier-free guidance.
-    scheduler = FlowMatchScheduler(shift=shift)
-    scheduler.set_timesteps(steps)
-    x = torch.randn(latent.shape, generator=torch.Generator("cpu").manual_seed(seed))
-    for t in tqdm(scheduler.timesteps, desc="Denoising"):
-        timestep = t[None]
-        v = models.dit(x, timestep, context, clip_feature=clip_feature, y=y, add_condition=pose_tokens)
-        if cfg_scale != 1.0:
-            v_neg = models.dit(x, timestep, context_neg, clip_feature=clip_feature, y=y)
-            v = v_neg + cfg_scale * (v - v_neg)
-        x = scheduler.step(v, t, x)
-    # 5. Decode.
-    out = models.vae.decode(x, progress=False)[0]                                    # [3, F, H, W] in [-1, 1]
-    return ((out.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    dwpose_data, random_ref_dwpose = load_pose_data([Image.fromarray(p) for p in pose_frames],
+                                                    Image.fromarray(reference_pose), height, width)
+    return pipe(prompt=prompt, negative_prompt="", input_image=Image.fromarray(reference), dwpose_data=dwpose_data,
+                random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(pose_frames),
+                cfg_scale=cfg_scale, num_inference_steps=steps, seed=seed, tiled=True, tile_size=(4, 4),
+                tile_stride=(2, 2))
 
 
 def main(argv=None) -> str:
@@ -122,14 +104,16 @@ def main(argv=None) -> str:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tokenizer_dir:
-        models = build_tiny_models(tokenizer_dir, seed=args.seed)
     poses = [draw_rgb(stick_figure(2 * math.pi * i / max(args.frames - 1, 1)), args.height, args.width)
              for i in range(args.frames)]
     reference = synthetic_reference(args.height, args.width)
-    generated = animate(models, reference, poses, poses[0], args.prompt, steps=args.steps,
-                        cfg_scale=args.cfg_scale, seed=args.seed)
-    panels = [np.concatenate([reference, pose, frame], axis=1) for pose, frame in zip(poses, generated)]
+    with tempfile.TemporaryDirectory() as folder:
+        models = build_tiny_models(os.path.join(folder, "tokenizer"), seed=args.seed)
+        checkpoints = save_tiny_checkpoints(models, os.path.join(folder, "checkpoints"), seed=args.seed)
+        del models   # everything below reads the files back through the real loaders
+        generated = run_readme_flow(checkpoints, reference, poses, poses[0], args.prompt, args.steps,
+                                    args.cfg_scale, args.seed)
+    panels = [np.concatenate([reference, pose, np.asarray(frame)], axis=1) for pose, frame in zip(poses, generated)]
     path = save_video(panels, args.out, fps=15, progress=False)
     logger.info("wrote %s (%d frames, %dx%d, [reference | pose | generated]) in %.1f s",
                 path, len(panels), panels[0].shape[1], panels[0].shape[0], time.perf_counter() - start)

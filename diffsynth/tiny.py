@@ -72,5 +72,63 @@ def build_tiny_models(tokenizer_folder: str, seed: int = 0, dtype: Optional[torc
     return models
 
 
-__all__ = ["TinyModels", "build_tiny_models", "build_tiny_tokenizer",
+@dataclass
+class TinyCheckpoints:
+    """Paths of tiny checkpoints written in the released layouts (see `save_tiny_checkpoints`)."""
+
+    dit_shards: list      # official-name safetensors shards, with a Wan config.json beside them
+    text_encoder: str     # .pth, with the tokenizer in google/umt5-xxl beside it
+    vae: str              # .pth
+    image_encoder: str    # .pth holding `visual.*` (and a textual tower that loaders must ignore)
+    unianimate: str       # .ckpt: trainer-format LoRA (`pipe.dit.` prefix) + pose-guider tensors
+
+
+def save_tiny_checkpoints(models: TinyModels, folder: str, lora_rank: int = 2, seed: int = 0) -> TinyCheckpoints:
+    """Write the tiny models as files in the released layouts, so the real loaders can read them back.
+
+    The DiT goes into two safetensors shards; the UniAnimate file gets a seeded random LoRA on every q/k/v/o and
+    ffn Linear (named like the trainer writes it) plus the pose guider's tensors.
+    """
+    import json  # noqa: PLC0415
+
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    os.makedirs(folder, exist_ok=True)
+    dit_sd = {k: v.contiguous() for k, v in models.dit.state_dict().items()}
+    keys = sorted(dit_sd)
+    shards = []
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        path = os.path.join(folder, f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors")
+        save_file({k: dit_sd[k] for k in part}, path)
+        shards.append(path)
+    cfg = models.dit.config
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"_class_name": "WanModel", "model_type": cfg.model_type, "dim": cfg.dim, "num_heads": cfg.num_heads,
+                   "num_layers": cfg.num_layers, "ffn_dim": cfg.ffn_dim, "in_dim": cfg.in_dim}, f)
+    t5_path = os.path.join(folder, "models_t5_umt5-xxl-enc-bf16.pth")
+    torch.save(models.text_encoder.state_dict(), t5_path)
+    models.prompter.tokenizer.save_pretrained(os.path.join(folder, "google", "umt5-xxl"))
+    vae_path = os.path.join(folder, "Wan2.1_VAE.pth")
+    torch.save(models.vae.state_dict(), vae_path)
+    clip_path = os.path.join(folder, "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    clip_sd = dict(models.image_encoder.state_dict())
+    clip_sd["textual.token_embedding.weight"] = torch.zeros(8, 4)
+    clip_sd["log_scale"] = torch.tensor(4.6)
+    torch.save(clip_sd, clip_path)
+
+    gen = torch.Generator().manual_seed(seed)
+    unianimate = {}
+    for name, module in models.dit.named_modules():
+        if name.startswith("blocks.") and name.rsplit(".", 1)[-1] in ("q", "k", "v", "o", "0", "2") \
+                and isinstance(module, torch.nn.Linear):
+            out_f, in_f = module.weight.shape
+            unianimate[f"pipe.dit.{name}.lora_A.default.weight"] = torch.randn(lora_rank, in_f, generator=gen) * 0.1
+            unianimate[f"pipe.dit.{name}.lora_B.default.weight"] = torch.randn(out_f, lora_rank, generator=gen) * 0.1
+    unianimate.update({k: v.clone() for k, v in models.pose_guider.state_dict().items()})
+    unianimate_path = os.path.join(folder, "UniAnimate-Wan2.1-14B-Lora-12000.ckpt")
+    torch.save(unianimate, unianimate_path)
+    return TinyCheckpoints(shards, t5_path, vae_path, clip_path, unianimate_path)
+
+
+__all__ = ["TinyModels", "TinyCheckpoints", "build_tiny_models", "build_tiny_tokenizer", "save_tiny_checkpoints",
            "TINY_DIT", "TINY_VAE", "TINY_T5", "TINY_CLIP", "TINY_POSE"]

@@ -1,0 +1,197 @@
+"""`WanUniAnimateVideoPipeline`: animate a reference image along a pose video (short clips, one DiT window).
+
+    model_manager = ModelManager(device="cpu")
+    model_manager.load_models([clip_path], torch_dtype=torch.float32)
+    model_manager.load_models([dit_shards, t5_path, vae_path], torch_dtype=torch.bfloat16)
+    model_manager.load_lora_v2("checkpoints/UniAnimate-Wan2.1-14B-Lora-12000.ckpt", lora_alpha=1.0)
+    pipe = WanUniAnimateVideoPipeline.from_model_manager(model_manager, torch_dtype=torch.bfloat16, device="cuda")
+    frames = pipe(prompt="a person is dancing", input_image=image, dwpose_data=poses, random_ref_dwpose=ref_pose,
+                  height=832, width=480, num_frames=81, cfg_scale=1.5, seed=0)
+
+Data flow (upstream spec 3.3): prompts -> umT5; reference image -> CLIP tokens and y = [mask; VAE latent]; reference
+pose -> added to y; pose video -> tokens added after patch embedding on the conditional branch only; seeded noise;
+flow-matching Euler with CFG (optionally TeaCache); tiled VAE decode.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..acceleration.teacache import TeaCache
+from ..prompters import WanPrompter, resolve_tokenizer_path
+from ..schedulers import FlowMatchScheduler
+from .units import (check_sizes, decode_video, dit_step, encode_poses, encode_prompt, encode_reference_image,
+                    pil_to_tensor, video_to_tensor)
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES = ("text_encoder", "image_encoder", "vae", "dit", "pose_guider")
+
+
+class WanUniAnimateVideoPipeline:
+    """Holds the five models and runs one generation per call.
+
+    Models are used where they are (the ModelManager's device) unless `device` differs: then each model is moved to
+    `device` when first needed and stays there, or, after `enable_cpu_offload()`, is moved back to the CPU as soon
+    as the next model is needed (one model on the GPU at a time).
+    """
+
+    def __init__(self, device: Union[str, torch.device] = "cuda", torch_dtype: torch.dtype = torch.bfloat16):
+        self.device = torch.device(device)
+        self.torch_dtype = torch_dtype
+        self.scheduler = FlowMatchScheduler(shift=5.0, sigma_min=0.0, extra_one_step=True)
+        self.prompter = WanPrompter()
+        self.text_encoder = self.image_encoder = self.vae = self.dit = self.pose_guider = None
+        self.cpu_offload = False
+
+    # ------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_model_manager(cls, model_manager, torch_dtype: Optional[torch.dtype] = None,
+                           device: Union[str, torch.device, None] = None) -> "WanUniAnimateVideoPipeline":
+        """Take the models from a `ModelManager`. Call `model_manager.load_lora_v2(...)` with the UniAnimate
+        checkpoint first: it also carries the pose guider weights."""
+        pipe = cls(device=device or model_manager.device, torch_dtype=torch_dtype or model_manager.torch_dtype
+                   or torch.bfloat16)
+        text_encoder, text_encoder_path = model_manager.fetch_model("wan_video_text_encoder", require_model_path=True)
+        pipe.text_encoder = text_encoder
+        if text_encoder is not None:
+            path = text_encoder_path[0] if isinstance(text_encoder_path, (list, tuple)) else text_encoder_path
+            pipe.prompter.load_tokenizer(resolve_tokenizer_path(path))
+        pipe.image_encoder = model_manager.fetch_model("wan_video_image_encoder")
+        pipe.vae = model_manager.fetch_model("wan_video_vae")
+        pipe.dit = model_manager.fetch_model("wan_video_dit")
+        # The pose CNNs are small: kept in fp32 like upstream (their output is cast to the DiT dtype).
+        pipe.pose_guider = model_manager.fetch_pose_guider(torch_dtype=torch.float32, device="cpu")
+        missing = [name for name in MODEL_NAMES if getattr(pipe, name) is None]
+        if missing:
+            raise ValueError(f"the model manager lacks {', '.join(missing)}: load the Wan2.1-I2V DiT shards, the T5 "
+                             "and VAE .pth files and the CLIP .pth file with load_models() first")
+        return pipe
+
+    def enable_cpu_offload(self) -> None:
+        """Keep models on the CPU and move each to `device` only while it runs (lower GPU memory, slower)."""
+        self.cpu_offload = True
+
+    def _onload(self, name: str) -> torch.nn.Module:
+        """Move `name` to the compute device (and, with CPU offload, every other model back to the CPU)."""
+        if self.cpu_offload:
+            for other in MODEL_NAMES:
+                model = getattr(self, other)
+                if other != name and model is not None and next(model.parameters()).device != torch.device("cpu"):
+                    model.to("cpu")
+        model = getattr(self, name)
+        if model is None:
+            raise ValueError(f"the pipeline has no {name}")
+        if next(model.parameters()).device != self.device:
+            model.to(self.device)
+        return model
+
+    # -------------------------------------------------------------------------------------------------- call
+    def check_inputs(self, input_image, dwpose_data, random_ref_dwpose, height, width, num_frames) -> None:
+        if input_image is None:
+            raise ValueError("input_image is required: the reference photo (PIL image) of the person to animate")
+        if dwpose_data is None or random_ref_dwpose is None:
+            raise ValueError("dwpose_data ([3, F, H, W] pose frames, 0..255) and random_ref_dwpose ([H, W, 3] "
+                             "reference pose, 0..255) are required: make them with run_align_pose.py")
+        check_sizes(height, width, num_frames)
+        if tuple(dwpose_data.shape) != (3, num_frames, height, width):
+            raise ValueError(f"dwpose_data has shape {tuple(dwpose_data.shape)}; expected [3, num_frames, height, "
+                             f"width] = {[3, num_frames, height, width]}: resize the pose frames to the generation "
+                             "size and pass as many frames as num_frames")
+        if tuple(random_ref_dwpose.shape) != (height, width, 3):
+            raise ValueError(f"random_ref_dwpose has shape {tuple(random_ref_dwpose.shape)}; expected "
+                             f"[height, width, 3] = {[height, width, 3]}")
+
+    def generate_noise(self, shape, seed: Optional[int], rand_device: str = "cpu") -> torch.Tensor:
+        """fp32 Gaussian noise drawn on `rand_device` (CPU by default, so a seed gives the same video on any GPU)."""
+        generator = None if seed is None else torch.Generator(rand_device).manual_seed(seed)
+        noise = torch.randn(shape, generator=generator, device=rand_device, dtype=torch.float32)
+        return noise.to(device=self.device, dtype=self.torch_dtype)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional[Image.Image] = None,
+                 input_video: Optional[List[Image.Image]] = None, denoising_strength: float = 1.0,
+                 seed: Optional[int] = None, rand_device: str = "cpu", height: int = 480, width: int = 832,
+                 num_frames: int = 81, cfg_scale: float = 5.0, num_inference_steps: int = 50,
+                 sigma_shift: float = 5.0, tiled: bool = True, tile_size: Tuple[int, int] = (30, 52),
+                 tile_stride: Tuple[int, int] = (15, 26), tea_cache_l1_thresh: Optional[float] = None,
+                 tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
+                 random_ref_dwpose: Optional[torch.Tensor] = None) -> List[Image.Image]:
+        """Generate `num_frames` frames of the reference person following the poses.
+
+        Args:
+            input_image: reference photo (resized to height x width with PIL bicubic).
+            dwpose_data: pose frames [3, F, H, W], values 0..255 (RGB as read from the pose images).
+            random_ref_dwpose: reference pose [H, W, 3], values 0..255.
+            height, width: multiples of 16; num_frames: 4k+1. Checked, never silently changed.
+            cfg_scale: classifier-free guidance (1.5 in the UniAnimate scripts; 1.0 skips the negative branch).
+            tea_cache_l1_thresh, tea_cache_model_id: enable TeaCache (e.g. 0.3, "Wan2.1-I2V-14B-720P").
+            input_video, denoising_strength: video-to-video; the input is encoded (tiled) and noised part-way.
+        Returns:
+            a list of F PIL images.
+        """
+        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames)
+        self.scheduler.shift = sigma_shift
+        self.scheduler.set_timesteps(num_inference_steps, denoising_strength)
+        latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+
+        # 1. Noise, or the noised input video.
+        latents = self.generate_noise(latent_shape, seed, rand_device)
+        if input_video is not None:
+            vae = self._onload("vae")
+            video = video_to_tensor(input_video, height, width).to(self.device, next(vae.parameters()).dtype)
+            encoded = vae.encode(video, tiled=True, progress=False).to(self.torch_dtype)
+            latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
+        # 2. Prompts.
+        text_encoder = self._onload("text_encoder")
+        context = encode_prompt(self.prompter, text_encoder, prompt, self.device)
+        context_neg = encode_prompt(self.prompter, text_encoder, negative_prompt, self.device) \
+            if cfg_scale != 1.0 else None
+        # 3. Reference image -> CLIP tokens and y.
+        image = pil_to_tensor(input_image, height, width)
+        self._onload("image_encoder")
+        self._onload("vae")
+        clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, self.device)
+        # 4. Poses: tokens for the conditional branch, reference-pose embedding added to y (all 20 channels).
+        pose_guider = self._onload("pose_guider")
+        pose_tokens, ref_pose_emb = encode_poses(pose_guider, dwpose_data, random_ref_dwpose, self.device)
+        y = y.to(self.torch_dtype) + ref_pose_emb.to(self.torch_dtype)
+        pose_tokens = pose_tokens.to(self.torch_dtype)
+        # 5. Denoising loop.
+        dit = self._onload("dit")
+        dit.check_inputs(latents, self.scheduler.timesteps[:1], context, clip_feature, y, pose_tokens)
+        caches = [TeaCache(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id)
+                  if tea_cache_l1_thresh is not None else None for _ in range(2)]
+        for timestep in progress_bar_cmd(self.scheduler.timesteps):
+            t = timestep[None].to(self.device)
+            velocity = dit_step(dit, latents, t, context, clip_feature, y, pose_tokens, caches[0])
+            if cfg_scale != 1.0:   # the unconditional branch never sees the pose tokens
+                velocity_neg = dit_step(dit, latents, t, context_neg, clip_feature, y, None, caches[1])
+                velocity = velocity_neg + cfg_scale * (velocity - velocity_neg)
+            latents = self.scheduler.step(velocity, timestep, latents)
+        if caches[0] is not None:
+            logger.info("TeaCache skipped %d of %d steps", len(caches[0].skipped_steps), num_inference_steps)
+        # 6. Decode.
+        vae = self._onload("vae")
+        frames = decode_video(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
+        if self.cpu_offload:
+            vae.to("cpu")
+        return frames
+
+
+def load_pose_data(pose_images: List[Image.Image], reference_pose: Image.Image, height: int, width: int
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pose images (as written by run_align_pose.py) -> (dwpose_data [3, F, H, W] float 0..255,
+    random_ref_dwpose [H, W, 3] uint8), resized to the generation size like the upstream scripts."""
+    frames = [np.asarray(p.convert("RGB").resize((width, height), Image.BICUBIC)) for p in pose_images]
+    dwpose_data = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
+    ref = torch.from_numpy(np.asarray(reference_pose.convert("RGB").resize((width, height), Image.BICUBIC)).copy())
+    return dwpose_data, ref
+
+
+__all__ = ["WanUniAnimateVideoPipeline", "load_pose_data"]

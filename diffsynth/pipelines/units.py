@@ -1,0 +1,123 @@
+"""Steps shared by the Wan/UniAnimate pipelines, as plain functions with explicit arguments.
+
+Each takes the model(s) it needs and returns tensors on `device`; dtype conversions happen here, at the model
+boundary (a model's inputs take its parameter dtype), so the models themselves stay dtype-agnostic.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..acceleration.teacache import TeaCache
+from ..models.pose_guider import PoseGuider
+from ..models.wan_dit import WanModel, condition_tokens
+from ..models.wan_image_encoder import WanImageEncoder
+from ..models.wan_text_encoder import WanTextEncoder
+from ..models.wan_vae import WanVideoVAE
+from ..prompters import WanPrompter
+
+
+def param_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def check_sizes(height: int, width: int, num_frames: int) -> None:
+    """Wan needs H and W multiples of 16 and F = 4k+1 frames."""
+    problems = []
+    if height % 16 or width % 16:
+        problems.append(f"height x width = {height}x{width} must be multiples of 16 "
+                        f"(e.g. {(height + 15) // 16 * 16}x{(width + 15) // 16 * 16})")
+    if num_frames < 1 or (num_frames - 1) % 4:
+        problems.append(f"num_frames = {num_frames} must be 4k+1 (e.g. {max(1, (num_frames - 1) // 4 * 4 + 1)} or "
+                        f"{(num_frames + 2) // 4 * 4 + 1})")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+@torch.no_grad()
+def encode_prompt(prompter: WanPrompter, text_encoder: WanTextEncoder, prompt: str, device) -> torch.Tensor:
+    """Prompt -> umT5 context [1, 512, dim] with zeros after the prompt's length."""
+    return prompter.encode_prompt(text_encoder, prompt, device=device)
+
+
+def pil_to_tensor(image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """PIL image -> [1, 3, H, W] in [-1, 1], resized with PIL bicubic (aspect ratio not kept), as upstream."""
+    image = image.convert("RGB").resize((width, height), Image.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    return (array.permute(2, 0, 1)[None] * (2 / 255) - 1)
+
+
+@torch.no_grad()
+def encode_reference_image(image_encoder: WanImageEncoder, vae: WanVideoVAE, image: torch.Tensor, num_frames: int,
+                           device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference image [1, 3, H, W] in [-1, 1] -> CLIP tokens [1, 257, 1280] and the I2V y [1, 20, T, h, w].
+
+    y = [mask (4): ones at latent frame 0; VAE latent (16) of (image, then F-1 grey frames)], encoded untiled.
+    """
+    clip_feature = image_encoder.encode_image(image.to(device))
+    _, _, height, width = image.shape
+    video = torch.zeros(1, 3, num_frames, height, width, device=device, dtype=param_dtype(vae))
+    video[:, :, 0] = image.to(device=device, dtype=video.dtype)
+    latent = vae.encode(video, progress=False)
+    mask = torch.zeros(1, 4, *latent.shape[2:], device=device, dtype=latent.dtype)
+    mask[:, :, 0] = 1
+    return clip_feature, torch.cat([mask, latent], dim=1)
+
+
+@torch.no_grad()
+def encode_poses(pose_guider: PoseGuider, pose_video: torch.Tensor, reference_pose: torch.Tensor, device
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pose frames [3, F, H, W] (0..255) and reference pose [H, W, 3] (0..255) -> pose tokens [1, d, T, h', w'] and
+    the reference-pose embedding [1, 20, 1, h, w] (added to y). Scaling is /255, no normalisation, as upstream."""
+    dtype = param_dtype(pose_guider)
+    video = pose_video[None].to(device=device, dtype=dtype) / 255
+    ref = reference_pose.permute(2, 0, 1)[None].to(device=device, dtype=dtype) / 255
+    return pose_guider.embed_pose_video(video), pose_guider.embed_reference_pose(ref)
+
+
+def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+             clip_feature: Optional[torch.Tensor], y: Optional[torch.Tensor],
+             add_condition: Optional[torch.Tensor] = None, tea_cache: Optional[TeaCache] = None) -> torch.Tensor:
+    """One DiT velocity prediction, composed from the model's steps so TeaCache can skip the blocks.
+
+    Every tensor is cast to the DiT's parameter dtype first: with bf16 weights the timestep is rounded to bf16
+    before the sinusoid, as upstream (995.93 -> 996).
+    """
+    dtype = param_dtype(dit)
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    latents, timestep, context, clip_feature, y = map(cast, (latents, timestep, context, clip_feature, y))
+    e, e0 = dit.embed_timestep(timestep)
+    ctx, ctx_img = dit.embed_context(context, clip_feature)
+    tokens, grid = dit.patchify(latents, y)
+    if add_condition is not None:
+        tokens = tokens + condition_tokens(add_condition).to(tokens.dtype)
+    if tea_cache is not None and not tea_cache.should_compute(e0):
+        tokens = tea_cache.reuse(tokens)
+    else:
+        out = dit.forward_blocks(tokens, ctx, ctx_img, e0, grid)
+        if tea_cache is not None:
+            tea_cache.store(tokens, out)
+        tokens = out
+    return dit.unpatchify_head(tokens, e, grid)
+
+
+@torch.no_grad()
+def decode_video(vae: WanVideoVAE, latents: torch.Tensor, tiled: bool = True, tile_size=(30, 52),
+                 tile_stride=(15, 26)) -> List[Image.Image]:
+    """Latents [1, 16, T, h, w] -> F = 4T-3 PIL frames. uint8 conversion truncates, as upstream."""
+    video = vae.decode(latents.to(param_dtype(vae)), tiled=tiled, tile_size=tile_size, tile_stride=tile_stride,
+                       progress=False)[0]
+    frames = ((video.float().permute(1, 2, 3, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return [Image.fromarray(frame) for frame in frames]
+
+
+def video_to_tensor(frames: Sequence[Image.Image], height: int, width: int) -> torch.Tensor:
+    """PIL frames -> [1, 3, F, H, W] in [-1, 1]."""
+    return torch.cat([pil_to_tensor(f, height, width) for f in frames])[None].transpose(1, 2)
+
+
+__all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "encode_reference_image", "encode_poses", "dit_step",
+           "decode_video", "video_to_tensor", "param_dtype"]
