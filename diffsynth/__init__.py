@@ -18,7 +18,7 @@ _EXPORTS = {
     "WanPrompter": "prompters.wan_prompter", "FlowMatchScheduler": "schedulers.flow_match",
     "ModelManager": "loading.manager", "load_wan_dit": "loading.manager", "load_wan_vae": "loading.manager",
     "load_wan_text_encoder": "loading.manager", "load_wan_image_encoder": "loading.manager",
-    "WanUniAnimateVideoPipeline": "pipelines.unianimate", "load_pose_data": "pipelines.unianimate",
+    "WanUniAnimateVideoPipeline": "pipelines.unianimate", "WanUniAnimateLongVideoPipeline": "pipelines.long_video", "load_pose_data": "pipelines.unianimate",
     "TeaCache": "acceleration.teacache",
 }
 __all__ = sorted(_EXPORTS)

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from ..acceleration.teacache import TeaCache
 from ..prompters import WanPrompter, resolve_tokenizer_path
 from ..schedulers import FlowMatchScheduler
-from .units import (check_sizes, decode_video, dit_step, encode_poses, encode_prompt, encode_reference_image,
-                    pil_to_tensor, video_to_tensor)
+from .units import (check_sizes, decode_video, dit_step, encode_pose_video, encode_prompt, encode_reference_image,
+                    encode_reference_pose, pil_to_tensor, video_to_tensor)
 
 logger = logging.getLogger(__name__)
 
@@ -147,36 +147,63 @@ class WanUniAnimateVideoPipeline:
             video = video_to_tensor(input_video, height, width).to(self.device, next(vae.parameters()).dtype)
             encoded = vae.encode(video, tiled=True, progress=False).to(self.torch_dtype)
             latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
-        # 2. Prompts.
+        context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
+        clip_feature, y = self.encode_reference(input_image, height, width, num_frames, random_ref_dwpose)
+        pose_tokens = self.encode_pose_video(dwpose_data)
+        # 5. Denoising loop.
+        dit = self._onload("dit")
+        dit.check_inputs(latents, self.scheduler.timesteps[:1], context, clip_feature, y, pose_tokens)
+        caches = self.new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id)
+        for timestep in progress_bar_cmd(self.scheduler.timesteps):
+            velocity = self.predict(dit, latents, timestep, context, context_neg, clip_feature, y, pose_tokens,
+                                    cfg_scale, caches)
+            latents = self.scheduler.step(velocity, timestep, latents)
+        if caches[0] is not None:
+            logger.info("TeaCache skipped %d of %d steps", len(caches[0].skipped_steps), num_inference_steps)
+        return self.decode(latents, tiled, tile_size, tile_stride)
+
+    # ------------------------------------------------------------------------------- steps shared with long video
+    def encode_prompts(self, prompt: str, negative_prompt: str, cfg_scale: float):
+        """umT5 contexts for both CFG branches (the negative one only when cfg_scale != 1)."""
         text_encoder = self._onload("text_encoder")
         context = encode_prompt(self.prompter, text_encoder, prompt, self.device)
         context_neg = encode_prompt(self.prompter, text_encoder, negative_prompt, self.device) \
             if cfg_scale != 1.0 else None
-        # 3. Reference image -> CLIP tokens and y.
+        return context, context_neg
+
+    def encode_reference(self, input_image: Image.Image, height: int, width: int, num_frames: int,
+                         random_ref_dwpose: torch.Tensor):
+        """CLIP tokens and y = [mask; VAE latent] + reference-pose embedding (on all 20 channels)."""
         image = pil_to_tensor(input_image, height, width)
         self._onload("image_encoder")
         self._onload("vae")
         clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, self.device)
-        # 4. Poses: tokens for the conditional branch, reference-pose embedding added to y (all 20 channels).
         pose_guider = self._onload("pose_guider")
-        pose_tokens, ref_pose_emb = encode_poses(pose_guider, dwpose_data, random_ref_dwpose, self.device)
-        y = y.to(self.torch_dtype) + ref_pose_emb.to(self.torch_dtype)
-        pose_tokens = pose_tokens.to(self.torch_dtype)
-        # 5. Denoising loop.
-        dit = self._onload("dit")
-        dit.check_inputs(latents, self.scheduler.timesteps[:1], context, clip_feature, y, pose_tokens)
-        caches = [TeaCache(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id)
-                  if tea_cache_l1_thresh is not None else None for _ in range(2)]
-        for timestep in progress_bar_cmd(self.scheduler.timesteps):
-            t = timestep[None].to(self.device)
-            velocity = dit_step(dit, latents, t, context, clip_feature, y, pose_tokens, caches[0])
-            if cfg_scale != 1.0:   # the unconditional branch never sees the pose tokens
-                velocity_neg = dit_step(dit, latents, t, context_neg, clip_feature, y, None, caches[1])
-                velocity = velocity_neg + cfg_scale * (velocity - velocity_neg)
-            latents = self.scheduler.step(velocity, timestep, latents)
-        if caches[0] is not None:
-            logger.info("TeaCache skipped %d of %d steps", len(caches[0].skipped_steps), num_inference_steps)
-        # 6. Decode.
+        ref_pose_emb = encode_reference_pose(pose_guider, random_ref_dwpose, self.device)
+        return clip_feature, y.to(self.torch_dtype) + ref_pose_emb.to(self.torch_dtype)
+
+    def encode_pose_video(self, dwpose_data: torch.Tensor) -> torch.Tensor:
+        """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, d, T, h', w'] in the pipeline dtype."""
+        pose_guider = self._onload("pose_guider")
+        return encode_pose_video(pose_guider, dwpose_data, self.device).to(self.torch_dtype)
+
+    @staticmethod
+    def new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id):
+        """One TeaCache per CFG branch (positive, negative), or (None, None)."""
+        if tea_cache_l1_thresh is None:
+            return [None, None]
+        return [TeaCache(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id) for _ in range(2)]
+
+    def predict(self, dit, latents, timestep, context, context_neg, clip_feature, y, pose_tokens, cfg_scale, caches):
+        """The guided velocity: pose tokens on the conditional branch only, `neg + cfg * (pos - neg)`."""
+        t = timestep[None].to(self.device)
+        velocity = dit_step(dit, latents, t, context, clip_feature, y, pose_tokens, caches[0])
+        if cfg_scale != 1.0:
+            velocity_neg = dit_step(dit, latents, t, context_neg, clip_feature, y, None, caches[1])
+            velocity = velocity_neg + cfg_scale * (velocity - velocity_neg)
+        return velocity
+
+    def decode(self, latents, tiled, tile_size, tile_stride) -> List[Image.Image]:
         vae = self._onload("vae")
         frames = decode_video(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
         if self.cpu_offload:

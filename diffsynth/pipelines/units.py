@@ -68,14 +68,17 @@ def encode_reference_image(image_encoder: WanImageEncoder, vae: WanVideoVAE, ima
 
 
 @torch.no_grad()
-def encode_poses(pose_guider: PoseGuider, pose_video: torch.Tensor, reference_pose: torch.Tensor, device
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pose frames [3, F, H, W] (0..255) and reference pose [H, W, 3] (0..255) -> pose tokens [1, d, T, h', w'] and
-    the reference-pose embedding [1, 20, 1, h, w] (added to y). Scaling is /255, no normalisation, as upstream."""
-    dtype = param_dtype(pose_guider)
-    video = pose_video[None].to(device=device, dtype=dtype) / 255
-    ref = reference_pose.permute(2, 0, 1)[None].to(device=device, dtype=dtype) / 255
-    return pose_guider.embed_pose_video(video), pose_guider.embed_reference_pose(ref)
+def encode_pose_video(pose_guider: PoseGuider, pose_video: torch.Tensor, device) -> torch.Tensor:
+    """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, d, T, h', w']. Scaling is /255, no normalisation."""
+    video = pose_video[None].to(device=device, dtype=param_dtype(pose_guider)) / 255
+    return pose_guider.embed_pose_video(video)
+
+
+@torch.no_grad()
+def encode_reference_pose(pose_guider: PoseGuider, reference_pose: torch.Tensor, device) -> torch.Tensor:
+    """Reference pose [H, W, 3] (0..255) -> [1, 20, 1, h, w], added to y and broadcast over latent frames."""
+    ref = reference_pose.permute(2, 0, 1)[None].to(device=device, dtype=param_dtype(pose_guider)) / 255
+    return pose_guider.embed_reference_pose(ref)
 
 
 def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
@@ -119,5 +122,6 @@ def video_to_tensor(frames: Sequence[Image.Image], height: int, width: int) -> t
     return torch.cat([pil_to_tensor(f, height, width) for f in frames])[None].transpose(1, 2)
 
 
-__all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "encode_reference_image", "encode_poses", "dit_step",
+__all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "encode_reference_image", "encode_pose_video",
+           "encode_reference_pose", "dit_step",
            "decode_video", "video_to_tensor", "param_dtype"]

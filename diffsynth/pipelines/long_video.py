@@ -1,0 +1,113 @@
+"""`WanUniAnimateLongVideoPipeline`: pose videos longer than one DiT window, by overlapping latent windows.
+
+Upstream algorithm (spec 3.6), kept exactly where it defines the output:
+- windows of `context_size` latent frames (21 = 81 pixel frames) with starts 0, s, 2s, ... (s = size - overlap)
+  while start < T - overlap; the last window is moved to end exactly at T;
+- the reference conditioning (CLIP tokens, y for one window) is computed once and shared by every window, so each
+  window's local frame 0 is conditioned as "the reference image";
+- each window keeps two private latent frames (its local frames 0-1) that follow their own trajectory and are never
+  written back, except for window 0, whose frames are the video's first frames;
+- every step, each window takes its slice of the latents, is denoised one Euler step, and the updated latents of
+  overlapping windows are averaged.
+
+Better than upstream: the private frames start from noise drawn from the seeded generator (upstream uses the
+unseeded global GPU RNG, so a fixed seed did not reproduce), videos shorter than one window work (one window of
+T frames; upstream wraps indices for T < 21), and the frame count is rounded *down* to 4k+1 with a message that
+says so (upstream's message said "up").
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Tuple
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .unianimate import WanUniAnimateVideoPipeline
+
+logger = logging.getLogger(__name__)
+
+
+def context_windows(num_latent_frames: int, context_size: int = 21, context_overlap: int = 4) -> List[Tuple[int, int]]:
+    """[start, end) latent-frame windows covering 0..T-1, the last one aligned to the end (no wrapping)."""
+    if context_overlap >= context_size:
+        raise ValueError(f"context_overlap={context_overlap} must be smaller than context_size={context_size}")
+    T = num_latent_frames
+    if T <= context_size:
+        return [(0, T)]
+    if context_overlap < 2 or context_size < 3:
+        # later windows never write back their first two (private) frames, so a neighbour must cover them
+        raise ValueError(f"with several windows, context_overlap (got {context_overlap}) must be >= 2 and "
+                         f"context_size (got {context_size}) >= 3; upstream uses 21 and 4")
+    stride = context_size - context_overlap
+    starts = list(range(0, T - context_overlap, stride))
+    windows = [(s, s + context_size) for s in starts]
+    windows[-1] = (T - context_size, T)
+    return windows
+
+
+class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
+    @torch.no_grad()
+    def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional[Image.Image] = None,
+                 seed: Optional[int] = None, rand_device: str = "cpu", height: int = 480, width: int = 832,
+                 num_frames: int = 81, cfg_scale: float = 5.0, num_inference_steps: int = 50,
+                 sigma_shift: float = 5.0, tiled: bool = True, tile_size: Tuple[int, int] = (30, 52),
+                 tile_stride: Tuple[int, int] = (15, 26), tea_cache_l1_thresh: Optional[float] = None,
+                 tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
+                 random_ref_dwpose: Optional[torch.Tensor] = None, context_size: int = 21,
+                 context_overlap: int = 4, **unused) -> List[Image.Image]:
+        """Like `WanUniAnimateVideoPipeline.__call__`, for any number of pose frames.
+
+        `num_frames` is rounded down to 4k+1 (the pose frames after it are dropped); `context_size` and
+        `context_overlap` are in latent frames (21 and 4: windows of 81 pixel frames, 8 pixel frames averaged).
+        """
+        if unused:
+            raise TypeError(f"unexpected arguments for the long-video pipeline: {sorted(unused)}")
+        rounded = (num_frames - 1) // 4 * 4 + 1
+        if rounded != num_frames:
+            logger.warning("num_frames=%d is not 4k+1: using the first %d frames (rounded down)", num_frames, rounded)
+            num_frames = rounded
+            if dwpose_data is not None:
+                dwpose_data = dwpose_data[:, :num_frames]
+        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames)
+        self.scheduler.shift = sigma_shift
+        self.scheduler.set_timesteps(num_inference_steps)
+        T = (num_frames - 1) // 4 + 1
+        windows = context_windows(T, context_size, context_overlap)
+        window_len = windows[0][1] - windows[0][0]
+
+        # 1. Seeded noise for the whole video, then (same generator) each window's two private frames.
+        generator = None if seed is None else torch.Generator(rand_device).manual_seed(seed)
+        draw = lambda shape: torch.randn(shape, generator=generator, device=rand_device,  # noqa: E731
+                                         dtype=torch.float32).to(self.device, self.torch_dtype)
+        latents = draw((1, 16, T, height // 8, width // 8))
+        private = [draw((1, 16, min(2, window_len), height // 8, width // 8)) for _ in windows]
+        # 2. Shared conditioning: prompts, and the reference encoded once for one window's length.
+        context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
+        clip_feature, y = self.encode_reference(input_image, height, width, 4 * window_len - 3, random_ref_dwpose)
+        # 3. Per window: its pose slice (pixel frames 4s .. 4(e-1), inclusive) and its own TeaCache pair.
+        pose_tokens = [self.encode_pose_video(dwpose_data[:, 4 * s: 4 * (e - 1) + 1]) for s, e in windows]
+        caches = [self.new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id) for _ in windows]
+        dit = self._onload("dit")
+        dit.check_inputs(latents[:, :, :window_len], self.scheduler.timesteps[:1], context, clip_feature, y,
+                         pose_tokens[0])
+        # 4. Denoise: every window one Euler step, then average the overlapping updated latents.
+        for timestep in progress_bar_cmd(self.scheduler.timesteps):
+            total = torch.zeros_like(latents, dtype=torch.float32)
+            count = torch.zeros(1, 1, T, 1, 1, device=self.device)
+            for k, (start, end) in enumerate(windows):
+                window = latents[:, :, start:end].clone()
+                window[:, :, :private[k].shape[2]] = private[k]
+                velocity = self.predict(dit, window, timestep, context, context_neg, clip_feature, y, pose_tokens[k],
+                                        cfg_scale, caches[k])
+                updated = self.scheduler.step(velocity, timestep, window)
+                keep = 0 if k == 0 else private[k].shape[2]        # later windows never write their private frames
+                total[:, :, start + keep:end] += updated[:, :, keep:].float()
+                count[:, :, start + keep:end] += 1
+                private[k] = updated[:, :, :private[k].shape[2]]
+            latents = (total / count).to(self.torch_dtype)
+        return self.decode(latents, tiled, tile_size, tile_stride)
+
+
+__all__ = ["WanUniAnimateLongVideoPipeline", "context_windows"]
