@@ -214,10 +214,10 @@ class WanUniAnimateVideoPipeline:
 def load_pose_data(pose_images: List[Image.Image], reference_pose: Image.Image, height: int, width: int
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pose images (as written by run_align_pose.py) -> (dwpose_data [3, F, H, W] float 0..255,
-    random_ref_dwpose [H, W, 3] uint8), resized to the generation size like the upstream scripts."""
-    frames = [np.asarray(p.convert("RGB").resize((width, height), Image.BICUBIC)) for p in pose_images]
+    random_ref_dwpose [H, W, 3] uint8), resized bilinearly to the generation size like the upstream scripts."""
+    frames = [np.asarray(p.convert("RGB").resize((width, height), Image.BILINEAR)) for p in pose_images]
     dwpose_data = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
-    ref = torch.from_numpy(np.asarray(reference_pose.convert("RGB").resize((width, height), Image.BICUBIC)).copy())
+    ref = torch.from_numpy(np.asarray(reference_pose.convert("RGB").resize((width, height), Image.BILINEAR)).copy())
     return dwpose_data, ref
 
 

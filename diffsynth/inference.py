@@ -1,0 +1,149 @@
+"""What the example inference scripts do, as functions: load the release, pick pose frames, generate, save.
+
+    pipe = load_unianimate_pipeline("checkpoints/Wan2.1-I2V-14B-720P", "checkpoints/UniAnimate-Wan2.1-14B-Lora-12000.ckpt")
+    animate_item(pipe, "data/images/ref.jpg", "data/saved_pose/ref", "outputs/ref.mp4", height=832, width=480)
+
+Differences from the upstream scripts: the 81-frame window of a longer pose video is chosen with a seeded RNG
+(upstream: unseeded `random.randint`), pose frames are ordered numerically (upstream sorts names as text, which
+breaks at 10000 frames), the reference image is decoded once, and missing files raise errors naming the path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.video import list_images, save_video
+from .loading import ModelManager
+from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline, load_pose_data
+
+logger = logging.getLogger(__name__)
+
+# The standard Wan2.1 negative prompt, verbatim (the UniAnimate scripts use it).
+WAN_NEGATIVE_PROMPT = (
+    "细节模糊不清，字幕，作品，画作，画面，静止，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，"
+    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+WAN_I2V_FILES = dict(
+    image_encoder="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+    dit=[f"diffusion_pytorch_model-0000{i}-of-00007.safetensors" for i in range(1, 8)],
+    text_encoder="models_t5_umt5-xxl-enc-bf16.pth",
+    vae="Wan2.1_VAE.pth",
+)
+
+
+DOWNLOAD_HINT = ("Download Wan-AI/Wan2.1-I2V-14B-720P and the UniAnimate files (ModelScope xiaolaowx/UniAnimate-DiT or "
+                 "Hugging Face ZheWang123/UniAnimate-DiT) into checkpoints/, see README.md")
+
+
+def _require(path: Union[str, Path], what: str, hint: str = "") -> str:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} not found at {path}" + (f". {hint}" if hint else ""))
+    return str(path)
+
+
+def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
+                             torch_dtype: torch.dtype = torch.bfloat16, long_video: bool = False,
+                             cpu_offload: bool = False) -> WanUniAnimateVideoPipeline:
+    """Load the Wan2.1-I2V-14B-720P release (CLIP in fp32, the rest in `torch_dtype`) and the UniAnimate checkpoint."""
+    files = {name: ([_require(os.path.join(wan_dir, f), "DiT shard", DOWNLOAD_HINT) for f in spec]
+                    if isinstance(spec, list) else _require(os.path.join(wan_dir, spec), name, DOWNLOAD_HINT))
+             for name, spec in WAN_I2V_FILES.items()}
+    model_manager = ModelManager(device="cpu")
+    model_manager.load_models([files["image_encoder"]], torch_dtype=torch.float32)
+    model_manager.load_models([files["dit"], files["text_encoder"], files["vae"]], torch_dtype=torch_dtype)
+    model_manager.load_lora_v2(_require(lora_path, "UniAnimate checkpoint", DOWNLOAD_HINT), lora_alpha=1.0)
+    cls: Type[WanUniAnimateVideoPipeline] = WanUniAnimateLongVideoPipeline if long_video else WanUniAnimateVideoPipeline
+    pipe = cls.from_model_manager(model_manager, torch_dtype=torch_dtype, device=device)
+    if cpu_offload:
+        pipe.enable_cpu_offload()
+    return pipe
+
+
+def read_pose_folder(pose_dir: str) -> Tuple[List[Path], Path]:
+    """Pose frames (numeric order) and the reference pose `pose.jpg` of a run_align_pose.py output folder."""
+    ref = Path(pose_dir) / "pose.jpg"
+    _require(ref, "reference pose pose.jpg", "Make the pose folder with run_align_pose.py")
+    frames = [p for p in list_images(pose_dir) if p.name != "pose.jpg"]
+    if not frames:
+        raise ValueError(f"no pose frames in {pose_dir}: run run_align_pose.py first")
+    return frames, ref
+
+
+def select_frames(num_available: int, max_frames: int, frame_interval: int = 1, seed: Optional[int] = 0) -> List[int]:
+    """Indices of the pose frames to animate (upstream rule, with a seeded random start).
+
+    Short videos take every `frame_interval`-th frame from the start (stride shrinks if there are too few frames);
+    longer ones a random window of `max_frames` frames. Missing frames repeat the last one.
+    """
+    cover = frame_interval * max_frames
+    if num_available < cover + 1:
+        stride = max(num_available // max_frames, 1)
+        start, end = 0, min(stride * max_frames, num_available)
+    else:
+        stride = frame_interval
+        start = random.Random(seed).randint(0, num_available - cover - 1)
+        end = start + cover
+    indices = list(range(start, end, stride))[:max_frames]
+    return indices + [end - 1] * (max_frames - len(indices))
+
+
+def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str, out_path: str, height: int = 832,
+                 width: int = 480, max_frames: Optional[int] = 81, frame_interval: int = 1, seed: int = 0,
+                 prompt: str = "a person is dancing", negative_prompt: str = WAN_NEGATIVE_PROMPT,
+                 cfg_scale: float = 1.5, num_inference_steps: int = 50, use_teacache: bool = False,
+                 tiled: bool = True, **pipe_kwargs) -> str:
+    """Generate one video and save [reference | pose | generated] side by side at 15 fps.
+
+    `max_frames=None` (long-video pipelines) animates every pose frame.
+    """
+    frames, ref_pose_path = read_pose_folder(pose_dir)
+    long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
+    if max_frames is None:
+        indices = list(range(0, len(frames), frame_interval))
+    else:
+        indices = select_frames(len(frames), max_frames, frame_interval, seed)
+    poses = [Image.open(frames[i]).convert("RGB") for i in indices]
+    reference = Image.open(_require(ref_image, "reference image")).convert("RGB")
+    dwpose_data, random_ref_dwpose = load_pose_data(poses, Image.open(ref_pose_path), height, width)
+    generated = pipe(prompt=prompt, negative_prompt=negative_prompt, input_image=reference, dwpose_data=dwpose_data,
+                     random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(poses),
+                     cfg_scale=cfg_scale, num_inference_steps=num_inference_steps, seed=seed, tiled=tiled,
+                     tea_cache_l1_thresh=0.3 if use_teacache else None,
+                     tea_cache_model_id="Wan2.1-I2V-14B-720P" if use_teacache else "", **pipe_kwargs)
+    ref_panel = np.asarray(reference.resize((width, height), Image.BILINEAR))
+    panels = [np.concatenate([ref_panel, dwpose_data[:, i].permute(1, 2, 0).to(torch.uint8).numpy(),
+                              np.asarray(frame)], axis=1) for i, frame in enumerate(generated)]
+    path = save_video(panels, out_path, fps=15, quality=5)
+    logger.info("saved %s (%d frames%s)", path, len(panels), ", long video" if long_video else "")
+    return path
+
+
+def output_name(prefix: str, ref_image: str, pose_dir: str) -> str:
+    """Upstream naming: outputs/{prefix}_{reference file name}_{pose folder name}.mp4."""
+    return os.path.join("outputs", f"{prefix}_{os.path.basename(ref_image)}_{os.path.basename(os.path.normpath(pose_dir))}.mp4")
+
+
+def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs) -> List[str]:
+    """Animate every (frame_interval, reference image, pose folder) item; one failure does not stop the others."""
+    done, failed = [], []
+    for frame_interval, ref_image, pose_dir in items:
+        try:
+            done.append(animate_item(pipe, ref_image, pose_dir, output_name(prefix, ref_image, pose_dir),
+                                     frame_interval=frame_interval, **kwargs))
+        except (FileNotFoundError, ValueError) as exc:
+            logger.error("skipped %s with %s: %s", ref_image, pose_dir, exc)
+            failed.append(ref_image)
+    if failed:
+        logger.error("%d of %d items failed", len(failed), len(items))
+    return done
+
+
+__all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "read_pose_folder", "select_frames", "animate_item",
+           "output_name", "run_items"]

@@ -1,0 +1,80 @@
+"""diffsynth.inference: frame selection, pose folders, the example scripts' end-to-end path on tiny models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffsynth.data import VideoData
+from diffsynth.inference import animate_item, load_unianimate_pipeline, output_name, run_items, select_frames
+from diffsynth.pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
+from diffsynth.tiny import build_tiny_models
+
+
+def test_select_frames_follows_the_upstream_rule_with_a_seed():
+    assert select_frames(150, 81, 1, seed=0) == select_frames(150, 81, 1, seed=0)
+    starts = {select_frames(150, 81, 1, seed=s)[0] for s in range(20)}
+    assert len(starts) > 1 and all(0 <= s <= 150 - 81 - 1 for s in starts)
+    window = select_frames(150, 81, 1, seed=3)
+    assert window == list(range(window[0], window[0] + 81))
+    strided = select_frames(40, 9, 2, seed=1)                             # 40 >= 2*9+1: random start, stride 2
+    assert strided == list(range(strided[0], strided[0] + 18, 2)) and strided[0] <= 40 - 18 - 1
+    assert select_frames(10, 9, 2) == [0, 1, 2, 3, 4, 5, 6, 7, 8]         # too few: stride shrinks to 1
+    assert select_frames(5, 9, 1) == [0, 1, 2, 3, 4, 4, 4, 4, 4]          # padded with the last frame
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("work")
+    models = build_tiny_models(str(root / "tok"), seed=2)
+    poses = root / "saved_pose" / "ref"
+    poses.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):   # numeric order matters: 10.jpg and 11.jpg come after 9.jpg
+        Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(poses / f"{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(poses / "pose.jpg")
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(root / "ref.png")
+    return root, models
+
+
+def pipe_of(cls, models):
+    pipe = cls(device="cpu", torch_dtype=torch.float32)
+    for name in ("text_encoder", "image_encoder", "vae", "dit", "pose_guider"):
+        setattr(pipe, name, getattr(models, name))
+    pipe.prompter = models.prompter
+    return pipe
+
+
+def test_animate_item_writes_side_by_side_video(workspace, tmp_path):
+    root, models = workspace
+    out = animate_item(pipe_of(WanUniAnimateVideoPipeline, models), str(root / "ref.png"), str(root / "saved_pose/ref"),
+                       str(tmp_path / "a.mp4"), height=32, width=32, max_frames=5, num_inference_steps=1,
+                       tile_size=(2, 2), tile_stride=(1, 1))
+    video = VideoData(video_file=out)
+    assert len(video) == 5 and video[0].size == (96, 32)
+
+
+def test_long_video_item_uses_every_pose_frame(workspace, tmp_path):
+    root, models = workspace
+    out = animate_item(pipe_of(WanUniAnimateLongVideoPipeline, models), str(root / "ref.png"),
+                       str(root / "saved_pose/ref"), str(tmp_path / "b.mp4"), height=32, width=32, max_frames=None,
+                       num_inference_steps=1, cfg_scale=1.0, context_size=3, context_overlap=2)
+    assert len(VideoData(video_file=out)) == 9          # 12 pose frames rounded down to 4k+1
+
+
+def test_run_items_reports_and_continues(workspace, tmp_path, monkeypatch, caplog):
+    root, models = workspace
+    monkeypatch.chdir(tmp_path)
+    done = run_items(pipe_of(WanUniAnimateVideoPipeline, models),
+                     [[1, str(root / "missing.png"), str(root / "saved_pose/ref")],
+                      [1, str(root / "ref.png"), str(root / "saved_pose/ref")]], "video_480P",
+                     height=32, width=32, max_frames=5, num_inference_steps=1, tiled=False)
+    assert done == [output_name("video_480P", str(root / "ref.png"), str(root / "saved_pose/ref"))]
+    assert done[0] == "outputs/video_480P_ref.png_ref.mp4" and (tmp_path / done[0]).is_file()
+    assert "missing.png" in caplog.text
+
+
+def test_missing_release_files_name_the_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Wan2.1-I2V-14B-720P"):
+        load_unianimate_pipeline(str(tmp_path), str(tmp_path / "lora.ckpt"), device="cpu")
