@@ -19,7 +19,7 @@ _EXPORTS = {
     "ModelManager": "loading.manager", "load_wan_dit": "loading.manager", "load_wan_vae": "loading.manager",
     "load_wan_text_encoder": "loading.manager", "load_wan_image_encoder": "loading.manager",
     "WanUniAnimateVideoPipeline": "pipelines.unianimate", "WanUniAnimateLongVideoPipeline": "pipelines.long_video", "load_pose_data": "pipelines.unianimate",
-    "TeaCache": "acceleration.teacache",
+    "TeaCache": "acceleration.teacache", "WAN_NEGATIVE_PROMPT": "inference",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -56,6 +56,7 @@ class WanDiTConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> "WanDiTConfig":
+        """The configuration of a released model: "wan2.1-t2v-1.3b", "wan2.1-t2v-14b" or "wan2.1-i2v-14b"."""
         try:
             return DIT_PRESETS[name]
         except KeyError:
@@ -84,7 +85,8 @@ class WanVAEConfig:
 
     def __post_init__(self):
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
-            raise ValueError(f"latents_mean/std need z_dim={self.z_dim} values each")
+            raise ValueError(f"latents_mean/std need z_dim={self.z_dim} values each; got {len(self.latents_mean)} "
+                             f"and {len(self.latents_std)}")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def stick_figure(phase: float) -> Pose:
 
 
 def draw_rgb(pose: Pose, height: int, width: int) -> np.ndarray:
+    """The pose drawn on black, as RGB uint8 (what PIL reads back from the saved pose images)."""
     # draw_pose paints in OpenCV's BGR order; flipping gives what PIL reads from the saved pose JPEGs.
     return np.ascontiguousarray(draw_pose(pose, width=width, height=height)[..., ::-1])
 
@@ -89,6 +90,7 @@ def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_fr
 
 
 def main(argv=None) -> str:
+    """Run the demo; returns the path of the written mp4."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo.mp4")
     parser.add_argument("--frames", type=int, default=9, help="4k+1 frames")

@@ -22,6 +22,8 @@ TEACACHE_COEFFICIENTS = {
 
 
 class TeaCache:
+    """State of one CFG branch (and window): step counter, accumulated change, last modulation and residual."""
+
     def __init__(self, num_inference_steps: int, rel_l1_thresh: float, model_id: str):
         if model_id not in TEACACHE_COEFFICIENTS:
             raise ValueError(f"TeaCache has no coefficients for model_id {model_id!r}; "
@@ -53,9 +55,11 @@ class TeaCache:
         return compute
 
     def store(self, blocks_in: torch.Tensor, blocks_out: torch.Tensor) -> None:
+        """Remember what the blocks added on a computed step."""
         self.previous_residual = blocks_out - blocks_in
 
     def reuse(self, blocks_in: torch.Tensor) -> torch.Tensor:
+        """A skipped step: the block input plus the last computed residual."""
         return blocks_in + self.previous_residual
 
 

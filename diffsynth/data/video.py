@@ -102,6 +102,7 @@ class VideoData:
             raise ValueError(f"no frames found in {video_file or image_folder}")
 
     def set_shape(self, height: Optional[int], width: Optional[int]):
+        """Resize frames to (height, width) from now on (None: original size)."""
         self.height, self.width = height, width
 
     def shape(self):
@@ -123,6 +124,7 @@ class VideoData:
         return image
 
     def raw_data(self) -> List[Image.Image]:
+        """All frames as a list of PIL images."""
         return [self[i] for i in range(len(self))]
 
     def close(self):

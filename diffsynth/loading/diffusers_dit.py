@@ -65,15 +65,18 @@ _BLOCK_INV = {v: k for k, v in _BLOCK.items()}
 
 
 def dit_official_to_diffusers(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename official Wan DiT keys to diffusers `WanTransformer3DModel` keys (tensors unchanged)."""
     return {_rename(k, _TOP, _BLOCK): v for k, v in state_dict.items()}
 
 
 def dit_diffusers_to_official(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename diffusers `WanTransformer3DModel` keys to the official Wan DiT keys (tensors unchanged)."""
     # diffusers may carry `norm_added_q` (never used by Wan2.1); it has no official counterpart.
     return {_rename(k, _TOP_INV, _BLOCK_INV): v for k, v in state_dict.items() if ".norm_added_q." not in k}
 
 
 def is_diffusers_dit_state_dict(keys: Iterable[str]) -> bool:
+    """Structural check: do these keys look like a diffusers Wan transformer?"""
     keys = set(keys)
     return "condition_embedder.time_proj.weight" in keys and "blocks.0.attn1.to_q.weight" in keys
 

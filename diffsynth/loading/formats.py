@@ -115,6 +115,7 @@ def _heads_from_hints(hints: Mapping[str, Any], dim: int) -> Optional[int]:
 
 
 def t5_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> UMT5Config:
+    """umT5 sizes from official key shapes (heads from the per-layer relative-bias table)."""
     vocab, dim = _need(shapes, "token_embedding.weight", "umT5")
     buckets, heads = _need(shapes, "blocks.0.pos_embedding.embedding.weight", "umT5")
     return UMT5Config(vocab_size=vocab, dim=dim, dim_attn=_need(shapes, "blocks.0.attn.q.weight", "umT5")[0],
@@ -314,6 +315,7 @@ LAYOUTS: Tuple[Layout, ...] = (
 
 
 def supported_formats() -> List[str]:
+    """Human-readable names of every layout `detect` recognises."""
     return [f"{layout.label}: {layout.description}" for layout in LAYOUTS] + [
         "any of these with a ComfyUI/DiffSynth wrapping prefix (model.diffusion_model., diffusion_model., model.), "
         "stored in fp32, fp16, bf16 or float8_e4m3fn"]
@@ -406,6 +408,7 @@ def _unknown_message(shapes: Shapes, source: str) -> str:
 
 
 def config_type_for(model: str) -> type:
+    """The config dataclass of a model name such as "wan_video_dit"."""
     return MODEL_KINDS[model].config_type
 
 

@@ -58,10 +58,12 @@ class LoraCheckpoint:
 
 
 def is_pose_key(key: str) -> bool:
+    """True for pose-guider tensors (`dwpose_embedding`, `randomref_embedding_pose`), whatever their prefix."""
     return any(marker in key for marker in POSE_MARKERS)
 
 
 def strip_lora_prefix(path: str) -> str:
+    """Drop a trainer prefix (`pipe.dit.`, `diffusion_model.`, ...) from a LoRA module path."""
     for prefix in LORA_PREFIXES:
         if path.startswith(prefix):
             return path[len(prefix):]

@@ -362,6 +362,8 @@ class ModelManager:
             the number of merged Linear layers.
         """
         source = describe(file_path)
+        if file_path in self.lora_paths:
+            logger.warning("%s was merged before; merging it again adds its update a second time", source)
         lora = read_lora(file_path, progress=self.progress)
         merged = 0
         if lora.modules:

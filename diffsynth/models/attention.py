@@ -62,26 +62,34 @@ def _load_backend(name: str) -> Optional[Callable]:
 
 
 @functools.lru_cache(maxsize=None)
-def _auto_backend() -> str:
-    for name in BACKENDS[:-1]:
-        if _load_backend(name) is not None:
-            logger.debug("attention backend: %s", name)
-            return name
-    logger.debug("attention backend: sdpa")
-    return "sdpa"
+def _choose(requested: Optional[str]) -> str:
+    """The backend actually used for a request (None = automatic); decided and logged once per request."""
+    if requested is None:
+        for name in BACKENDS[:-1]:
+            if _load_backend(name) is not None:
+                logger.debug("attention backend: %s", name)
+                return name
+        logger.debug("attention backend: sdpa (no accelerated kernel importable)")
+        return "sdpa"
+    if requested != "sdpa" and _load_backend(requested) is None:
+        logger.debug("attention backend %s requested but not importable; using sdpa", requested)
+        return "sdpa"
+    logger.debug("attention backend: %s (requested)", requested)
+    return requested
 
 
 def resolve_backend(backend: Optional[str] = None) -> str:
-    """Name of the backend that `attention` would try for CUDA half-precision inputs."""
+    """Name of the backend that `attention` uses for CUDA half-precision inputs.
+
+    `backend` wins over `$DIFFSYNTH_ATTENTION`; None or "auto" picks the best importable kernel.
+    """
     name = backend or os.environ.get(ENV_VAR) or None
-    if name is None or name == "auto":
-        return _auto_backend()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r} (from argument or ${ENV_VAR}); choose one of {BACKENDS}")
-    if name != "sdpa" and _load_backend(name) is None:
-        logger.debug("attention backend %s requested but not importable; using sdpa", name)
-        return "sdpa"
-    return name
+    if name == "auto":
+        name = None
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r} (from argument or ${ENV_VAR}); choose one of "
+                         f"{BACKENDS} or 'auto'")
+    return _choose(name)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ def rope_cos_sin(grid: Tuple[int, int, int], head_dim: int, device=None, theta: 
     """
     f, h, w = grid
     if max(grid) > max_len:
-        raise ValueError(f"token grid {grid} exceeds the RoPE table length {max_len} on one axis")
+        raise ValueError(f"token grid {grid} (frames, height/16, width/16) exceeds the RoPE table length {max_len} "
+                         f"on one axis; generate at most {max_len} latent frames and {16 * max_len} pixels per side")
     dt, dh_, dw = rope_split(head_dim)
     pos = lambda n: torch.arange(n, device=device)  # noqa: E731
     at, ah, aw = _axis_angles(pos(f), dt, theta), _axis_angles(pos(h), dh_, theta), _axis_angles(pos(w), dw, theta)

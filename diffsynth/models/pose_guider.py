@@ -21,6 +21,8 @@ def _conv_stack(conv, channels, strides, kernel=3, padding=1) -> list:
 
 
 class PoseGuider(nn.Module):
+    """The two UniAnimate pose CNNs; `config.out_dim` must equal the DiT width (5120 for Wan2.1-14B)."""
+
     def __init__(self, config: PoseGuiderConfig = PoseGuiderConfig()):
         super().__init__()
         self.config = cfg = config
@@ -43,7 +45,8 @@ class PoseGuider(nn.Module):
         if (frames - 1) % 4:
             raise ValueError(f"pose video has {frames} frames; it needs 4k+1 (e.g. {(frames - 1) // 4 * 4 + 1})")
         if height % 16 or width % 16:
-            raise ValueError(f"pose video size {height}x{width} must be a multiple of 16 in both axes")
+            raise ValueError(f"pose video size {height}x{width} must be a multiple of 16 in both axes; resize the "
+                             f"poses to the generation size, e.g. {round(height / 16) * 16}x{round(width / 16) * 16}")
         first = pose_video[:, :, :1].expand(-1, -1, 3, -1, -1)
         x = torch.cat([first, pose_video], dim=2).to(self.dwpose_embedding[0].weight.dtype)
         return self.dwpose_embedding(x)
@@ -52,8 +55,10 @@ class PoseGuider(nn.Module):
         """Reference pose image [B, 3, H, W] in [0, 1] -> [B, 20, 1, H/8, W/8] (broadcast over latent frames)."""
         if ref_pose.ndim != 4 or ref_pose.shape[1] != 3:
             raise ValueError(f"reference pose must be [B, 3, H, W]; got {tuple(ref_pose.shape)}")
-        if ref_pose.shape[2] % 16 or ref_pose.shape[3] % 16:
-            raise ValueError(f"reference pose size {tuple(ref_pose.shape[2:])} must be a multiple of 16")
+        h, w = ref_pose.shape[2:]
+        if h % 16 or w % 16:
+            raise ValueError(f"reference pose size {h}x{w} must be a multiple of 16 in both axes; resize it to the "
+                             f"generation size, e.g. {round(h / 16) * 16}x{round(w / 16) * 16}")
         x = ref_pose.to(self.randomref_embedding_pose[0].weight.dtype)
         return self.randomref_embedding_pose(x).unsqueeze(2)
 

@@ -3,7 +3,7 @@
 Attribute names are the official checkpoint keys (`blocks.{i}.self_attn.q`, `cross_attn.k_img`, `norm3`,
 `modulation`, ...), so official files load with a strict `load_state_dict`. Numerics follow the DiffSynth/UniAnimate
 path when the weights are bf16 (activations stay in the parameter dtype; norms and RoPE run internally in fp32),
-and are plain fp32 when the weights are fp32. See `docs/numerics.md` for the differences from upstream.
+and are plain fp32 when the weights are fp32. See `docs/models.md` for the differences from upstream.
 
 Notation: x [B, C, T, h, w] latents; L = T*h'*w' tokens with h' = h/2, w' = w/2; d width; n heads; dh = d/n.
 """
@@ -247,7 +247,8 @@ class WanModel(nn.Module):
                              + ("I2V takes 16 latent + 20 y channels" if cfg.has_image_input
                                 else "T2V takes 16 latent channels and no y"))
         if y is not None and y.shape[2:] != x.shape[2:]:
-            raise ValueError(f"y {tuple(y.shape)} must match x {tuple(x.shape)} in frames, height and width")
+            raise ValueError(f"y {tuple(y.shape)} must match x {tuple(x.shape)} in frames, height and width: encode "
+                             "the reference for the same number of frames and size as the latents")
         _, ph, pw = cfg.patch_size
         if x.shape[3] % ph or x.shape[4] % pw:
             raise ValueError(f"latent height/width {tuple(x.shape[3:])} must be multiples of {ph}x{pw}: "

@@ -48,6 +48,8 @@ def context_windows(num_latent_frames: int, context_size: int = 21, context_over
 
 
 class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
+    """Any number of pose frames, by overlapping DiT windows (see the module docstring); built like the short one."""
+
     @torch.no_grad()
     def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional[Image.Image] = None,
                  seed: Optional[int] = None, rand_device: str = "cpu", height: int = 480, width: int = 832,

@@ -21,6 +21,7 @@ from ..prompters import WanPrompter
 
 
 def param_dtype(model: torch.nn.Module) -> torch.dtype:
+    """dtype of a model's (first) parameter: the dtype its inputs are cast to."""
     return next(model.parameters()).dtype
 
 

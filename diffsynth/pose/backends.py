@@ -37,18 +37,26 @@ def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 
 def select_person(boxes: np.ndarray, previous_box: np.ndarray | None = None) -> int | None:
-    """Index of the person to follow: the box overlapping the previous one most, else the largest box.
+    """Index of the person to follow.
 
-    Upstream takes the highest-scoring box in every frame, which can jump between people.
+    First frame: the largest box. Later: the box overlapping the previous one most; when none overlaps enough (fast
+    motion), the largest box whose centre lies within one previous-box diagonal of the previous centre, else the
+    box with the nearest centre. Upstream takes the first detection in every frame, which can jump between people.
     """
     if len(boxes) == 0:
         return None
-    if previous_box is not None:
-        iou = box_iou(boxes, previous_box)
-        if iou.max() >= TRACK_MIN_IOU:
-            return int(iou.argmax())
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return int(areas.argmax())
+    if previous_box is None:
+        return int(areas.argmax())
+    iou = box_iou(boxes, previous_box)
+    if iou.max() >= TRACK_MIN_IOU:
+        return int(iou.argmax())
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    distance = np.linalg.norm(centres - (previous_box[:2] + previous_box[2:4]) / 2, axis=1)
+    near = distance <= np.linalg.norm(previous_box[2:4] - previous_box[:2])
+    if near.any():
+        return int(np.where(near, areas, -1).argmax())
+    return int(distance.argmin())
 
 
 class DWPoseBackend:

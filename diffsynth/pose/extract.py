@@ -56,6 +56,7 @@ def frame_file_name(index: int, count: int) -> str:
 
 
 def is_tool_output(name: str) -> bool:
+    """Whether a file name is one this tool writes (the only files `--overwrite` may delete)."""
     return name in (REFERENCE_FILE, POSES_FILE) or bool(_FRAME_FILE.match(name))
 
 

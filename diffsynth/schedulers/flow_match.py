@@ -8,6 +8,8 @@ import torch
 
 
 class FlowMatchScheduler:
+    """Shifted linear sigma schedule with Euler steps (inference) and bell-shaped loss weights (training)."""
+
     def __init__(self, shift: float = 5.0, num_train_timesteps: int = 1000, sigma_max: float = 1.0,
                  sigma_min: float = 0.0, extra_one_step: bool = True):
         self.shift = shift

@@ -217,3 +217,13 @@ def test_t2v_dit_accepts_the_same_recipe(tmp_path):
     manager.load_lora_v2(tmp_path / "lora.safetensors")        # alpha == r: scale 1 is right
     torch.testing.assert_close(dit_forward(manager.fetch_model("wan_video_dit")), dit_forward(peft_dit),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_merging_the_same_file_twice_warns(tmp_path, trained, caplog):
+    base_sd, _, lora, pose, _ = trained
+    manager = _manager_with_dit(tmp_path, base_sd)
+    torch.save({**lora, **pose}, tmp_path / "unianimate.ckpt")
+    manager.load_lora_v2(tmp_path / "unianimate.ckpt")
+    assert "merged before" not in caplog.text
+    manager.load_lora_v2(tmp_path / "unianimate.ckpt")
+    assert "merged before" in caplog.text

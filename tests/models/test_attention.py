@@ -18,10 +18,10 @@ def fresh_backends(monkeypatch, tmp_path):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.delenv(attn.ENV_VAR, raising=False)
     attn._load_backend.cache_clear()
-    attn._auto_backend.cache_clear()
+    attn._choose.cache_clear()
     yield tmp_path
     attn._load_backend.cache_clear()
-    attn._auto_backend.cache_clear()
+    attn._choose.cache_clear()
 
 
 def write_module(folder, name, body):
@@ -50,6 +50,18 @@ def test_environment_and_argument_override(fresh_backends, monkeypatch):
     monkeypatch.setenv(attn.ENV_VAR, "flash_attn_9")
     with pytest.raises(ValueError, match="flash_attn_9"):
         attn.resolve_backend()
+
+
+def test_choice_is_made_and_logged_once(fresh_backends, caplog):
+    write_module(fresh_backends, "flash_attn", "raise RuntimeError('CUDA version mismatch')")
+    with caplog.at_level("DEBUG", logger=attn.__name__):
+        for _ in range(5):
+            assert attn.resolve_backend() == "sdpa"
+            assert attn.resolve_backend("flash_attn_2") == "sdpa"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("CUDA version mismatch" in m for m in messages) == 1        # the import was tried once
+    assert sum(m.startswith("attention backend: sdpa") for m in messages) == 1
+    assert sum("requested but not importable" in m for m in messages) == 1
 
 
 def test_cpu_attention_matches_explicit_softmax():

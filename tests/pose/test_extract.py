@@ -183,8 +183,18 @@ def test_select_person_prefers_the_tracked_box_over_a_bigger_one():
     boxes = np.array([[500.0, 0, 900, 800], [100.0, 100, 300, 600]])  # big newcomer first, tracked person second
     assert select_person(boxes) == 0  # first frame: the largest
     assert select_person(boxes, previous_box=np.array([110.0, 90, 310, 610])) == 1
-    assert select_person(boxes, previous_box=np.array([2000.0, 0, 2100, 100])) == 0  # lost: largest again
+    assert select_person(boxes, previous_box=np.array([2000.0, 0, 2100, 100])) == 0  # far from all: nearest centre
     assert select_person(np.zeros((0, 4))) is None
+
+
+def test_select_person_after_fast_motion_stays_near_the_previous_box():
+    # The tracked person (index 1) moved so far that no box overlaps the previous one; the big newcomer (index 0)
+    # is far away, so the nearby box wins although it is smaller.
+    boxes = np.array([[900.0, 0, 1400, 900], [420.0, 100, 620, 600]])
+    assert select_person(boxes, previous_box=np.array([100.0, 100, 300, 600])) == 1
+    # Two boxes near the previous one: the larger of them.
+    boxes = np.array([[320.0, 100, 420, 300], [330.0, 100, 530, 600], [2000.0, 0, 3000, 1000]])
+    assert select_person(boxes, previous_box=np.array([100.0, 100, 300, 600])) == 1
 
 
 def test_tracker_follows_the_same_person_through_the_video():
