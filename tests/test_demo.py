@@ -25,3 +25,20 @@ def test_demo_is_reproducible_for_a_seed(tmp_path):
         path = main(["--out", str(tmp_path / name), "--frames", "5", "--height", "32", "--width", "32", "--steps", "1"])
         frames.append(np.asarray(VideoData(video_file=path)[4]))
     assert np.array_equal(frames[0], frames[1])
+
+
+def test_readme_flow_in_bf16_tracks_fp32(tmp_path):
+    """The released setup: DiT/T5/VAE in bf16, CLIP and the pose guider in fp32."""
+    import torch
+
+    from diffsynth.demo import draw_rgb, run_readme_flow, stick_figure, synthetic_reference
+    from diffsynth.tiny import build_tiny_models, save_tiny_checkpoints
+
+    checkpoints = save_tiny_checkpoints(build_tiny_models(str(tmp_path / "tok")), str(tmp_path / "ckpt"))
+    poses = [draw_rgb(stick_figure(i), 32, 32) for i in range(5)]
+    reference = synthetic_reference(32, 32)
+    outs = [np.stack([np.asarray(f) for f in run_readme_flow(checkpoints, reference, poses, poses[0], "dance", 2, 1.5,
+                                                             0, torch_dtype=dtype)]).astype(int)
+            for dtype in (torch.bfloat16, torch.float32)]
+    assert outs[0].shape == (5, 32, 32, 3)
+    assert np.abs(outs[0] - outs[1]).mean() < 8 and outs[1].std() > 5
