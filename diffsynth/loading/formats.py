@@ -16,6 +16,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -72,7 +73,7 @@ def read_config_json(paths: Sequence[Path]) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- configs
-def dit_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> WanDiTConfig:
+def dit_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType({})) -> WanDiTConfig:
     """DiT config from official-name shapes. Heads: `num_heads` (Wan) or `num_attention_heads` (diffusers) from
     `hints` (a config.json) when its width agrees, else width / 128 (every released model)."""
     pe = _need(shapes, "patch_embedding.weight", "DiT")                    # [d, in_dim, pt, ph, pw]
@@ -114,7 +115,7 @@ def _heads_from_hints(hints: Mapping[str, Any], dim: int) -> Optional[int]:
     return None
 
 
-def t5_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> UMT5Config:
+def t5_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType({})) -> UMT5Config:
     """umT5 sizes from official key shapes (heads from the per-layer relative-bias table)."""
     vocab, dim = _need(shapes, "token_embedding.weight", "umT5")
     buckets, heads = _need(shapes, "blocks.0.pos_embedding.embedding.weight", "umT5")
@@ -123,7 +124,7 @@ def t5_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> UMT5Config:
                       num_layers=_block_count(shapes, r"blocks\.(\d+)\."), num_buckets=buckets)
 
 
-def clip_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> ClipVisionConfig:
+def clip_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType({})) -> ClipVisionConfig:
     """CLIP visual config. Heads = width / 80 (ViT-H/14's head width); Wan uses all blocks but the last."""
     dim, _, patch, _ = _need(shapes, "visual.patch_embedding.weight", "CLIP")
     tokens = _need(shapes, "visual.pos_embedding", "CLIP")[1]
@@ -142,7 +143,7 @@ def clip_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> ClipVisio
                             use_layers=max(layers - 1, 1))
 
 
-def vae_config_from(shapes: Shapes, hints: Mapping[str, Any] = {}) -> WanVAEConfig:
+def vae_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType({})) -> WanVAEConfig:
     """VAE config from the encoder's layer list: stages end at each resample layer; a resample with a
     `time_conv` also halves time. The latent statistics are not stored: the Wan values are used for z_dim 16."""
     dim = _need(shapes, "encoder.conv1.weight", "VAE")[0]
