@@ -277,11 +277,19 @@ def test_streaming_peak_memory_is_model_plus_one_shard(tmp_path):
     # The 1.15 target is checked at release size by benchmarks/bench_loading.py. At this size allocator and
     # page-cache noise reaches ~30 MB, so the test uses 1.5x, which still separates the two methods (~1.9x).
     bound = 1.5 * (2 * n_params + max(p.stat().st_size for p in shards))
-    growth = {}
-    for mode in ("ours", "naive"):
+    def measure(mode):
         out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, mode, json.dumps([str(p) for p in shards]),
                               config_json], env=env, capture_output=True, text=True, check=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
-        growth[mode] = result["peak"] - result["before"]
+        return result["peak"] - result["before"]
+
+    # Noise (allocator, page cache, a busy machine) only ever adds to a peak, so a streaming regression shows up as
+    # the *smallest* of a few tries being too high; one unlucky try is retried rather than failing the suite.
+    growth = {"ours": measure("ours")}
+    for _ in range(2):
+        if growth["ours"] <= bound:
+            break
+        growth["ours"] = min(growth["ours"], measure("ours"))
+    growth["naive"] = measure("naive")
     assert growth["ours"] <= bound, (growth, bound)
     assert growth["naive"] > bound, (growth, bound)     # the probe can tell the two apart

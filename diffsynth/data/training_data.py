@@ -1,0 +1,376 @@
+"""Training samples from a folder of videos: processed frames, the pose drawn on each, and a meta.json (spec 9.1).
+
+One folder per video, plain files instead of upstream's pickles (which run code when loaded):
+
+    <out_dir>/<video_stem>/
+        frames/000000.jpg …   the cropped/resized frame, JPEG quality 95 (PIL reads correct RGB)
+        poses/000000.jpg …    the pose drawn at the frame's own size, body + feet + hands, no face, written with
+                              OpenCV like run_align_pose.py (so on disk the colours follow its BGR convention)
+        meta.json             frame count, size, fps, source, backend, frames with no person; written last
+
+Frame names are zero-padded to max(6, digits needed). `read_training_sample` reads a folder back;
+`read_legacy_pickle_sample` reads upstream's `frame_data.pkl` + `dw_pose_with_foot_wo_face.pkl` safely.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..pose.backends import create_backend
+from ..pose.draw import draw_pose, write_image
+from ..pose.extract import fill_missing
+from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
+from ..pose.sources import FrameSource
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+DEFAULT_OUT_SUBDIR = "training_video_pose"
+FRAMES_DIR, POSES_DIR, META_FILE = "frames", "poses", "meta.json"
+FORMAT = "diffsynth.training_sample/1"
+JPEG_QUALITY = 95
+HALVE_AT_WIDTH = 2048
+LEGACY_FRAME_FILE = "frame_data.pkl"
+LEGACY_POSE_FILE = "dw_pose_with_foot_wo_face.pkl"
+_IMAGE_FILE = re.compile(r"^\d+\.jpg$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frame processing
+
+
+def crop_and_resize(frame: np.ndarray) -> np.ndarray:
+    """Landscape frames (W > H) are centre-cropped to H x H; then a width >= 2048 halves both sides (linear).
+
+    Upstream cut `(W-H)//2` columns from each side, which leaves H+1 columns when W-H is odd and an empty frame
+    when W-H is 1; this crop is exactly H wide for any W > H.
+    """
+    height, width = frame.shape[:2]
+    if width > height:
+        left = (width - height) // 2
+        frame = frame[:, left:left + height]
+        width = height
+    if width >= HALVE_AT_WIDTH:
+        frame = cv2.resize(frame, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(frame)
+
+
+def processed_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of a width x height frame after `crop_and_resize`."""
+    if width > height:
+        width = height
+    if width >= HALVE_AT_WIDTH:
+        width, height = width // 2, height // 2
+    return width, height
+
+
+def frame_file_name(index: int, count: int) -> str:
+    """`000000.jpg` as upstream, widened so that names sort correctly for any frame count."""
+    return f"{index:0{max(6, len(str(max(count - 1, 0))))}d}.jpg"
+
+
+def list_videos(video_dir: str | Path) -> list[Path]:
+    """Video files (mp4/mov/avi/mkv/webm, any case) directly in `video_dir`, sorted by name."""
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise FileNotFoundError(f"video folder not found: {video_dir}")
+    return sorted(p for p in video_dir.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def sample_names(videos: Sequence[Path]) -> list[str]:
+    """The sample folder name of each video: its stem, or `<stem>_<ext>` when two videos share a stem."""
+    stems = [v.stem for v in videos]
+    return [f"{v.stem}_{v.suffix[1:].lower()}" if stems.count(v.stem) > 1 else v.stem for v in videos]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sample folders
+
+
+def _is_tool_file(path: Path, folder: Path) -> bool:
+    if path.parent == folder:
+        return path.name == META_FILE
+    return path.parent.parent == folder and path.parent.name in (FRAMES_DIR, POSES_DIR) and bool(
+        _IMAGE_FILE.match(path.name))
+
+
+def remove_sample_files(folder: Path) -> None:
+    """Delete only what this tool writes in a sample folder (meta.json and digit-named .jpg files in frames/ and
+    poses/), then the folders themselves if that left them empty. Anything else is kept."""
+    if not folder.is_dir():
+        return
+    for sub in (folder / FRAMES_DIR, folder / POSES_DIR):
+        if sub.is_dir() and not sub.is_symlink():
+            for entry in sub.iterdir():
+                if entry.is_file() and _is_tool_file(entry, folder):
+                    entry.unlink()
+            if not any(sub.iterdir()):
+                sub.rmdir()
+    meta = folder / META_FILE
+    if meta.is_file():
+        meta.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+class _TooLong(Exception):
+    pass
+
+
+@dataclass
+class PrepareSummary:
+    """What a `prepare_training_data` run did; `skipped` and `failed` map a video name to the reason."""
+
+    out_dir: Path
+    written: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    frames: int = 0
+    frames_without_person: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        total = len(self.written) + len(self.skipped) + len(self.failed)
+        lines = [f"{total} videos: {len(self.written)} written ({self.frames} frames, {self.frames_without_person} "
+                 f"with no person), {len(self.skipped)} skipped, {len(self.failed)} failed in {self.seconds:.1f} s "
+                 f"-> {self.out_dir}"]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        lines += [f"  failed {name}: {reason}" for name, reason in self.failed.items()]
+        return "\n".join(lines)
+
+
+def prepare_training_data(
+    video_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    backend: str = "dwpose",
+    det_model: str | Path = DEFAULT_DET_MODEL,
+    pose_model: str | Path = DEFAULT_POSE_MODEL,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Turn every video of `video_dir` into a sample folder (see the module docstring).
+
+    Args:
+        video_dir: folder of videos (mp4/mov/avi/mkv/webm), processed in name order.
+        out_dir: where the sample folders go; default `<video_dir>/training_video_pose` (as upstream).
+        backend: `dwpose` (ONNX, `det_model` and `pose_model`) or `mediapipe` (offline extra).
+        max_frames: videos with more frames are skipped with a logged message; None (default) = no limit.
+            Upstream silently skipped videos of 2000 frames or more.
+        overwrite: redo videos whose sample folder is not empty (only this tool's files are removed first);
+            otherwise such videos are skipped.
+    A failure on one video (unreadable, no person in any frame, ...) is logged and the others go on.
+    """
+    start = time.perf_counter()
+    videos = list_videos(video_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path(video_dir) / DEFAULT_OUT_SUBDIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output folder {out_dir} exists and is not a folder")
+    summary = PrepareSummary(out_dir)
+    if not videos:
+        logger.warning("no videos (%s) in %s", "/".join(VIDEO_EXTENSIONS), video_dir)
+        return summary
+    pose_backend = create_backend(backend, det_model, pose_model)
+
+    for video, name in zip(tqdm(videos, unit="video", desc="videos", disable=not progress), sample_names(videos)):
+        folder = out_dir / name
+        if folder.exists() and not folder.is_dir():
+            summary.failed[video.name] = f"{folder} exists and is not a folder"
+            logger.error("%s: %s", video.name, summary.failed[video.name])
+            continue
+        if folder.is_dir() and any(folder.iterdir()):
+            if not overwrite:
+                state = "done" if (folder / META_FILE).is_file() else "incomplete (no meta.json)"
+                summary.skipped[video.name] = f"{folder} exists, {state}; pass --overwrite to redo it"
+                logger.info("skipping %s: %s", video.name, summary.skipped[video.name])
+                continue
+            remove_sample_files(folder)
+        try:
+            meta = _prepare_video(video, folder, pose_backend, max_frames, progress)
+        except _TooLong as reason:
+            remove_sample_files(folder)
+            summary.skipped[video.name] = str(reason)
+            logger.warning("skipping %s: %s", video.name, reason)
+            continue
+        except Exception as error:  # noqa: BLE001 - one bad video must not stop the others
+            remove_sample_files(folder)
+            summary.failed[video.name] = f"{type(error).__name__}: {error}"
+            logger.error("%s failed: %s", video.name, summary.failed[video.name])
+            continue
+        logger.info("%s -> %s (%d frames, %d with no person)", video.name, folder, meta["num_frames"],
+                    len(meta["frames_without_person"]))
+        summary.written.append(name)
+        summary.frames += meta["num_frames"]
+        summary.frames_without_person += len(meta["frames_without_person"])
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _prepare_video(video: Path, folder: Path, pose_backend, max_frames: int | None, progress: bool) -> dict:
+    """One video: frames are written as they are read; poses are drawn at the end, after holding the previous
+    pose over frames with no person (the next one at the start), as run_align_pose does."""
+    source = FrameSource([video], is_images=False)
+    header_count = source.approximate_length()
+    if max_frames is not None and header_count > max_frames:
+        raise _TooLong(f"{header_count} frames > --max_frames {max_frames}")
+    frames_dir, poses_dir = folder / FRAMES_DIR, folder / POSES_DIR
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    poses_dir.mkdir(exist_ok=True)
+
+    # 1. Frames, and the pose of each (one tracked person per video).
+    results, source_size, size = [], None, None
+    tracker = pose_backend.new_sequence()
+    try:
+        for index, frame in enumerate(tqdm(source, total=header_count or None, unit="frame", desc=video.name,
+                                           leave=False, disable=not progress)):
+            if max_frames is not None and index >= max_frames:
+                raise _TooLong(f"more than --max_frames {max_frames} frames")
+            frame_size = frame.shape[1::-1]
+            if source_size is None:
+                source_size = frame_size
+            elif frame_size != source_size:
+                raise ValueError(f"frame {index} is {frame_size[0]}x{frame_size[1]}, frame 0 was "
+                                 f"{source_size[0]}x{source_size[1]}")
+            frame = crop_and_resize(frame)
+            size = frame.shape[1::-1]
+            write_image(frames_dir / frame_file_name(index, header_count), frame, JPEG_QUALITY)
+            results.append(tracker(frame))
+    finally:
+        tracker.close()
+    count = len(results)
+    names = [frame_file_name(i, count) for i in range(count)]
+    if count != header_count:  # the header guessed the count wrong: the name width may differ
+        for i, new_name in enumerate(names):
+            old_name = frame_file_name(i, header_count)
+            if old_name != new_name:
+                os.replace(frames_dir / old_name, frames_dir / new_name)
+
+    # 2. Poses, drawn at the frame's own size without alignment.
+    poses, pose_source = fill_missing(results)
+    for name, pose in zip(names, poses):
+        write_image(poses_dir / name, draw_pose(pose, *size), JPEG_QUALITY)
+
+    # 3. meta.json last: its presence marks a complete sample.
+    missing = [i for i, r in enumerate(results) if r.pose is None]
+    meta = {
+        "format": FORMAT,
+        "source": str(video),
+        "source_size": list(source_size),
+        "width": size[0],
+        "height": size[1],
+        "fps": source.fps,
+        "num_frames": count,
+        "files": names,
+        "backend": pose_backend.name,
+        "pose_drawing": "body+feet+hands, no face, at frame size, no alignment; written with OpenCV (BGR)",
+        "frames_without_person": missing,
+        "pose_held_from": {str(i): pose_source[i] for i in missing},
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading samples
+
+
+def _open_rgb(source) -> Image.Image:
+    with Image.open(source) as image:
+        return image.convert("RGB")
+
+
+def read_training_sample(folder: str | Path, indices: Sequence[int] | None = None
+                         ) -> tuple[list[Image.Image], list[Image.Image], dict]:
+    """(frames, poses, meta) of a sample folder: PIL RGB images in frame order (only `indices` if given).
+
+    Poses come back exactly as the pose JPEGs decode with PIL, i.e. in the colours training has always used.
+    """
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: not a training sample, or an incomplete one")
+    meta = json.loads(meta_path.read_text())
+    names = meta["files"]
+    chosen = [names[i] for i in (range(len(names)) if indices is None else indices)]
+    frames = [_open_rgb(folder / FRAMES_DIR / name) for name in chosen]
+    poses = [_open_rgb(folder / POSES_DIR / name) for name in chosen]
+    return frames, poses, meta
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A legacy pickle asked for something other than dict/str/bytes."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds only dicts, strings and bytes. Protocols 3+ need no global for those; protocols 0-2 encode bytes as
+    `_codecs.encode(str, 'latin1')` (and empty bytes as `bytes()`), so those two callables are allowed too."""
+
+    ALLOWED = {
+        ("builtins", "dict"), ("builtins", "str"), ("builtins", "bytes"),
+        ("__builtin__", "dict"), ("__builtin__", "str"), ("__builtin__", "bytes"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise UnsafePickleError(
+                f"refusing to load {module}.{name}: legacy training pickles may only contain a dict of str -> "
+                f"bytes; this file asks for code and may be malicious")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("refusing a persistent id in a legacy training pickle")
+
+
+def load_legacy_pickle(path: str | Path) -> dict[str, bytes]:
+    """Upstream's `{"000000.jpg": jpeg_bytes, ...}` pickle, loaded without running any code (see
+    `_RestrictedUnpickler`). Raises UnsafePickleError for anything else."""
+    with open(path, "rb") as file:
+        data = _RestrictedUnpickler(file).load()
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, bytes) for k, v in data.items()):
+        raise UnsafePickleError(f"{path}: expected a dict of str -> bytes, got {type(data).__name__}")
+    return data
+
+
+def read_legacy_pickle_sample(path: str | Path, pose_file: str = LEGACY_POSE_FILE
+                              ) -> tuple[list[Image.Image], list[Image.Image], dict]:
+    """(frames, poses, meta) from upstream's `frame_data.pkl` and `dw_pose_with_foot_wo_face.pkl`.
+
+    `path` is the sample folder (or one of its pickles). Frame order is the frame pickle's key order and each pose
+    is looked up by the same key, as upstream's training loader does.
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    frame_bytes = load_legacy_pickle(folder / LEGACY_FRAME_FILE)
+    pose_bytes = load_legacy_pickle(folder / pose_file)
+    missing = [key for key in frame_bytes if key not in pose_bytes]
+    if missing:
+        raise KeyError(f"{folder / pose_file} has no pose for {len(missing)} frames (first: {missing[0]})")
+    frames = [_open_rgb(io.BytesIO(data)) for data in frame_bytes.values()]
+    poses = [_open_rgb(io.BytesIO(pose_bytes[key])) for key in frame_bytes]
+    meta = {"format": "upstream-pickle", "source": str(folder), "num_frames": len(frames), "files": list(frame_bytes),
+            "width": frames[0].width if frames else None, "height": frames[0].height if frames else None}
+    return frames, poses, meta
+
+
+__all__ = [
+    "PrepareSummary", "UnsafePickleError", "crop_and_resize", "frame_file_name", "list_videos", "load_legacy_pickle",
+    "prepare_training_data", "processed_size", "read_legacy_pickle_sample", "read_training_sample",
+    "remove_sample_files",
+]
