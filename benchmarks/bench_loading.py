@@ -1,7 +1,7 @@
 """CPU benchmark: loading a sharded fp32 DiT as bf16, streamed (ours) vs merge-then-cast (the upstream way).
 
 Writes a T2V-1.3B-size fp32 checkpoint (1.42e9 parameters, ~5.7 GB) in 3 safetensors shards to a temporary
-directory, then loads it in a fresh process per method and records peak RSS (ru_maxrss) and seconds:
+directory, then loads it in a fresh process per method and records peak RSS (VmHWM) and seconds:
 
 - ours:  `load_wan_dit(shards, torch.bfloat16)`: meta model, each tensor cast to bf16 as it is read.
 - naive: every shard read at its stored precision and merged into one dict (`dict.update`), then a meta model is
@@ -51,7 +51,7 @@ for i, key in enumerate(keys):
 
 # Runs in its own process: one load, then report peak RSS and seconds.
 _LOAD = """
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from diffsynth.configs import WanDiTConfig
 from diffsynth.loading import load_state_dict, load_wan_dit
 from diffsynth.models.wan_dit import WanModel
@@ -59,10 +59,13 @@ mode, preset, shards = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 cfg = WanDiTConfig.from_preset(preset)
 with torch.device("meta"):
     WanModel(cfg)                      # one-time import / first-build costs before the baseline RSS
-def rss():
+def status(field):
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) * 1024
-before = rss()
+        return next(int(l.split()[1]) for l in f if l.startswith(field)) * 1024
+def peak_rss():
+    # This process's own high-water mark. ru_maxrss would carry the forking parent's peak over execve on Linux.
+    return status("VmHWM:")
+before = status("VmRSS:")
 start = time.perf_counter()
 if mode == "ours":
     model = load_wan_dit(shards, torch.bfloat16, progress=False)
@@ -78,7 +81,7 @@ else:
 seconds = time.perf_counter() - start
 assert all(p.dtype == torch.bfloat16 and not p.is_meta for p in model.parameters())
 print(json.dumps({"seconds": seconds, "before_bytes": before,
-                  "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "peak_bytes": peak_rss(),
                   "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}))
 """
 
@@ -123,7 +126,7 @@ def main() -> None:
         "methods": {mode: {**row, "growth_bytes": row["peak_bytes"] - row["before_bytes"],
                            "peak_over_target": row["peak_bytes"] / bound} for mode, row in rows.items()},
         "passes": rows["ours"]["peak_bytes"] <= bound,
-        "notes": "peak = ru_maxrss of a fresh process (includes ~0.3 GB of Python/torch); growth = peak minus RSS "
+        "notes": "peak = VmHWM of a fresh process (includes ~0.3 GB of Python/torch); growth = peak minus RSS "
                  "right before loading. Shards are read from the page cache (just written).",
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": __import__("os").cpu_count()},
