@@ -1,0 +1,386 @@
+"""Training: the dataset, the LightningModule's step math, a real Trainer.fit on tiny models, the checkpoint
+round trip through `ModelManager.load_lora_v2`, pretrained-LoRA loading and the command line."""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffsynth.loading import ModelManager
+from diffsynth.tiny import TINY_CLIP, TINY_T5, TINY_VAE, build_tiny_models, save_tiny_checkpoints
+from diffsynth.training.dataset import SampleError, UniAnimateDataset, random_crop_box, select_frames
+
+pl = pytest.importorskip("lightning.pytorch")
+pytest.importorskip("peft")
+
+from diffsynth.training import cli  # noqa: E402
+from diffsynth.training.module import TrainingError, UniAnimateTrainingModule  # noqa: E402
+
+H, W, F = 32, 32, 5
+CONFIGS = [TINY_T5, TINY_VAE, TINY_CLIP]
+
+
+# ------------------------------------------------------------------------------------------------ sample data
+def frame_value(i: int) -> int:
+    return 20 + 10 * i
+
+
+def pose_value(i: int) -> int:
+    return 235 - 10 * i
+
+
+def _jpeg(value: int, size=(36, 52)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (value, value, value)).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_sample(folder: Path, count: int, size=(36, 52), text=None) -> Path:
+    """A sample folder in the prepare_training_data.py format (docs/training_data.md); frame i is a flat grey
+    `frame_value(i)`, its pose `pose_value(i)`, so selections can be read back from pixel values."""
+    names = [f"{i:06d}.jpg" for i in range(count)]
+    for sub, value in (("frames", frame_value), ("poses", pose_value)):
+        (folder / sub).mkdir(parents=True)
+        for i, name in enumerate(names):
+            (folder / sub / name).write_bytes(_jpeg(value(i), size))
+    meta = {"format": "diffsynth.training_sample/1", "width": size[0], "height": size[1], "num_frames": count,
+            "files": names}
+    if text:
+        meta["text"] = text
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def write_legacy_sample(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    frames = {f"{i:06d}.jpg": _jpeg(frame_value(i)) for i in range(count)}
+    poses = {f"{i:06d}.jpg": _jpeg(pose_value(i)) for i in range(count)}
+    (folder / "frame_data.pkl").write_bytes(pickle.dumps(frames))
+    (folder / "dw_pose_with_foot_wo_face.pkl").write_bytes(pickle.dumps(poses))
+    return folder
+
+
+def decode(values: torch.Tensor, base) -> int:
+    """Frame index from a flat grey image's mean value."""
+    return int(round((float(values.float().mean()) - base(0)) / (base(1) - base(0))))
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataset")
+    write_sample(root / "long", 12)
+    write_sample(root / "nested" / "short", 3, text="a girl waves")
+    write_legacy_sample(root / "TikTok" / "00001_mp4", 9)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+def test_select_frames_edge_cases():
+    rng = np.random.default_rng(0)
+    assert select_frames(3, 5, 1, rng) == [0, 1, 2, 2, 2]                 # short: padded with the last frame
+    assert select_frames(5, 5, 1, rng) == [0, 1, 2, 3, 4]                 # exactly one clip: every frame
+    assert select_frames(11, 5, 2, rng) in (list(range(0, 10, 2)), list(range(1, 11, 2)))   # N = cover + 1
+    assert select_frames(7, 5, 2, rng) == [0, 1, 2, 3, 4]                 # short for stride 2: stride 1
+    assert select_frames(10, 5, 2, rng) == list(range(0, 10, 2))          # N = cover
+    for n in range(6, 10):                                                 # N in [cover+1, cover+4]: upstream crashed
+        starts = {select_frames(n, 5, 1, np.random.default_rng(seed))[0] for seed in range(60)}
+        assert starts == set(range(n - 5 + 1)), n                         # the last frame is reachable
+    clip = select_frames(1000, 81, 3, np.random.default_rng(1))
+    assert len(clip) == 81 and np.all(np.diff(clip) == 3) and clip[-1] < 1000
+    with pytest.raises(ValueError):
+        select_frames(0, 5, 1, rng)
+
+
+def test_random_crop_box_bounds():
+    for seed in range(30):
+        x1, y1, x2, y2 = random_crop_box(140, 280, np.random.default_rng(seed))
+        assert 0 <= x1 <= 10 and 130 <= x2 <= 140 and 0 <= y1 <= 20 and 260 <= y2 <= 280
+
+
+def test_dataset_items(dataset_root):
+    ds = UniAnimateDataset(dataset_root, num_frames=F, height=H, width=W, seed=0)
+    assert [p.name for p in ds.folders] == ["00001_mp4", "long", "short"] and len(ds) == 3
+    for index, count in ((0, 9), (1, 12), (2, 3)):
+        item = ds[index]
+        assert item["video"].shape == (3, F, H, W) and item["video"].dtype == torch.float32
+        assert -1 <= item["video"].min() and item["video"].max() <= 1
+        assert item["dwpose_data"].shape == (3, F, H, W) and 0 <= item["dwpose_data"].min() <= 255
+        assert item["dwpose_data"].max() <= 255 and item["dwpose_data"].max() > 1
+        assert item["first_frame"].shape == (H, W, 3) and item["first_frame"].dtype == torch.uint8
+        assert item["random_ref_dwpose"].shape == (H, W, 3) and item["random_ref_dwpose"].dtype == torch.uint8
+        frames = [decode((item["video"][:, f] + 1) * 127.5, frame_value) for f in range(F)]
+        poses = [decode(item["dwpose_data"][:, f], pose_value) for f in range(F)]
+        assert frames == poses                                            # each frame with its own pose
+        if count >= F:
+            assert frames == list(range(frames[0], frames[0] + F)) and frames[-1] < count
+        else:
+            assert frames == [0, 1, 2, 2, 2]
+        ref = decode(item["first_frame"], frame_value)
+        assert 0 <= ref < count and decode(item["random_ref_dwpose"], pose_value) == ref
+    assert ds[2]["text"] == "a girl waves" and ds[0]["text"] == "a person is dancing"
+    # seeded: the same item again, other draws in another epoch
+    again = UniAnimateDataset(dataset_root, num_frames=F, height=H, width=W, seed=0)[1]
+    assert torch.equal(again["video"], ds[1]["video"]) and torch.equal(again["first_frame"], ds[1]["first_frame"])
+    firsts = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        firsts.add(decode((ds[1]["video"][:, 0] + 1) * 127.5, frame_value))
+    assert len(firsts) > 1
+    assert len(UniAnimateDataset(dataset_root, num_frames=F, height=H, width=W, samples_per_epoch=7)) == 7
+
+
+def test_dataset_crop_is_shared_and_within_bounds(tmp_path):
+    # a frame with a 1-pixel white border on a grey field: the border survives only where the crop kept it
+    folder = write_sample(tmp_path / "s", 5, size=(56, 56))
+    image = np.full((56, 56, 3), 100, np.uint8)
+    image[:, :2] = 255
+    for sub in ("frames", "poses"):
+        for i in range(5):
+            Image.fromarray(image).save(folder / sub / f"{i:06d}.png")
+            (folder / sub / f"{i:06d}.png").rename(folder / sub / f"{i:06d}.jpg")
+    kept = []
+    for seed in range(12):
+        item = UniAnimateDataset(folder, num_frames=F, height=H, width=W, seed=seed)[0]
+        left = item["dwpose_data"][:, :, :, 0]                            # [3, F, H]: the left column
+        assert torch.equal(left, left[:, :1].expand_as(left))            # the same crop for every frame
+        assert torch.equal(item["first_frame"][:, 0].float(), left[:, 0].t())
+        kept.append(bool(left.mean() > 150))
+    assert any(kept) and not all(kept)                                    # x1 in [0, 56 // 14] is random
+
+
+def test_dataset_bad_sample_names_the_folder(tmp_path, caplog):
+    bad = write_sample(tmp_path / "bad", 6)
+    (bad / "frames" / "000002.jpg").write_bytes(b"not a jpeg")
+    ds = UniAnimateDataset(tmp_path, num_frames=F, height=H, width=W, seed=0, max_retries=2)
+    with pytest.raises(SampleError, match=str(bad)):
+        ds[0]
+    assert "skipping unreadable training sample" in caplog.text
+    with pytest.raises(FileNotFoundError, match="prepare_training_data"):
+        UniAnimateDataset(tmp_path / "bad" / "frames")
+    with pytest.raises(ValueError, match="4k\\+1"):
+        UniAnimateDataset(tmp_path, num_frames=6)
+
+
+# ------------------------------------------------------------------------------------------------ module
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    models = build_tiny_models(str(folder / "tok"), seed=1)
+    return models, save_tiny_checkpoints(models, str(folder / "ckpt"))
+
+
+def make_module(tiny, **kwargs):
+    _, ckpt = tiny
+    args = dict(torch_dtype=torch.float32, configs=CONFIGS, tiled=False, lora_rank=4, lora_alpha=8.0,
+                pose_dropout=0.0, reference_dropout=0.0, learning_rate=1e-3)
+    args.update(kwargs)
+    return UniAnimateTrainingModule(ckpt.dit_shards, ckpt.text_encoder, ckpt.vae, ckpt.image_encoder, **args)
+
+
+def make_batch(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {"video": torch.rand(1, 3, F, H, W, generator=gen) * 2 - 1,
+            "dwpose_data": torch.randint(0, 256, (1, 3, F, H, W), generator=gen).float(),
+            "first_frame": torch.randint(0, 256, (1, H, W, 3), generator=gen, dtype=torch.uint8),
+            "random_ref_dwpose": torch.randint(0, 256, (1, H, W, 3), generator=gen, dtype=torch.uint8),
+            "text": ["a person is dancing"]}
+
+
+@torch.no_grad()
+def reference_loss(module, models, batch, noise, timestep_id, drop_pose, drop_reference):
+    """Spec 7.4 written out with the tiny models' own modules, independently of `compute_loss`."""
+    video = batch["video"]
+    context = models.prompter.encode_prompt(models.text_encoder, batch["text"][0])
+    x0 = models.vae.encode(video, progress=False)
+    image = batch["first_frame"][0].permute(2, 0, 1)[None].float() / 127.5 - 1
+    clip = models.image_encoder.encode_image(image)
+    first = models.vae.encode(torch.cat([image[:, :, None], torch.zeros(1, 3, F - 1, H, W)], dim=2), progress=False)
+    mask = torch.zeros(1, 4, *first.shape[2:])
+    mask[:, :, 0] = 1
+    y = torch.cat([mask, first], dim=1)
+    poses = batch["dwpose_data"] / 255
+    pose_emb = module.dwpose_embedding(torch.cat([poses[:, :, :1]] * 3 + [poses], dim=2))
+    ref_emb = module.randomref_embedding_pose(batch["random_ref_dwpose"].permute(0, 3, 1, 2).float() / 255)[:, :, None]
+    if drop_pose:
+        pose_emb, ref_emb = torch.zeros_like(pose_emb), torch.zeros_like(ref_emb)
+    if drop_reference:
+        clip, y = torch.zeros_like(clip), torch.zeros_like(y)
+    sigmas = torch.linspace(1, 0, 1001)[:-1]
+    sigmas = 5 * sigmas / (1 + 4 * sigmas)
+    timesteps = sigmas * 1000
+    t = timesteps[timestep_id].to(torch.bfloat16).float()
+    i = int((timesteps - t).abs().argmin())
+    noisy = (1 - sigmas[i]) * x0 + sigmas[i] * noise
+    bell = torch.exp(-2 * ((timesteps - 500) / 1000) ** 2)
+    weight = ((bell - bell.min()) * 1000 / (bell - bell.min()).sum())[i]
+    pred = module.dit(noisy, t[None], context, clip, y + ref_emb, add_condition=pose_emb)
+    return torch.mean((pred - (noise - x0)) ** 2) * weight
+
+
+@pytest.mark.parametrize("drop_pose,drop_reference", [(False, False), (True, False), (False, True)])
+def test_training_step_matches_spec(tiny, drop_pose, drop_reference):
+    models, _ = tiny
+    module = make_module(tiny, pose_dropout=float(drop_pose), reference_dropout=float(drop_reference))
+    # give the zero-initialised LoRA B some weight so the LoRA takes part in the forward
+    with torch.no_grad():
+        for name, p in module.dit.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    batch = make_batch()
+    noise = torch.randn(1, 16, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(5))
+    for timestep_id in (60, 400):          # 987.39 -> 988 in bf16: another grid entry
+        loss = module.compute_loss(batch, noise=noise, timestep_id=timestep_id)
+        expected = reference_loss(module, models, batch, noise, timestep_id, drop_pose, drop_reference)
+        assert torch.isfinite(loss) and loss.item() > 0
+        torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert float(module.sample_timestep(1)) == 1000.0          # 999.8 rounds to 1000 in bf16, as upstream
+    loss.backward()
+    pose_grad = module.dwpose_embedding[0].weight.grad
+    assert pose_grad is not None and (pose_grad.abs().sum() == 0) == drop_pose
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny):
+    module = make_module(tiny)
+    batch, noise = make_batch(1), torch.randn(1, 16, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(2))
+    results = []
+    for checkpointing in (False, True):
+        module.use_gradient_checkpointing = checkpointing
+        module.zero_grad()
+        loss = module.compute_loss(batch, noise=noise, timestep_id=300)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_lora_targets_and_trainable_names(tiny):
+    module = make_module(tiny)
+    names = set(module.trainable_state_dict())
+    dit_names = {n for n in names if n.startswith("pipe.dit.")}
+    targets = {"self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+               "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"}
+    expected = {f"pipe.dit.blocks.{i}.{t}.lora_{ab}.default.weight" for i in range(2) for t in targets for ab in "AB"}
+    assert dit_names == expected                                            # no k_img / v_img, embeddings, head
+    pose_names = names - dit_names
+    assert len(pose_names) == 26 and all(n.split(".")[0] in ("dwpose_embedding", "randomref_embedding_pose")
+                                         for n in pose_names)
+    assert all(p.dtype == torch.float32 for p in module.trainable_state_dict().values())
+    groups = dict(module.trainable_parameter_groups())
+    assert len(groups["dit"]) == 40 and len(groups["dwpose_embedding"]) == 14
+    full = make_module(tiny, train_architecture="full")
+    assert len([n for n in full.trainable_state_dict() if n.startswith("pipe.dit.")]) == \
+        len(list(full.dit.parameters()))
+
+
+def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path):
+    models, ckpt = tiny
+    pl.seed_everything(0)
+    module = make_module(tiny)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    loader = torch.utils.data.DataLoader(UniAnimateDataset(dataset_root, num_frames=F, height=H, width=W, seed=0),
+                                         batch_size=1, shuffle=True)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", precision="32-true", logger=False, callbacks=[checkpoints],
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, loader)
+    assert torch.isfinite(trainer.callback_metrics["train_loss"])
+    after = dict(module.named_parameters())
+    for name, p in after.items():
+        changed = not torch.equal(p.detach(), before[name])
+        if "lora_B" in name or name.startswith(("dwpose_embedding", "randomref_embedding_pose")):
+            assert changed, name
+        elif ".lora_A." not in name:
+            assert not changed, name                                       # frozen DiT, T5, VAE, CLIP
+
+    # the checkpoint: exactly the trainable tensors, released names, safe to load
+    files = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert [f.name for f in files] == ["epoch=0-step=2.ckpt"]
+    saved = torch.load(files[0], weights_only=True, map_location="cpu")
+    assert saved.keys() == module.trainable_state_dict().keys()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, after[name].detach()), name
+
+    # released-format loader: merged DiT == PEFT-wrapped trained DiT; pose guider == trained pose guider
+    manager = ModelManager(device="cpu", progress=False)
+    manager.load_models([ckpt.dit_shards], torch_dtype=torch.float32)
+    assert manager.load_lora_v2(str(files[0]), network_alpha=8.0) == 20
+    merged = manager.fetch_model("wan_video_dit")
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(1, 16, 2, 4, 4, generator=gen), torch.randn(1, 20, 2, 4, 4, generator=gen)
+    context, clip = torch.randn(1, 7, 32, generator=gen), torch.randn(1, 5, 32, generator=gen)
+    with torch.no_grad():
+        expected = module.dit(x, torch.tensor([700.0]), context, clip, y)
+        got = merged(x, torch.tensor([700.0]), context, clip, y)
+        base = models.dit(x, torch.tensor([700.0]), context, clip, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert (expected - base).abs().max() > 1e-3                            # the LoRA does change the output
+    guider = manager.fetch_pose_guider(torch_dtype=torch.float32)
+    trained = module.pose_guider.state_dict()
+    assert guider.state_dict().keys() == trained.keys()
+    for name, tensor in guider.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+
+    # --pretrained_lora_path: same rank loads every tensor; another rank is a clear error
+    resumed = make_module(tiny, pretrained_lora_path=str(files[0]))
+    for name, tensor in resumed.trainable_state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    with pytest.raises(TrainingError, match="rank-4 LoRA but --lora_rank is 2"):
+        make_module(tiny, lora_rank=2, pretrained_lora_path=str(files[0]))
+
+
+# ------------------------------------------------------------------------------------------------ command line
+def test_cli_defaults_and_flags():
+    required = ["--dataset_path", "d", "--dit_path", "a.safetensors,b.safetensors", "--text_encoder_path", "t",
+                "--vae_path", "v", "--image_encoder_path", "c"]
+    args = cli.parse_args(required)
+    assert args.task == "train" and args.tiled and args.lora_rank == 4 and args.lora_alpha == 4.0
+    assert args.lora_target_modules == "q,k,v,o,ffn.0,ffn.2" and args.init_lora_weights == "kaiming"
+    assert args.height == 832 and args.width == 480 and args.num_frames == 81 and args.learning_rate == 1e-5
+    assert args.precision == ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    assert not any("/mnt" in str(v) for v in vars(args).values())
+    assert not cli.parse_args(required + ["--no-tiled"]).tiled
+    assert cli.weight_dtype("bf16-mixed") == torch.bfloat16 and cli.weight_dtype("32-true") == torch.float32
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--dataset_path", "d"])                           # no author paths to fall back on
+
+
+def test_deepspeed_is_optional(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_deepspeed(name, *args, **kwargs):
+        if name == "deepspeed":
+            raise ImportError("No module named 'deepspeed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_deepspeed)
+    assert cli.resolve_strategy("auto") == "auto"
+    with pytest.raises(SystemExit, match="pip install deepspeed"):
+        cli.resolve_strategy("deepspeed_stage_2")
+
+
+def test_cli_train_end_to_end(tiny, dataset_root, tmp_path):
+    _, ckpt = tiny
+    args = cli.parse_args([
+        "--dataset_path", str(dataset_root), "--output_path", str(tmp_path), "--dit_path", ",".join(ckpt.dit_shards),
+        "--text_encoder_path", ckpt.text_encoder, "--vae_path", ckpt.vae, "--image_encoder_path", ckpt.image_encoder,
+        "--num_frames", str(F), "--height", str(H), "--width", str(W), "--no-tiled", "--max_steps", "1",
+        "--save_every_n_steps", "1", "--dataloader_num_workers", "0", "--precision", "32-true", "--seed", "0",
+        "--use_gradient_checkpointing"])
+    trainer = cli.train(args, configs=CONFIGS)
+    assert trainer.global_step == 1
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=1.ckpt", "last.ckpt"]
+    files = [folder / "epoch=0-step=1.ckpt"]
+    saved = torch.load(files[0], weights_only=True)
+    assert len(saved) == 40 + 26 and all(k.startswith(("pipe.dit.", "dwpose_", "randomref_")) for k in saved)
