@@ -73,6 +73,23 @@ class WanUniAnimateVideoPipeline:
                              "and VAE .pth files and the CLIP .pth file with load_models() first")
         return pipe
 
+    @classmethod
+    def from_models(cls, *, dit, vae, text_encoder, image_encoder, pose_guider, prompter: Optional[WanPrompter] = None,
+                    tokenizer_path: Optional[str] = None, device: Union[str, torch.device] = "cuda",
+                    torch_dtype: torch.dtype = torch.bfloat16) -> "WanUniAnimateVideoPipeline":
+        """Build from models loaded one by one (e.g. with `load_wan_dit` in a notebook). Give a `prompter` or the
+        `tokenizer_path` of the `google/umt5-xxl` folder (the folder of the T5 file works too)."""
+        pipe = cls(device=device, torch_dtype=torch_dtype)
+        pipe.dit, pipe.vae, pipe.text_encoder = dit, vae, text_encoder
+        pipe.image_encoder, pipe.pose_guider = image_encoder, pose_guider
+        if prompter is not None:
+            pipe.prompter = prompter
+        elif tokenizer_path is not None:
+            pipe.prompter.load_tokenizer(resolve_tokenizer_path(tokenizer_path))
+        else:
+            raise ValueError("pass prompter= or tokenizer_path= (the Wan release's google/umt5-xxl folder)")
+        return pipe
+
     def enable_cpu_offload(self) -> None:
         """Keep models on the CPU and move each to `device` only while it runs (lower GPU memory, slower)."""
         self.cpu_offload = True

@@ -39,11 +39,7 @@ def workspace(tmp_path_factory):
 
 
 def pipe_of(cls, models):
-    pipe = cls(device="cpu", torch_dtype=torch.float32)
-    for name in ("text_encoder", "image_encoder", "vae", "dit", "pose_guider"):
-        setattr(pipe, name, getattr(models, name))
-    pipe.prompter = models.prompter
-    return pipe
+    return cls.from_models(**vars(models), device="cpu", torch_dtype=torch.float32)
 
 
 def test_animate_item_writes_side_by_side_video(workspace, tmp_path):

@@ -42,11 +42,7 @@ def models(tmp_path_factory):
 
 
 def make(cls, models):
-    pipe = cls(device="cpu", torch_dtype=torch.float32)
-    for name in ("text_encoder", "image_encoder", "vae", "dit", "pose_guider"):
-        setattr(pipe, name, getattr(models, name))
-    pipe.prompter = models.prompter
-    return pipe
+    return cls.from_models(**vars(models), device="cpu", torch_dtype=torch.float32)
 
 
 def inputs(frames, seed=0):

@@ -29,11 +29,7 @@ def inputs():
 
 
 def make_pipe(models):
-    pipe = WanUniAnimateVideoPipeline(device="cpu", torch_dtype=torch.float32)
-    for name in ("text_encoder", "image_encoder", "vae", "dit", "pose_guider"):
-        setattr(pipe, name, getattr(models, name))
-    pipe.prompter = models.prompter
-    return pipe
+    return WanUniAnimateVideoPipeline.from_models(**vars(models), device="cpu", torch_dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -148,6 +144,12 @@ def test_teacache_skips_reuse_the_residual(models, inputs):
 def test_bad_input_names_the_fix(models, inputs, change, message):
     with pytest.raises(ValueError, match=message):
         run(make_pipe(models), inputs, **change)
+
+
+def test_from_models_needs_a_tokenizer(models):
+    parts = {k: v for k, v in vars(models).items() if k != "prompter"}
+    with pytest.raises(ValueError, match="tokenizer_path"):
+        WanUniAnimateVideoPipeline.from_models(**parts, device="cpu")
 
 
 def test_from_model_manager_needs_the_unianimate_checkpoint(models, tmp_path):
