@@ -24,7 +24,7 @@ import torch.nn as nn
 from PIL import Image
 
 from ..configs import PoseGuiderConfig
-from ..loading.files import describe, load_state_dict
+from ..loading.files import Checkpoint, describe
 from ..loading.lora import is_pose_key, pose_guider_state_dict, strip_lora_prefix
 from ..loading.manager import load_wan_dit, load_wan_image_encoder, load_wan_text_encoder, load_wan_vae
 from ..models.pose_guider import PoseGuider
@@ -164,7 +164,11 @@ class UniAnimateTrainingModule(pl.LightningModule):
     def load_pretrained(self, path: PathSpec) -> None:
         """Load a UniAnimate checkpoint (file, list or folder) into the LoRA/DiT and the pose guider."""
         source = describe(path)
-        state = load_state_dict(split_paths(path), torch_dtype=torch.float32)
+        # Read only what can be used: a DeepSpeed export also holds the frozen DiT, T5 and VAE (tens of GB in fp32).
+        full = self.train_architecture == "full"
+        with Checkpoint(split_paths(path)) as ckpt:
+            wanted = [k for k in ckpt.infos if full or is_pose_key(k) or ".lora_" in k]
+            state = dict(ckpt.iter_tensors(wanted, dtype=torch.float32))
         pose = pose_guider_state_dict({k: v for k, v in state.items() if is_pose_key(k)})
         dit_state = {strip_lora_prefix(k): v for k, v in state.items() if not is_pose_key(k)}
         if not self.train_architecture == "full":

@@ -281,7 +281,7 @@ def test_lora_targets_and_trainable_names(tiny):
         len(list(full.dit.parameters()))
 
 
-def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path):
+def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path, monkeypatch):
     models, ckpt = tiny
     pl.seed_everything(0)
     module = make_module(tiny)
@@ -335,6 +335,24 @@ def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path):
         assert torch.equal(tensor, saved[name]), name
     with pytest.raises(TrainingError, match="rank-4 LoRA but --lora_rank is 2"):
         make_module(tiny, lora_rank=2, pretrained_lora_path=str(files[0]))
+
+    # a DeepSpeed-style export also holds frozen weights: only the LoRA and pose tensors are read
+    export = {**saved, **{f"pipe.dit.{k}": v for k, v in models.dit.state_dict().items()}}
+    torch.save(export, tmp_path / "export.ckpt")
+    from diffsynth.loading.files import Checkpoint
+    read = []
+    original = Checkpoint.iter_tensors
+
+    def spy(self, keys=None, *args, **kwargs):
+        if any(p.name == "export.ckpt" for p in self.paths):
+            read.extend(keys if keys is not None else self.infos)
+        return original(self, keys, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "iter_tensors", spy)
+    resumed = make_module(tiny, pretrained_lora_path=str(tmp_path / "export.ckpt"))
+    assert read and all(".lora_" in k or k.startswith(("dwpose", "randomref")) for k in read), read[:5]
+    for name, tensor in resumed.trainable_state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
 
 
 # ------------------------------------------------------------------------------------------------ command line
