@@ -94,19 +94,22 @@ class WanUniAnimateVideoPipeline:
         """Keep models on the CPU and move each to `device` only while it runs (lower GPU memory, slower)."""
         self.cpu_offload = True
 
-    def _onload(self, name: str) -> torch.nn.Module:
-        """Move `name` to the compute device (and, with CPU offload, every other model back to the CPU)."""
+    def _onload(self, *names: str) -> torch.nn.Module:
+        """Move the models `names` to the compute device (and, with CPU offload, every other model back to the
+        CPU). Returns the first one."""
         if self.cpu_offload:
             for other in MODEL_NAMES:
                 model = getattr(self, other)
-                if other != name and model is not None and next(model.parameters()).device != torch.device("cpu"):
+                if other not in names and model is not None and \
+                        next(model.parameters()).device != torch.device("cpu"):
                     model.to("cpu")
-        model = getattr(self, name)
-        if model is None:
-            raise ValueError(f"the pipeline has no {name}")
-        if next(model.parameters()).device != self.device:
-            model.to(self.device)
-        return model
+        for name in names:
+            model = getattr(self, name)
+            if model is None:
+                raise ValueError(f"the pipeline has no {name}")
+            if next(model.parameters()).device != self.device:
+                model.to(self.device)
+        return getattr(self, names[0])
 
     # -------------------------------------------------------------------------------------------------- call
     def check_inputs(self, input_image, dwpose_data, random_ref_dwpose, height, width, num_frames) -> None:
@@ -192,8 +195,7 @@ class WanUniAnimateVideoPipeline:
                          random_ref_dwpose: torch.Tensor):
         """CLIP tokens and y = [mask; VAE latent] + reference-pose embedding (on all 20 channels)."""
         image = pil_to_tensor(input_image, height, width)
-        self._onload("image_encoder")
-        self._onload("vae")
+        self._onload("image_encoder", "vae")   # both run in encode_reference_image
         clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, self.device)
         pose_guider = self._onload("pose_guider")
         ref_pose_emb = encode_reference_pose(pose_guider, random_ref_dwpose, self.device)

@@ -166,3 +166,14 @@ def test_from_model_manager_needs_the_unianimate_checkpoint(models, tmp_path):
     # the LoRA was merged into the loaded DiT, not into the in-memory original
     q_loaded, q_orig = pipe.dit.blocks[0].self_attn.q.weight, models.dit.blocks[0].self_attn.q.weight
     assert not torch.equal(q_loaded, q_orig)
+
+
+def test_cpu_offload_keeps_models_that_run_together_on_the_device():
+    """CLIP and the VAE both run in encode_reference_image: onloading one must not send the other back."""
+    pipe = WanUniAnimateVideoPipeline(device="meta", torch_dtype=torch.float32)
+    for name in ("text_encoder", "image_encoder", "vae", "dit", "pose_guider"):
+        setattr(pipe, name, torch.nn.Linear(2, 2))
+    pipe.enable_cpu_offload()
+    assert pipe._onload("image_encoder", "vae") is pipe.image_encoder
+    assert pipe.image_encoder.weight.is_meta and pipe.vae.weight.is_meta
+    assert not pipe.dit.weight.is_meta and not pipe.text_encoder.weight.is_meta
