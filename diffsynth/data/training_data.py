@@ -289,7 +289,8 @@ def _prepare_video(video: Path, folder: Path, pose_backend, max_frames: int | No
 # Reading samples
 
 
-def _open_rgb(source) -> Image.Image:
+def open_rgb(source) -> Image.Image:
+    """An image file (or file-like object) as an RGB PIL image, with the file closed."""
     with Image.open(source) as image:
         return image.convert("RGB")
 
@@ -307,8 +308,8 @@ def read_training_sample(folder: str | Path, indices: Sequence[int] | None = Non
     meta = json.loads(meta_path.read_text())
     names = meta["files"]
     chosen = [names[i] for i in (range(len(names)) if indices is None else indices)]
-    frames = [_open_rgb(folder / FRAMES_DIR / name) for name in chosen]
-    poses = [_open_rgb(folder / POSES_DIR / name) for name in chosen]
+    frames = [open_rgb(folder / FRAMES_DIR / name) for name in chosen]
+    poses = [open_rgb(folder / POSES_DIR / name) for name in chosen]
     return frames, poses, meta
 
 
@@ -362,8 +363,8 @@ def read_legacy_pickle_sample(path: str | Path, pose_file: str = LEGACY_POSE_FIL
     missing = [key for key in frame_bytes if key not in pose_bytes]
     if missing:
         raise KeyError(f"{folder / pose_file} has no pose for {len(missing)} frames (first: {missing[0]})")
-    frames = [_open_rgb(io.BytesIO(data)) for data in frame_bytes.values()]
-    poses = [_open_rgb(io.BytesIO(pose_bytes[key])) for key in frame_bytes]
+    frames = [open_rgb(io.BytesIO(data)) for data in frame_bytes.values()]
+    poses = [open_rgb(io.BytesIO(pose_bytes[key])) for key in frame_bytes]
     meta = {"format": "upstream-pickle", "source": str(folder), "num_frames": len(frames), "files": list(frame_bytes),
             "width": frames[0].width if frames else None, "height": frames[0].height if frames else None}
     return frames, poses, meta

@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.training_data import (FRAMES_DIR, LEGACY_FRAME_FILE, LEGACY_POSE_FILE, META_FILE, POSES_DIR,
-                                  load_legacy_pickle)
+                                  load_legacy_pickle, open_rgb)
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class UniAnimateDataset(Dataset):
             names = meta["files"]
 
             def read(indices):
-                return [(_open_rgb(folder / FRAMES_DIR / names[i]), _open_rgb(folder / POSES_DIR / names[i]))
+                return [(open_rgb(folder / FRAMES_DIR / names[i]), open_rgb(folder / POSES_DIR / names[i]))
                         for i in indices]
             return len(names), meta.get("text") or self.text, read
         frame_bytes = load_legacy_pickle(folder / LEGACY_FRAME_FILE)
@@ -195,14 +195,9 @@ class UniAnimateDataset(Dataset):
             missing = [keys[i] for i in indices if keys[i] not in pose_bytes]
             if missing:
                 raise SampleError(f"{LEGACY_POSE_FILE} has no pose for {missing[0]}")
-            return [(_open_rgb(io.BytesIO(frame_bytes[keys[i]])), _open_rgb(io.BytesIO(pose_bytes[keys[i]])))
+            return [(open_rgb(io.BytesIO(frame_bytes[keys[i]])), open_rgb(io.BytesIO(pose_bytes[keys[i]])))
                     for i in indices]
         return len(keys), self.text, read_legacy
-
-
-def _open_rgb(source) -> Image.Image:
-    with Image.open(source) as image:
-        return image.convert("RGB")
 
 
 __all__ = ["UniAnimateDataset", "SampleError", "find_sample_folders", "select_frames", "random_crop_box",
