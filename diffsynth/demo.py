@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.pose_folder import comparison_panels
 from .data.video import save_video
 from .loading import ModelManager
 from .pipelines import WanUniAnimateVideoPipeline, load_pose_data
@@ -115,8 +116,10 @@ def main(argv=None) -> str:
         del models   # everything below reads the files back through the real loaders
         generated = run_readme_flow(checkpoints, reference, poses, poses[0], args.prompt, args.steps,
                                     args.cfg_scale, args.seed)
-    panels = [np.concatenate([reference, pose, np.asarray(frame)], axis=1) for pose, frame in zip(poses, generated)]
-    path = save_video(panels, args.out, fps=15, progress=False)
+    dwpose_data, _ = load_pose_data([Image.fromarray(p) for p in poses], Image.fromarray(poses[0]), args.height,
+                                    args.width)
+    panels = comparison_panels(reference, dwpose_data, generated)
+    path = save_video(panels, args.out, fps=15, progress=False, overwrite=True)
     logger.info("wrote %s (%d frames, %dx%d, [reference | pose | generated]) in %.1f s",
                 path, len(panels), panels[0].shape[1], panels[0].shape[0], time.perf_counter() - start)
     return path

@@ -4,24 +4,23 @@
     animate_item(pipe, "data/images/ref.jpg", "data/saved_pose/ref", "outputs/ref.mp4", height=832, width=480)
 
 Differences from the upstream scripts: the 81-frame window of a longer pose video is chosen with a seeded RNG
-(upstream: unseeded `random.randint`), pose frames are ordered numerically (upstream sorts names as text, which
-breaks at 10000 frames), the reference image is decoded once, and missing files raise errors naming the path.
+(upstream: unseeded `random.randint`) by the rule training uses too (`diffsynth.data.pose_folder.select_frames`),
+pose frames are ordered numerically (upstream sorts names as text, which breaks at 10000 frames), the reference
+image is decoded once, and missing files raise errors naming the path.
 """
 from __future__ import annotations
 
 import logging
 import os
-import random
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Type, Union
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .data.video import list_images, save_video
+from .data.pose_folder import comparison_panels, list_pose_frames, read_pose_clip, read_rgb, reference_pose_file
+from .data.video import save_video
 from .loading import ModelManager
-from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline, load_pose_data
+from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -68,59 +67,32 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
 
 def read_pose_folder(pose_dir: str) -> Tuple[List[Path], Path]:
     """Pose frames (numeric order) and the reference pose `pose.jpg` of a run_align_pose.py output folder."""
-    ref = Path(pose_dir) / "pose.jpg"
-    _require(ref, "reference pose pose.jpg", "Make the pose folder with run_align_pose.py")
-    frames = [p for p in list_images(pose_dir) if p.name != "pose.jpg"]
-    if not frames:
-        raise ValueError(f"no pose frames in {pose_dir}: run run_align_pose.py first")
-    return frames, ref
-
-
-def select_frames(num_available: int, max_frames: int, frame_interval: int = 1, seed: Optional[int] = 0) -> List[int]:
-    """Indices of the pose frames to animate (upstream rule, with a seeded random start).
-
-    Short videos take every `frame_interval`-th frame from the start (stride shrinks if there are too few frames);
-    longer ones a random window of `max_frames` frames. Missing frames repeat the last one.
-    """
-    cover = frame_interval * max_frames
-    if num_available < cover + 1:
-        stride = max(num_available // max_frames, 1)
-        start, end = 0, min(stride * max_frames, num_available)
-    else:
-        stride = frame_interval
-        start = random.Random(seed).randint(0, num_available - cover - 1)
-        end = start + cover
-    indices = list(range(start, end, stride))[:max_frames]
-    return indices + [end - 1] * (max_frames - len(indices))
+    return list_pose_frames(pose_dir), reference_pose_file(pose_dir)
 
 
 def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str, out_path: str, height: int = 832,
                  width: int = 480, max_frames: Optional[int] = 81, frame_interval: int = 1, seed: int = 0,
                  prompt: str = "a person is dancing", negative_prompt: str = WAN_NEGATIVE_PROMPT,
                  cfg_scale: float = 1.5, num_inference_steps: int = 50, use_teacache: bool = False,
-                 tiled: bool = True, **pipe_kwargs) -> str:
+                 tiled: bool = True, overwrite: bool = True, **pipe_kwargs) -> str:
     """Generate one video and save [reference | pose | generated] side by side at 15 fps.
 
-    `max_frames=None` (long-video pipelines) animates every pose frame.
+    `max_frames=None` (long-video pipelines) animates every `frame_interval`-th pose frame.
     """
-    frames, ref_pose_path = read_pose_folder(pose_dir)
+    from PIL import Image  # noqa: PLC0415 - the pipeline takes the reference as a PIL image
+
+    clip = read_pose_clip(pose_dir, height, width, max_frames, frame_interval, seed)
+    reference = Image.fromarray(read_rgb(_require(ref_image, "reference image")))
     long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
-    if max_frames is None:
-        indices = list(range(0, len(frames), frame_interval))
-    else:
-        indices = select_frames(len(frames), max_frames, frame_interval, seed)
-    poses = [Image.open(frames[i]).convert("RGB") for i in indices]
-    reference = Image.open(_require(ref_image, "reference image")).convert("RGB")
-    dwpose_data, random_ref_dwpose = load_pose_data(poses, Image.open(ref_pose_path), height, width)
-    generated = pipe(prompt=prompt, negative_prompt=negative_prompt, input_image=reference, dwpose_data=dwpose_data,
-                     random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(poses),
-                     cfg_scale=cfg_scale, num_inference_steps=num_inference_steps, seed=seed, tiled=tiled,
+    generated = pipe(prompt=prompt, negative_prompt=negative_prompt, input_image=reference,
+                     dwpose_data=clip.dwpose_data, random_ref_dwpose=clip.random_ref_dwpose, height=height,
+                     width=width, num_frames=clip.dwpose_data.shape[1], cfg_scale=cfg_scale,
+                     num_inference_steps=num_inference_steps, seed=seed, tiled=tiled,
                      tea_cache_l1_thresh=0.3 if use_teacache else None,
                      tea_cache_model_id="Wan2.1-I2V-14B-720P" if use_teacache else "", **pipe_kwargs)
-    ref_panel = np.asarray(reference.resize((width, height), Image.BILINEAR))
-    panels = [np.concatenate([ref_panel, dwpose_data[:, i].permute(1, 2, 0).to(torch.uint8).numpy(),
-                              np.asarray(frame)], axis=1) for i, frame in enumerate(generated)]
-    path = save_video(panels, out_path, fps=15, quality=5)
+    # The long pipeline rounds the frame count down to 4k+1: pair each generated frame with its pose.
+    panels = comparison_panels(reference, clip.dwpose_data[:, :len(generated)], generated)
+    path = save_video(panels, out_path, fps=15, quality=5, overwrite=overwrite)
     logger.info("saved %s (%d frames%s)", path, len(panels), ", long video" if long_video else "")
     return path
 
@@ -145,5 +117,5 @@ def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs
     return done
 
 
-__all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "read_pose_folder", "select_frames", "animate_item",
+__all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "read_pose_folder", "animate_item",
            "output_name", "run_items"]

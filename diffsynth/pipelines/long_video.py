@@ -18,13 +18,15 @@ says so (upstream's message said "up").
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from .unianimate import WanUniAnimateVideoPipeline
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +53,22 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
     """Any number of pose frames, by overlapping DiT windows (see the module docstring); built like the short one."""
 
     @torch.no_grad()
-    def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional[Image.Image] = None,
+    def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional["Image"] = None,
+                 input_video: Optional[List["Image"]] = None, denoising_strength: float = 1.0,
                  seed: Optional[int] = None, rand_device: str = "cpu", height: int = 480, width: int = 832,
                  num_frames: int = 81, cfg_scale: float = 5.0, num_inference_steps: int = 50,
                  sigma_shift: float = 5.0, tiled: bool = True, tile_size: Tuple[int, int] = (30, 52),
                  tile_stride: Tuple[int, int] = (15, 26), tea_cache_l1_thresh: Optional[float] = None,
                  tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
                  random_ref_dwpose: Optional[torch.Tensor] = None, context_size: int = 21,
-                 context_overlap: int = 4, **unused) -> List[Image.Image]:
+                 context_overlap: int = 4, **unused) -> List["Image"]:
         """Like `WanUniAnimateVideoPipeline.__call__`, for any number of pose frames.
 
         `num_frames` is rounded down to 4k+1 (the pose frames after it are dropped); `context_size` and
         `context_overlap` are in latent frames (21 and 4: windows of 81 pixel frames, 8 pixel frames averaged).
+        `input_video` (video-to-video, as upstream) is encoded whole with the call's tiling and noised to the first
+        timestep of the `denoising_strength` schedule; each window's private frames are its slice of the noised
+        input (upstream drew them as pure noise, so the input never reached them).
         """
         if unused:
             raise TypeError(f"unexpected arguments for the long-video pipeline: {sorted(unused)}")
@@ -70,11 +76,14 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         if rounded != num_frames:
             logger.warning("num_frames=%d is not 4k+1: using the first %d frames (rounded down)", num_frames, rounded)
             num_frames = rounded
-            if dwpose_data is not None:
+            if isinstance(dwpose_data, torch.Tensor):
                 dwpose_data = dwpose_data[:, :num_frames]
-        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames)
+            if input_video is not None:
+                input_video = input_video[:num_frames]
+        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
+                          negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
         self.scheduler.shift = sigma_shift
-        self.scheduler.set_timesteps(num_inference_steps)
+        self.scheduler.set_timesteps(num_inference_steps, denoising_strength)
         T = (num_frames - 1) // 4 + 1
         windows = context_windows(T, context_size, context_overlap)
         window_len = windows[0][1] - windows[0][0]
@@ -85,6 +94,14 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
                                          dtype=torch.float32).to(self.device, self.torch_dtype)
         latents = draw((1, 16, T, height // 8, width // 8))
         private = [draw((1, 16, min(2, window_len), height // 8, width // 8)) for _ in windows]
+        if input_video is not None:
+            # The private frames start from the noised input too (upstream: pure noise, which discards the input
+            # video in every window's first two latent frames).
+            encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
+            t0 = self.scheduler.timesteps[0]
+            latents = self.scheduler.add_noise(encoded, latents, t0)
+            private = [self.scheduler.add_noise(encoded[:, :, s:s + p.shape[2]], p, t0)
+                       for (s, _), p in zip(windows, private)]
         # 2. Shared conditioning: prompts, and the reference encoded once for one window's length.
         context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
         clip_feature, y = self.encode_reference(input_image, height, width, 4 * window_len - 3, random_ref_dwpose)

@@ -15,18 +15,22 @@ flow-matching Euler with CFG (optionally TeaCache); tiled VAE decode.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple, Union
+import math
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..acceleration.teacache import TeaCache
+from ..data.images import check_pil_image, image_to_tensor
+from ..data.pose_folder import pose_tensors
 from ..prompters import WanPrompter, resolve_tokenizer_path
 from ..schedulers import FlowMatchScheduler
 from .units import (check_sizes, decode_video, dit_step, encode_pose_video, encode_prompt, encode_reference_image,
-                    encode_reference_pose, pil_to_tensor, video_to_tensor)
+                    encode_reference_pose, encode_video)
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ class WanUniAnimateVideoPipeline:
         self.prompter = WanPrompter()
         self.text_encoder = self.image_encoder = self.vae = self.dit = self.pose_guider = None
         self.cpu_offload = False
+        self.offload_device = torch.device("cpu")
+        self._placed: Optional[set] = None     # see `_on_device`
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -94,30 +100,70 @@ class WanUniAnimateVideoPipeline:
         """Keep models on the CPU and move each to `device` only while it runs (lower GPU memory, slower)."""
         self.cpu_offload = True
 
+    def models_on_device(self) -> List[str]:
+        """Names of the models this pipeline has placed on the compute device (and not moved back since)."""
+        return [name for name in MODEL_NAMES if name in self._on_device]
+
     def _onload(self, *names: str) -> torch.nn.Module:
         """Move the models `names` to the compute device (and, with CPU offload, every other model back to the
         CPU). Returns the first one."""
         if self.cpu_offload:
             for other in MODEL_NAMES:
-                model = getattr(self, other)
-                if other not in names and model is not None and \
-                        next(model.parameters()).device != torch.device("cpu"):
-                    model.to("cpu")
+                if other not in names and getattr(self, other) is not None and other in self._on_device:
+                    self._offload(other)
         for name in names:
             model = getattr(self, name)
             if model is None:
                 raise ValueError(f"the pipeline has no {name}")
-            if next(model.parameters()).device != self.device:
+            if name not in self._on_device:
                 model.to(self.device)
+                self._on_device.add(name)
         return getattr(self, names[0])
 
+    def _offload(self, name: str) -> None:
+        getattr(self, name).to(self.offload_device)
+        self._on_device.discard(name)
+
+    @property
+    def _on_device(self) -> set:
+        # Tracked by name, not read from parameter devices: a model loaded straight onto the GPU counts as placed,
+        # and the bookkeeping stays testable on a CPU-only machine.
+        if self._placed is None:
+            self._placed = {name for name in MODEL_NAMES if getattr(self, name) is not None
+                            and next(getattr(self, name).parameters()).device == self.device}
+        return self._placed
+
     # -------------------------------------------------------------------------------------------------- call
-    def check_inputs(self, input_image, dwpose_data, random_ref_dwpose, height, width, num_frames) -> None:
+    def check_inputs(self, input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt="",
+                     negative_prompt="", cfg_scale=1.0, num_inference_steps=1, input_video=None,
+                     denoising_strength=1.0) -> None:
+        """Every argument checked before any model runs; each error names the argument and the fix."""
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be a string (use \"\" for none); got {type(text).__name__}")
         if input_image is None:
             raise ValueError("input_image is required: the reference photo (PIL image) of the person to animate")
+        check_pil_image(input_image, "input_image")
+        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number (1.5 in the UniAnimate scripts); got {cfg_scale!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}")
+        if not (isinstance(denoising_strength, (int, float)) and 0 < denoising_strength <= 1):
+            raise ValueError(f"denoising_strength must be in (0, 1]; got {denoising_strength!r}")
+        if input_video is not None:
+            if len(input_video) != num_frames:
+                raise ValueError(f"input_video has {len(input_video)} frames; num_frames is {num_frames}")
+            for i, frame in enumerate(input_video):
+                check_pil_image(frame, f"input_video[{i}]")
         if dwpose_data is None or random_ref_dwpose is None:
             raise ValueError("dwpose_data ([3, F, H, W] pose frames, 0..255) and random_ref_dwpose ([H, W, 3] "
                              "reference pose, 0..255) are required: make them with run_align_pose.py")
+        for name, value in (("dwpose_data", dwpose_data), ("random_ref_dwpose", random_ref_dwpose)):
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a torch tensor (see load_pose_data); got {type(value).__name__}")
         check_sizes(height, width, num_frames)
         if tuple(dwpose_data.shape) != (3, num_frames, height, width):
             raise ValueError(f"dwpose_data has shape {tuple(dwpose_data.shape)}; expected [3, num_frames, height, "
@@ -134,14 +180,14 @@ class WanUniAnimateVideoPipeline:
         return noise.to(device=self.device, dtype=self.torch_dtype)
 
     @torch.no_grad()
-    def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional[Image.Image] = None,
-                 input_video: Optional[List[Image.Image]] = None, denoising_strength: float = 1.0,
+    def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional["Image"] = None,
+                 input_video: Optional[List["Image"]] = None, denoising_strength: float = 1.0,
                  seed: Optional[int] = None, rand_device: str = "cpu", height: int = 480, width: int = 832,
                  num_frames: int = 81, cfg_scale: float = 5.0, num_inference_steps: int = 50,
                  sigma_shift: float = 5.0, tiled: bool = True, tile_size: Tuple[int, int] = (30, 52),
                  tile_stride: Tuple[int, int] = (15, 26), tea_cache_l1_thresh: Optional[float] = None,
                  tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
-                 random_ref_dwpose: Optional[torch.Tensor] = None) -> List[Image.Image]:
+                 random_ref_dwpose: Optional[torch.Tensor] = None) -> List["Image"]:
         """Generate `num_frames` frames of the reference person following the poses.
 
         Args:
@@ -151,11 +197,13 @@ class WanUniAnimateVideoPipeline:
             height, width: multiples of 16; num_frames: 4k+1. Checked, never silently changed.
             cfg_scale: classifier-free guidance (1.5 in the UniAnimate scripts; 1.0 skips the negative branch).
             tea_cache_l1_thresh, tea_cache_model_id: enable TeaCache (e.g. 0.3, "Wan2.1-I2V-14B-720P").
-            input_video, denoising_strength: video-to-video; the input is encoded (tiled) and noised part-way.
+            input_video, denoising_strength: video-to-video; the input is encoded (with the call's tiling settings)
+                and noised part-way.
         Returns:
             a list of F PIL images.
         """
-        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames)
+        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
+                          negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
         self.scheduler.shift = sigma_shift
         self.scheduler.set_timesteps(num_inference_steps, denoising_strength)
         latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
@@ -163,9 +211,7 @@ class WanUniAnimateVideoPipeline:
         # 1. Noise, or the noised input video.
         latents = self.generate_noise(latent_shape, seed, rand_device)
         if input_video is not None:
-            vae = self._onload("vae")
-            video = video_to_tensor(input_video, height, width).to(self.device, next(vae.parameters()).dtype)
-            encoded = vae.encode(video, tiled=True, progress=False).to(self.torch_dtype)
+            encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
             latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
         context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
         clip_feature, y = self.encode_reference(input_image, height, width, num_frames, random_ref_dwpose)
@@ -183,6 +229,12 @@ class WanUniAnimateVideoPipeline:
         return self.decode(latents, tiled, tile_size, tile_stride)
 
     # ------------------------------------------------------------------------------- steps shared with long video
+    def encode_input_video(self, input_video, height, width, tiled, tile_size, tile_stride) -> torch.Tensor:
+        """Video-to-video: the input frames as latents, encoded with the call's tiling settings (as upstream)."""
+        vae = self._onload("vae")
+        encoded = encode_video(vae, input_video, height, width, self.device, tiled, tile_size, tile_stride)
+        return encoded.to(self.torch_dtype)
+
     def encode_prompts(self, prompt: str, negative_prompt: str, cfg_scale: float):
         """umT5 contexts for both CFG branches (the negative one only when cfg_scale != 1)."""
         text_encoder = self._onload("text_encoder")
@@ -191,10 +243,10 @@ class WanUniAnimateVideoPipeline:
             if cfg_scale != 1.0 else None
         return context, context_neg
 
-    def encode_reference(self, input_image: Image.Image, height: int, width: int, num_frames: int,
+    def encode_reference(self, input_image: "Image", height: int, width: int, num_frames: int,
                          random_ref_dwpose: torch.Tensor):
         """CLIP tokens and y = [mask; VAE latent] + reference-pose embedding (on all 20 channels)."""
-        image = pil_to_tensor(input_image, height, width)
+        image = image_to_tensor(input_image, height, width)
         self._onload("image_encoder", "vae")   # both run in encode_reference_image
         clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, self.device)
         pose_guider = self._onload("pose_guider")
@@ -222,22 +274,19 @@ class WanUniAnimateVideoPipeline:
             velocity = velocity_neg + cfg_scale * (velocity - velocity_neg)
         return velocity
 
-    def decode(self, latents, tiled, tile_size, tile_stride) -> List[Image.Image]:
+    def decode(self, latents, tiled, tile_size, tile_stride) -> List["Image"]:
         vae = self._onload("vae")
         frames = decode_video(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
         if self.cpu_offload:
-            vae.to("cpu")
+            self._offload("vae")
         return frames
 
 
-def load_pose_data(pose_images: List[Image.Image], reference_pose: Image.Image, height: int, width: int
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pose images (as written by run_align_pose.py) -> (dwpose_data [3, F, H, W] float 0..255,
-    random_ref_dwpose [H, W, 3] uint8), resized bilinearly to the generation size like the upstream scripts."""
-    frames = [np.asarray(p.convert("RGB").resize((width, height), Image.BILINEAR)) for p in pose_images]
-    dwpose_data = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
-    ref = torch.from_numpy(np.asarray(reference_pose.convert("RGB").resize((width, height), Image.BILINEAR)).copy())
-    return dwpose_data, ref
+def load_pose_data(pose_images, reference_pose, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pose images (PIL, as written by run_align_pose.py) -> (dwpose_data [3, F, H, W] float 0..255,
+    random_ref_dwpose [H, W, 3] uint8), resized bilinearly to the generation size like the upstream scripts.
+    See `diffsynth.data.pose_folder.read_pose_clip` to read a whole pose folder."""
+    return pose_tensors(pose_images, reference_pose, height, width)
 
 
 __all__ = ["WanUniAnimateVideoPipeline", "load_pose_data"]

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..acceleration.teacache import TeaCache
+from ..data.images import image_to_tensor, tensor_to_frames, video_to_tensor
 from ..models.pose_guider import PoseGuider
 from ..models.wan_dit import WanModel, condition_tokens
 from ..models.wan_image_encoder import WanImageEncoder
@@ -44,11 +43,7 @@ def encode_prompt(prompter: WanPrompter, text_encoder: WanTextEncoder, prompt: s
     return prompter.encode_prompt(text_encoder, prompt, device=device)
 
 
-def pil_to_tensor(image: Image.Image, height: int, width: int) -> torch.Tensor:
-    """PIL image -> [1, 3, H, W] in [-1, 1], resized with PIL bicubic (aspect ratio not kept), as upstream."""
-    image = image.convert("RGB").resize((width, height), Image.BICUBIC)
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
-    return (array.permute(2, 0, 1)[None] * (2 / 255) - 1)
+pil_to_tensor = image_to_tensor   # the former name, kept for callers
 
 
 @torch.no_grad()
@@ -110,19 +105,21 @@ def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor, conte
 
 @torch.no_grad()
 def decode_video(vae: WanVideoVAE, latents: torch.Tensor, tiled: bool = True, tile_size=(30, 52),
-                 tile_stride=(15, 26)) -> List[Image.Image]:
+                 tile_stride=(15, 26)) -> List:
     """Latents [1, 16, T, h, w] -> F = 4T-3 PIL frames. uint8 conversion truncates, as upstream."""
     video = vae.decode(latents.to(param_dtype(vae)), tiled=tiled, tile_size=tile_size, tile_stride=tile_stride,
                        progress=False)[0]
-    frames = ((video.float().permute(1, 2, 3, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
-    return [Image.fromarray(frame) for frame in frames]
+    return tensor_to_frames(video)
 
 
-def video_to_tensor(frames: Sequence[Image.Image], height: int, width: int) -> torch.Tensor:
-    """PIL frames -> [1, 3, F, H, W] in [-1, 1]."""
-    return torch.cat([pil_to_tensor(f, height, width) for f in frames])[None].transpose(1, 2)
+@torch.no_grad()
+def encode_video(vae: WanVideoVAE, frames: Sequence, height: int, width: int, device, tiled: bool = True,
+                 tile_size=(30, 52), tile_stride=(15, 26)) -> torch.Tensor:
+    """Input video frames (video-to-video) -> latents [1, 16, T, h, w], with the call's tiling settings."""
+    video = video_to_tensor(frames, height, width).to(device, param_dtype(vae))
+    return vae.encode(video, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride, progress=False)
 
 
-__all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "encode_reference_image", "encode_pose_video",
-           "encode_reference_pose", "dit_step",
-           "decode_video", "video_to_tensor", "param_dtype"]
+__all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "image_to_tensor", "encode_reference_image",
+           "encode_pose_video", "encode_reference_pose", "dit_step", "decode_video", "encode_video",
+           "video_to_tensor", "param_dtype"]

@@ -5,24 +5,15 @@ returns a per-video tracker called frame by frame (it keeps the same person thro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .keypoints import Pose, wholebody_to_pose
+from .keypoints import FramePose, Pose, wholebody_to_pose
 from .onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 
 BACKENDS = ("dwpose", "mediapipe")
 TRACK_MIN_IOU = 0.1
-
-
-@dataclass
-class FramePose:
-    """One backend result: the person's pose (None when no person was found) and its box (xyxy pixels)."""
-
-    pose: Pose | None
-    box: np.ndarray | None = None
 
 
 def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:

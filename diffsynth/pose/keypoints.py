@@ -95,6 +95,14 @@ def _points_from_list(items: list, n: int) -> tuple[np.ndarray, np.ndarray]:
     return points, valid
 
 
+@dataclass
+class FramePose:
+    """One backend result: the person's pose (None when no person was found) and its box (xyxy pixels)."""
+
+    pose: Pose | None
+    box: np.ndarray | None = None
+
+
 def wholebody_to_pose(
     keypoints: np.ndarray, scores: np.ndarray, width: int, height: int, threshold: float = 0.3
 ) -> Pose:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import FramePose
-from .keypoints import Pose
+from .keypoints import FramePose, Pose
 
 VISIBILITY_THRESHOLD = 0.5
 INSTALL_HINT = (

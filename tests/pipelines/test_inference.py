@@ -7,21 +7,9 @@ import torch
 from PIL import Image
 
 from diffsynth.data import VideoData
-from diffsynth.inference import animate_item, load_unianimate_pipeline, output_name, run_items, select_frames
+from diffsynth.inference import animate_item, load_unianimate_pipeline, output_name, run_items
 from diffsynth.pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
 from diffsynth.tiny import build_tiny_models
-
-
-def test_select_frames_follows_the_upstream_rule_with_a_seed():
-    assert select_frames(150, 81, 1, seed=0) == select_frames(150, 81, 1, seed=0)
-    starts = {select_frames(150, 81, 1, seed=s)[0] for s in range(20)}
-    assert len(starts) > 1 and all(0 <= s <= 150 - 81 - 1 for s in starts)
-    window = select_frames(150, 81, 1, seed=3)
-    assert window == list(range(window[0], window[0] + 81))
-    strided = select_frames(40, 9, 2, seed=1)                             # 40 >= 2*9+1: random start, stride 2
-    assert strided == list(range(strided[0], strided[0] + 18, 2)) and strided[0] <= 40 - 18 - 1
-    assert select_frames(10, 9, 2) == [0, 1, 2, 3, 4, 5, 6, 7, 8]         # too few: stride shrinks to 1
-    assert select_frames(5, 9, 1) == [0, 1, 2, 3, 4, 4, 4, 4, 4]          # padded with the last frame
 
 
 @pytest.fixture(scope="module")
