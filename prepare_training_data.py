@@ -22,7 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video_dir", required=True, help="folder of videos (mp4/mov/avi/mkv/webm)")
     parser.add_argument("--out_dir", default=None,
-                        help="where the sample folders go (default: <video_dir>/training_video_pose)")
+                        help="where the sample folders go (default: <video_dir>/training_video_pose); not "
+                             "<video_dir> itself or a folder containing it")
     parser.add_argument("--backend", choices=BACKENDS, default="dwpose",
                         help="dwpose (ONNX models below) or mediapipe (offline; requirements/pose-offline.txt)")
     parser.add_argument("--det_model", default=str(DEFAULT_DET_MODEL), help="YOLOX ONNX file (dwpose backend)")
@@ -30,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_frames", type=int, default=None,
                         help="skip (with a message) videos with more frames than this; default: no limit")
     parser.add_argument("--overwrite", action="store_true",
-                        help="redo videos whose sample folder exists; removes only the files this tool writes")
+                        help="redo videos whose sample folder exists, deleting first only the files listed in its "
+                             ".prepare_training_data.json (what this tool wrote there; never other files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
     return parser.parse_args(argv)
 

@@ -27,9 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--det_model", default=str(DEFAULT_DET_MODEL), help="YOLOX ONNX file (dwpose backend)")
     parser.add_argument("--pose_model", default=str(DEFAULT_POSE_MODEL), help="DWPose ONNX file (dwpose backend)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow a non-empty output folder; replaces only the files this tool writes")
+                        help="allow a non-empty output folder, deleting only the files a previous run listed in its "
+                             ".run_align_pose.json (never other files), and replace an existing --preview file")
     parser.add_argument("--preview", default=None, metavar="OUT.mp4",
-                        help="also write [frame + raw pose | reference + aligned pose] as a video")
+                        help="also write [frame + raw pose | reference + aligned pose] as a video (an existing file "
+                             "is refused unless --overwrite)")
     parser.add_argument("--smooth", action="store_true", help="One-Euro temporal smoothing (off by default)")
     parser.add_argument("--smooth_min_cutoff", type=float, default=SmoothingOptions.min_cutoff)
     parser.add_argument("--smooth_beta", type=float, default=SmoothingOptions.beta)
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
             det_model=args.det_model, pose_model=args.pose_model, overwrite=args.overwrite, preview=args.preview,
             smoothing=smoothing, progress=not args.quiet,
         )
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, ImportError) as error:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
+            ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

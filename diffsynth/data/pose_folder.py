@@ -17,15 +17,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
-import torch
 
-from .images import ImageLike, resize_rgb, to_rgb_uint8
+if TYPE_CHECKING:   # torch and PIL are imported where tensors are made: the pose tool runs without them
+    import torch
+
+    from .images import ImageLike
 
 REFERENCE_POSE_FILE = "pose.jpg"
 POSES_FILE = "poses.json"
+MANIFEST_FILE = ".run_align_pose.json"    # what the tool wrote there: the only files --overwrite may delete
 FRAME_SUFFIX = ".jpg"
 _FRAME_FILE = re.compile(r"^(\d+)\.jpg$")
 PathLike = Union[str, os.PathLike]
@@ -86,7 +89,9 @@ def select_frames(num_available: int, num_frames: int, stride: int = 1,
 
 def read_rgb(path: PathLike) -> np.ndarray:
     """An image file as H x W x 3 uint8 RGB (16-bit and float images scaled, not clipped)."""
-    from PIL import Image  # noqa: PLC0415 - image decoding stays in the data layer
+    from PIL import Image  # noqa: PLC0415
+
+    from .images import to_rgb_uint8  # noqa: PLC0415
 
     with Image.open(path) as image:
         return to_rgb_uint8(image)
@@ -96,6 +101,10 @@ def pose_tensors(pose_images: Sequence[ImageLike], reference_pose: ImageLike, he
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose images (RGB) -> (`dwpose_data` [3, F, H, W] float 0..255, `random_ref_dwpose` [H, W, 3] uint8),
     resized bilinearly to the generation size like the upstream scripts."""
+    import torch  # noqa: PLC0415
+
+    from .images import resize_rgb, to_rgb_uint8  # noqa: PLC0415
+
     if len(pose_images) == 0:
         raise ValueError("pose_images is empty: pass at least one pose frame (e.g. from run_align_pose.py)")
     if height <= 0 or width <= 0:
@@ -138,6 +147,10 @@ def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated
                       ) -> List[np.ndarray]:
     """Side-by-side frames [reference | pose | generated] (H x 3W x 3 uint8 RGB), the layout of every saved
     result. The reference is resized to the pose size; the generated frames must already have it."""
+    import torch  # noqa: PLC0415
+
+    from .images import resize_rgb, to_rgb_uint8  # noqa: PLC0415
+
     _, count, height, width = dwpose_data.shape
     if len(generated) != count:
         raise ValueError(f"{len(generated)} generated frames for {count} pose frames")
@@ -152,6 +165,6 @@ def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated
     return panels
 
 
-__all__ = ["REFERENCE_POSE_FILE", "POSES_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
+__all__ = ["REFERENCE_POSE_FILE", "POSES_FILE", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
            "reference_pose_file", "select_frames", "read_rgb", "pose_tensors", "PoseClip", "read_pose_clip",
            "comparison_panels"]

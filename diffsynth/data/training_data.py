@@ -7,6 +7,11 @@ One folder per video, plain files instead of upstream's pickles (which run code 
         poses/000000.jpg …    the pose drawn at the frame's own size, body + feet + hands, no face, written with
                               OpenCV like run_align_pose.py (so on disk the colours follow its BGR convention)
         meta.json             frame count, size, fps, source, backend, frames with no person; written last
+        .prepare_training_data.json   the run manifest: every file above, listed before it is written
+
+Every file is written atomically (no half-written JPEG, nothing written through a symlink). `--overwrite` deletes
+exactly the files a sample folder's manifest lists; any other file is kept, and one in the way of a file this tool
+writes (e.g. a user's `frames/000001.jpg`) fails that video with a message naming it rather than being replaced.
 
 Frame names are zero-padded to max(6, digits needed). `read_training_sample` reads a folder back;
 `read_legacy_pickle_sample` reads upstream's `frame_data.pkl` + `dw_pose_with_foot_wo_face.pkl` safely.
@@ -18,7 +23,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ from ..pose.draw import draw_pose, write_image
 from ..pose.extract import fill_missing
 from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 from ..pose.sources import FrameSource
+from .safe_write import Manifest, atomic_write_text, check_output_folder, make_folder
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,8 @@ JPEG_QUALITY = 95
 HALVE_AT_WIDTH = 2048
 LEGACY_FRAME_FILE = "frame_data.pkl"
 LEGACY_POSE_FILE = "dw_pose_with_foot_wo_face.pkl"
-_IMAGE_FILE = re.compile(r"^\d+\.jpg$")
+MANIFEST_FILE = ".prepare_training_data.json"  # one per sample folder: samples are skipped/redone one by one
+_RESERVE_CHUNK = 1024  # frame names listed in the manifest ahead of writing, per manifest save
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,30 +107,25 @@ def sample_names(videos: Sequence[Path]) -> list[str]:
 # Sample folders
 
 
-def _is_tool_file(path: Path, folder: Path) -> bool:
-    if path.parent == folder:
-        return path.name == META_FILE
-    return path.parent.parent == folder and path.parent.name in (FRAMES_DIR, POSES_DIR) and bool(
-        _IMAGE_FILE.match(path.name))
-
-
 def remove_sample_files(folder: Path) -> None:
-    """Delete only what this tool writes in a sample folder (meta.json and digit-named .jpg files in frames/ and
-    poses/), then the folders themselves if that left them empty. Anything else is kept."""
-    if not folder.is_dir():
+    """Delete exactly the files the sample folder's manifest lists (what this tool wrote there), then `frames/`,
+    `poses/` and the folder itself if that left them empty. Anything else is kept; symlinks are not followed."""
+    if folder.is_symlink() or not folder.is_dir():
         return
-    for sub in (folder / FRAMES_DIR, folder / POSES_DIR):
-        if sub.is_dir() and not sub.is_symlink():
-            for entry in sub.iterdir():
-                if entry.is_file() and _is_tool_file(entry, folder):
-                    entry.unlink()
-            if not any(sub.iterdir()):
-                sub.rmdir()
-    meta = folder / META_FILE
-    if meta.is_file():
-        meta.unlink()
+    Manifest.load(folder, MANIFEST_FILE).remove_listed()
+    for sub in (folder / FRAMES_DIR, folder / POSES_DIR):  # created before any frame was listed
+        if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+            sub.rmdir()
     if not any(folder.iterdir()):
         folder.rmdir()
+
+
+def _discard(folder: Path) -> None:
+    """Remove what a failed video wrote; with a damaged manifest nothing is removed (logged)."""
+    try:
+        remove_sample_files(folder)
+    except (OSError, ValueError) as error:
+        logger.warning("could not clean up %s: %s", folder, error)
 
 
 class _TooLong(Exception):
@@ -168,19 +169,20 @@ def prepare_training_data(
 
     Args:
         video_dir: folder of videos (mp4/mov/avi/mkv/webm), processed in name order.
-        out_dir: where the sample folders go; default `<video_dir>/training_video_pose` (as upstream).
+        out_dir: where the sample folders go; default `<video_dir>/training_video_pose` (as upstream). A folder
+            inside `video_dir` is fine; `video_dir` itself or a folder containing it, `/`, the home or current
+            folder, and a file are refused (see `check_output_folder`).
         backend: `dwpose` (ONNX, `det_model` and `pose_model`) or `mediapipe` (offline extra).
         max_frames: videos with more frames are skipped with a logged message; None (default) = no limit.
             Upstream silently skipped videos of 2000 frames or more.
-        overwrite: redo videos whose sample folder is not empty (only this tool's files are removed first);
-            otherwise such videos are skipped.
+        overwrite: redo videos whose sample folder is not empty (deleting first exactly the files its manifest
+            lists); otherwise such videos are skipped.
     A failure on one video (unreadable, no person in any frame, ...) is logged and the others go on.
     """
     start = time.perf_counter()
     videos = list_videos(video_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(video_dir) / DEFAULT_OUT_SUBDIR
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output folder {out_dir} exists and is not a folder")
+    out_dir = check_output_folder(out_dir, inputs=(video_dir,))
     summary = PrepareSummary(out_dir)
     if not videos:
         logger.warning("no videos (%s) in %s", "/".join(VIDEO_EXTENSIONS), video_dir)
@@ -189,26 +191,29 @@ def prepare_training_data(
 
     for video, name in zip(tqdm(videos, unit="video", desc="videos", disable=not progress), sample_names(videos)):
         folder = out_dir / name
-        if folder.exists() and not folder.is_dir():
-            summary.failed[video.name] = f"{folder} exists and is not a folder"
+        problem = ("is a symbolic link; not followed" if folder.is_symlink() else
+                   "exists and is not a folder" if folder.exists() and not folder.is_dir() else None)
+        if problem:
+            summary.failed[video.name] = f"{folder} {problem}"
             logger.error("%s: %s", video.name, summary.failed[video.name])
             continue
-        if folder.is_dir() and any(folder.iterdir()):
-            if not overwrite:
-                state = "done" if (folder / META_FILE).is_file() else "incomplete (no meta.json)"
-                summary.skipped[video.name] = f"{folder} exists, {state}; pass --overwrite to redo it"
-                logger.info("skipping %s: %s", video.name, summary.skipped[video.name])
-                continue
-            remove_sample_files(folder)
+        redo = folder.is_dir() and any(folder.iterdir())
+        if redo and not overwrite:
+            state = "done" if (folder / META_FILE).is_file() else "incomplete (no meta.json)"
+            summary.skipped[video.name] = f"{folder} exists, {state}; pass --overwrite to redo it"
+            logger.info("skipping %s: %s", video.name, summary.skipped[video.name])
+            continue
         try:
+            if redo:
+                remove_sample_files(folder)
             meta = _prepare_video(video, folder, pose_backend, max_frames, progress)
         except _TooLong as reason:
-            remove_sample_files(folder)
+            _discard(folder)
             summary.skipped[video.name] = str(reason)
             logger.warning("skipping %s: %s", video.name, reason)
             continue
         except Exception as error:  # noqa: BLE001 - one bad video must not stop the others
-            remove_sample_files(folder)
+            _discard(folder)
             summary.failed[video.name] = f"{type(error).__name__}: {error}"
             logger.error("%s failed: %s", video.name, summary.failed[video.name])
             continue
@@ -221,16 +226,41 @@ def prepare_training_data(
     return summary
 
 
+class _FrameNames:
+    """Lists frame and pose names in the sample's manifest before they are written, `_RESERVE_CHUNK` at a time
+    (so a crash leaves everything written listed, without rewriting the manifest for every frame)."""
+
+    def __init__(self, manifest: Manifest, header_count: int):
+        self.manifest, self.header_count, self.reserved = manifest, header_count, 0
+
+    def name(self, index: int) -> str:
+        """The file name of frame `index` while reading (widths follow the header's frame count)."""
+        if index >= self.reserved:
+            end = index + _RESERVE_CHUNK
+            if index < self.header_count:
+                end = min(end, self.header_count)  # do not claim names the video will not need
+            self.manifest.reserve(_sample_files(frame_file_name(i, self.header_count) for i in range(index, end)))
+            self.reserved = end
+        return frame_file_name(index, self.header_count)
+
+
+def _sample_files(names) -> list[str]:
+    return [f"{sub}/{name}" for name in names for sub in (FRAMES_DIR, POSES_DIR)]
+
+
 def _prepare_video(video: Path, folder: Path, pose_backend, max_frames: int | None, progress: bool) -> dict:
     """One video: frames are written as they are read; poses are drawn at the end, after holding the previous
-    pose over frames with no person (the next one at the start), as run_align_pose does."""
+    pose over frames with no person (the next one at the start), as run_align_pose does. Files are listed in the
+    folder's manifest before they are written and written atomically, never over a file the manifest does not list."""
     source = FrameSource([video], is_images=False)
     header_count = source.approximate_length()
     if max_frames is not None and header_count > max_frames:
         raise _TooLong(f"{header_count} frames > --max_frames {max_frames}")
-    frames_dir, poses_dir = folder / FRAMES_DIR, folder / POSES_DIR
-    frames_dir.mkdir(parents=True, exist_ok=True)
-    poses_dir.mkdir(exist_ok=True)
+    make_folder(folder)
+    frames_dir, poses_dir = make_folder(folder / FRAMES_DIR), make_folder(folder / POSES_DIR)
+    manifest = Manifest.load(folder, MANIFEST_FILE)
+    manifest.reserve([META_FILE])
+    reading_names = _FrameNames(manifest, header_count)
 
     # 1. Frames, and the pose of each (one tracked person per video).
     results, source_size, size = [], None, None
@@ -248,22 +278,23 @@ def _prepare_video(video: Path, folder: Path, pose_backend, max_frames: int | No
                                  f"{source_size[0]}x{source_size[1]}")
             frame = crop_and_resize(frame)
             size = frame.shape[1::-1]
-            write_image(frames_dir / frame_file_name(index, header_count), frame, JPEG_QUALITY)
+            write_image(frames_dir / reading_names.name(index), frame, JPEG_QUALITY, replace=False)
             results.append(tracker(frame))
     finally:
         tracker.close()
     count = len(results)
     names = [frame_file_name(i, count) for i in range(count)]
+    manifest.reserve(_sample_files(names))
     if count != header_count:  # the header guessed the count wrong: the name width may differ
         for i, new_name in enumerate(names):
             old_name = frame_file_name(i, header_count)
             if old_name != new_name:
-                os.replace(frames_dir / old_name, frames_dir / new_name)
+                os.replace(frames_dir / old_name, frames_dir / new_name)  # both names listed: ours
 
     # 2. Poses, drawn at the frame's own size without alignment.
     poses, pose_source = fill_missing(results)
     for name, pose in zip(names, poses):
-        write_image(poses_dir / name, draw_pose(pose, *size), JPEG_QUALITY)
+        write_image(poses_dir / name, draw_pose(pose, *size), JPEG_QUALITY, replace=False)
 
     # 3. meta.json last: its presence marks a complete sample.
     missing = [i for i, r in enumerate(results) if r.pose is None]
@@ -281,7 +312,8 @@ def _prepare_video(video: Path, folder: Path, pose_backend, max_frames: int | No
         "frames_without_person": missing,
         "pose_held_from": {str(i): pose_source[i] for i in missing},
     }
-    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n", replace=False)
+    manifest.finish([*_sample_files(names), META_FILE])  # exactly what is on disk now
     return meta
 
 

@@ -1,6 +1,7 @@
 """Reading and writing videos and image sequences (imageio + its bundled ffmpeg; no torchvision)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -9,6 +10,8 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from .safe_write import atomic_output, check_output_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Frame = Union[Image.Image, np.ndarray]
@@ -24,46 +27,56 @@ def _to_uint8_rgb(frame: Frame) -> np.ndarray:
 
 
 def save_video(frames: Sequence[Frame], save_path: Union[str, os.PathLike], fps: float = 15, quality: int = 9,
-               ffmpeg_params: Optional[List[str]] = None, progress: bool = True) -> str:
+               ffmpeg_params: Optional[List[str]] = None, progress: bool = True, *, overwrite: bool = False) -> str:
     """Write frames (PIL images or HxWx3 uint8 arrays) to an H.264 mp4 with the ffmpeg bundled by imageio-ffmpeg.
 
     Frame sizes must be even (yuv420p); odd sizes are padded by one black row/column rather than rescaled.
-    The file is written next to its final name and renamed at the end, so a crash never leaves a truncated mp4.
+    An existing file is refused (FileExistsError) unless `overwrite=True`; a folder, or a path whose parent is a
+    file or not writable, is refused before encoding. The video is encoded into a hidden temporary file next to
+    `save_path` and renamed at the end, so a failure never leaves a partial file and a symlink at `save_path` is
+    replaced, never written through. Returns the path, with `~` expanded.
     """
     if len(frames) == 0:
         raise ValueError("save_video got no frames")
-    save_path = Path(save_path)
+    save_path = check_output_file(save_path, overwrite=overwrite, flag="overwrite=True")
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = save_path.with_name(save_path.stem + ".partial" + save_path.suffix)
-    writer = imageio.get_writer(partial, fps=fps, quality=quality, ffmpeg_params=ffmpeg_params,
-                                macro_block_size=1, format="FFMPEG", codec="libx264", pixelformat="yuv420p")
-    try:
-        for frame in tqdm(frames, desc="Saving video", disable=not progress):
-            array = _to_uint8_rgb(frame)
-            pad_h, pad_w = array.shape[0] % 2, array.shape[1] % 2
-            if pad_h or pad_w:
-                array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)))
-            writer.append_data(array)
-    except BaseException:
+    with atomic_output(save_path, replace=overwrite) as partial:
+        writer = imageio.get_writer(partial, fps=fps, quality=quality, ffmpeg_params=ffmpeg_params,
+                                    macro_block_size=1, format="FFMPEG", codec="libx264", pixelformat="yuv420p")
+        try:
+            for frame in tqdm(frames, desc="Saving video", disable=not progress):
+                array = _to_uint8_rgb(frame)
+                pad_h, pad_w = array.shape[0] % 2, array.shape[1] % 2
+                if pad_h or pad_w:
+                    array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)))
+                writer.append_data(array)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep the original error; the temporary file is deleted
+                writer.close()
+            raise
         writer.close()
-        partial.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(partial, save_path)
     return str(save_path)
 
 
-def save_frames(frames: Sequence[Frame], folder: Union[str, os.PathLike], suffix: str = ".png") -> List[str]:
-    """Write frames as zero-padded numbered images, wide enough for any count (00000.png, 00001.png, ...)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def save_frames(frames: Sequence[Frame], folder: Union[str, os.PathLike], suffix: str = ".png", *,
+                overwrite: bool = False) -> List[str]:
+    """Write frames as zero-padded numbered images, wide enough for any count (00000.png, 00001.png, ...).
+
+    Each image is written atomically (never through a symlink); existing files of those names are refused
+    (FileExistsError, before anything is written) unless `overwrite=True`.
+    """
+    folder = Path(folder).expanduser()
     width = max(5, len(str(len(frames) - 1)))
-    paths = []
-    for i, frame in enumerate(frames):
-        path = folder / f"{i:0{width}d}{suffix}"
-        Image.fromarray(_to_uint8_rgb(frame)).save(path)
-        paths.append(str(path))
-    return paths
+    paths = [folder / f"{i:0{width}d}{suffix}" for i in range(len(frames))]
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists ({len(existing)} of the {len(paths)} names); pass "
+                              f"overwrite=True to replace them")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, frame in zip(paths, frames):
+        with atomic_output(path, replace=overwrite) as temp:  # the temporary name keeps the suffix for PIL
+            Image.fromarray(_to_uint8_rgb(frame)).save(temp)
+    return [str(p) for p in paths]
 
 
 def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
@@ -100,10 +113,6 @@ class VideoData:
             self._reader = None
         if self._length == 0:
             raise ValueError(f"no frames found in {video_file or image_folder}")
-
-    def set_shape(self, height: Optional[int], width: Optional[int]):
-        """Resize frames to (height, width) from now on (None: original size)."""
-        self.height, self.width = height, width
 
     def shape(self):
         return (self.height, self.width) if self.height is not None else self[0].size[::-1]

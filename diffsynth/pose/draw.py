@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.safe_write import atomic_write_bytes
 from .keypoints import Pose
 
 CANVAS_WIDTH, CANVAS_HEIGHT = 512, 768
@@ -84,9 +85,13 @@ def draw_pose(pose: Pose, width: int = CANVAS_WIDTH, height: int = CANVAS_HEIGHT
     return canvas
 
 
-def write_image(path: str | Path, image_bgr: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Write with OpenCV (so the BGR convention above holds on disk); raises if the write fails."""
+def write_image(path: str | Path, image_bgr: np.ndarray, jpeg_quality: int = 95, *, replace: bool = True) -> None:
+    """Encode with OpenCV (so the BGR convention above holds on disk) and write atomically: a failure leaves no
+    partial file, and a symlink at `path` is replaced, never written through. `replace=False` refuses an existing
+    `path` (FileExistsError). Raises if encoding or writing fails."""
     path = Path(path)
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    if not cv2.imwrite(str(path), image_bgr, params):
-        raise OSError(f"could not write {path}")
+    ok, data = cv2.imencode(path.suffix, image_bgr, params)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    atomic_write_bytes(path, data.tobytes(), replace=replace)

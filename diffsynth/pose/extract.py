@@ -4,18 +4,25 @@ Output folder (spec 5.6 plus `poses.json`):
     pose.jpg              the reference pose, drawn unmodified
     0000.jpg, 0001.jpg …  one aligned pose per driving frame (zero-padded to at least 4 digits, wider if needed)
     poses.json            raw and aligned keypoints of every frame, the reference pose and the fitted transform
+    .run_align_pose.json  the run manifest: the names of the files above, listed before they are written
+
+Every file is written atomically. `--overwrite` deletes exactly the files the previous run's manifest lists; a file
+it does not list (a user's `pose.jpg` or `2023.jpg`) is never deleted or replaced: the run stops and names it.
 """
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, frame_file_name
+from ..data.pose_folder import REFERENCE_POSE_FILE as REFERENCE_FILE
+from ..data.safe_write import Manifest, atomic_output, atomic_write_text, check_output_file, check_output_folder
 from .backends import FramePose, create_backend
 from .draw import CANVAS_HEIGHT, CANVAS_WIDTH, draw_pose, write_image
 from .keypoints import BODY_NAMES, HANDS, NUM_FACE, NUM_HAND, Pose
@@ -23,11 +30,6 @@ from .onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 from .retarget import align_poses
 from .smoothing import smooth_poses
 from .sources import FrameSource, read_image
-
-REFERENCE_FILE = "pose.jpg"
-POSES_FILE = "poses.json"
-_FRAME_FILE = re.compile(r"^\d+\.jpg$")
-
 
 @dataclass
 class AlignSummary:
@@ -50,36 +52,31 @@ class SmoothingOptions:
     d_cutoff: float = 1.0
 
 
-def frame_file_name(index: int, count: int) -> str:
-    """`0000.jpg` as upstream, widened so that names sort correctly for any frame count."""
-    return f"{index:0{max(4, len(str(max(count - 1, 0))))}d}.jpg"
 
-
-def is_tool_output(name: str) -> bool:
-    """Whether a file name is one this tool writes (the only files `--overwrite` may delete)."""
-    return name in (REFERENCE_FILE, POSES_FILE) or bool(_FRAME_FILE.match(name))
-
-
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse a path that is a file, or a non-empty folder unless `overwrite`. Changes nothing."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"output folder {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {path} is not empty; pass --overwrite to replace the pose files "
-                              f"written by a previous run (other files are left alone)")
+def check_output_dir(path: str | Path, overwrite: bool, inputs: Sequence[str | Path] = (),
+                     names: Sequence[str] = ()) -> Path:
+    """Refuse an unsafe output folder (see `check_output_folder`; `inputs` are the reference image and the source),
+    a non-empty one unless `overwrite`, and one holding any of `names` that its manifest does not list.
+    Changes nothing; returns the path with `~` expanded."""
+    path = check_output_folder(path, inputs=inputs)
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {path} is not empty; pass --overwrite to replace the files a "
+                                  f"previous run wrote there (listed in its {MANIFEST_FILE}; other files are kept)")
+        Manifest.load(path, MANIFEST_FILE).refuse_conflicts(names)
     return path
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create the folder; a non-empty one is refused unless `overwrite`, which removes only this tool's files
-    (pose.jpg, poses.json and digit-named .jpg frames). Never removes the folder itself."""
-    path = check_output_dir(path, overwrite)
-    if path.is_dir():
-        for entry in path.iterdir():
-            if entry.is_file() and is_tool_output(entry.name):
-                entry.unlink()
+def prepare_output_dir(path: str | Path, overwrite: bool, names: Sequence[str],
+                       inputs: Sequence[str | Path] = ()) -> Path:
+    """Create the folder and make room for `names`: a non-empty folder is refused unless `overwrite`, which deletes
+    exactly the files the previous run's manifest lists, after checking that no unlisted file has one of `names`.
+    Then lists `names` in a new manifest, so that a crash while writing them still leaves them listed."""
+    path = check_output_dir(path, overwrite, inputs, names)  # refuses unlisted files before anything is deleted
     path.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(path, MANIFEST_FILE)
+    manifest.remove_listed()
+    manifest.reserve(names)
     return path
 
 
@@ -117,16 +114,22 @@ def run_align_pose(
     Args:
         ref_image: the reference image whose proportions the poses take.
         source: a video, an image, or a folder of videos (concatenated) or images, in natural sort order.
-        output_dir: where the pose images and poses.json go (see `prepare_output_dir`).
+        output_dir: where the pose images and poses.json go (see `prepare_output_dir`); `/`, the home or current
+            folder and a folder equal to or containing the reference image or the source are refused.
         backend: `dwpose` (ONNX, `det_model` and `pose_model`) or `mediapipe` (offline extra).
-        preview: optional .mp4: [driving frame + raw pose | reference image + aligned pose] per frame.
+        overwrite: allow a non-empty output folder (deleting only what its manifest lists) and replacing `preview`.
+        preview: optional .mp4: [driving frame + raw pose | reference image + aligned pose] per frame; an existing
+            file is refused unless `overwrite`.
         smoothing: One-Euro smoothing of the raw keypoints before alignment; None (default) = off, like upstream.
     """
     start = time.perf_counter()
     # 1. Check every input before the slow part.
     reference_image = read_image(ref_image)
     frames = FrameSource.open(source)
-    check_output_dir(output_dir, overwrite)
+    inputs = (ref_image, source)
+    output_dir = check_output_dir(output_dir, overwrite, inputs, (REFERENCE_FILE, POSES_FILE))
+    if preview is not None:
+        preview = check_output_file(preview, overwrite=overwrite, inputs=inputs, flag="--overwrite")
     pose_backend = create_backend(backend, det_model, pose_model)
 
     # 2. Poses.
@@ -150,11 +153,11 @@ def run_align_pose(
 
     # 3. Align and draw.
     aligned, retargeting = align_poses(reference.pose, raw_poses)
-    output_dir = prepare_output_dir(output_dir, overwrite)
-    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose))
     names = [frame_file_name(i, len(aligned)) for i in range(len(aligned))]
+    output_dir = prepare_output_dir(output_dir, overwrite, [REFERENCE_FILE, *names, POSES_FILE], inputs)
+    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose), replace=False)
     for name, pose in zip(tqdm(names, unit="frame", desc="drawing", disable=not progress), aligned):
-        write_image(output_dir / name, draw_pose(pose))
+        write_image(output_dir / name, draw_pose(pose), replace=False)
 
     # 4. poses.json and the optional preview.
     document = {
@@ -175,9 +178,9 @@ def run_align_pose(
             for i, (name, size, r, src, pose) in enumerate(zip(names, sizes, results, pose_source, aligned))
         ],
     }
-    (output_dir / POSES_FILE).write_text(_to_json(document))
+    atomic_write_text(output_dir / POSES_FILE, _to_json(document), replace=False)
     if preview is not None:
-        write_preview(preview, frames, raw_poses, reference_image, aligned, frames.fps)
+        write_preview(preview, frames, raw_poses, reference_image, aligned, frames.fps, overwrite=overwrite)
 
     missing = sum(r.pose is None for r in results)
     return AlignSummary(len(results), missing, time.perf_counter() - start, output_dir)
@@ -206,23 +209,41 @@ def overlay(image_bgr: np.ndarray, pose: Pose) -> np.ndarray:
 
 
 def write_preview(path: str | Path, frames: FrameSource, raw_poses: list[Pose], reference_image: np.ndarray,
-                  aligned: list[Pose], fps: float) -> None:
-    """mp4 with [driving frame + raw pose | reference image + aligned pose] side by side."""
+                  aligned: list[Pose], fps: float, *, overwrite: bool = False) -> None:
+    """mp4 with [driving frame + raw pose | reference image + aligned pose] side by side, written atomically; an
+    existing file is replaced only if `overwrite`."""
     import imageio.v2 as imageio
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(str(path), fps=fps, macro_block_size=16) as writer:
+    path = check_output_file(path, overwrite=overwrite, flag="--overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, replace=overwrite) as temp, \
+            imageio.get_writer(str(temp), fps=fps, macro_block_size=16) as writer:
         for frame, raw, pose in zip(frames, raw_poses, aligned):
             panel = np.concatenate([overlay(frame, raw), overlay(reference_image, pose)], axis=1)
             writer.append_data(np.ascontiguousarray(panel[:, :, ::-1]))
 
 
 def redraw_from_json(poses_json: str | Path, output_dir: str | Path | None = None) -> int:
-    """Redraw the pose images from the `aligned` entries of an (edited) poses.json; returns the frame count."""
-    poses_json = Path(poses_json)
+    """Redraw the pose images from the `aligned` entries of an (edited) poses.json; returns the frame count.
+
+    Writes into `output_dir` (default: the folder of `poses_json`) atomically and lists the images in its manifest.
+    Files a previous run listed there are replaced; an existing file it does not list is refused (FileExistsError)
+    before anything is written, as is a frame `file` entry that is not a plain `.jpg` name.
+    """
+    poses_json = Path(poses_json).expanduser()
     document = json.loads(poses_json.read_text())
-    output_dir = Path(output_dir) if output_dir is not None else poses_json.parent
+    if output_dir is None:
+        output_dir = poses_json.parent
+    else:
+        output_dir = check_output_folder(output_dir)  # poses.json itself is never written: not an input to guard
+    names = [REFERENCE_FILE] + [entry["file"] for entry in document["frames"]]
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or \
+                not name.lower().endswith(".jpg"):
+            raise ValueError(f"{poses_json}: frame file {name!r} is not a plain .jpg file name")
     output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(output_dir, MANIFEST_FILE)
+    manifest.reserve(names)  # refuses unlisted files first
     write_image(output_dir / REFERENCE_FILE, draw_pose(Pose.from_dict(document["reference"]["pose"])))
     for entry in document["frames"]:
         write_image(output_dir / entry["file"], draw_pose(Pose.from_dict(entry["aligned"])))

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -162,7 +163,7 @@ def test_existing_sample_is_skipped_and_overwrite_keeps_other_files(tmp_path, mo
     sample = out / "clip"
     meta_time = (sample / "meta.json").stat().st_mtime_ns
     (sample / "notes.txt").write_text("mine")
-    (sample / "frames" / "000099.jpg").write_bytes(b"stale")  # looks like ours: removed by --overwrite
+    (sample / "frames" / "000099.jpg").write_bytes(b"mine")  # looks like ours, but no manifest lists it
     (sample / "frames" / "keep.png").write_bytes(b"mine")
 
     with caplog.at_level(logging.INFO, logger="diffsynth.data.training_data"):
@@ -171,11 +172,16 @@ def test_existing_sample_is_skipped_and_overwrite_keeps_other_files(tmp_path, mo
     assert "clip.mp4" in caplog.text and "--overwrite" in caplog.text
     assert (sample / "meta.json").stat().st_mtime_ns == meta_time
 
+    (sample / "frames" / "000001.jpg").write_bytes(b"old output")  # listed: redone below
     summary = prepare_training_data(tmp_path, out, overwrite=True, progress=False, **models)
     assert summary.written == ["clip"]
     assert (sample / "notes.txt").read_text() == "mine" and (sample / "frames" / "keep.png").exists()
-    assert not (sample / "frames" / "000099.jpg").exists()
+    assert (sample / "frames" / "000099.jpg").read_bytes() == b"mine"
+    assert np.asarray(Image.open(sample / "frames" / "000001.jpg")).shape == (SIZE, SIZE, 3)
     assert len(list((sample / "poses").iterdir())) == 3
+    listed = json.loads((sample / ".prepare_training_data.json").read_text())["files"]
+    assert sorted(listed) == sorted([f"{sub}/{i:06d}.jpg" for i in range(3) for sub in ("frames", "poses")]
+                                    + ["meta.json"])
 
 
 def test_broken_video_is_logged_and_the_others_go_on(tmp_path, models, caplog, capsys):
@@ -196,6 +202,131 @@ def test_broken_video_is_logged_and_the_others_go_on(tmp_path, models, caplog, c
     assert "d_long.mkv" in caplog.text and "max_frames 3" in caplog.text
     printed = capsys.readouterr().out
     assert "4 videos: 1 written (2 frames, 1 with no person), 1 skipped, 2 failed" in printed
+
+
+@pytest.mark.parametrize("name", ["poses/000001.jpg", "meta.json"])
+def test_a_user_file_in_the_way_fails_that_video_and_is_kept(tmp_path, models, monkeypatch, name):
+    from diffsynth.data import training_data
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write(videos / "clip.mp4", PEOPLE[:3])
+    _write(videos / "other.mp4", PEOPLE[:2])
+    sample = tmp_path / "out" / "clip"
+    (sample / name).parent.mkdir(parents=True, exist_ok=True)
+    (sample / name).write_bytes(b"mine")  # a sample folder without a manifest
+    real_write_image = training_data.write_image
+    written = []
+    monkeypatch.setattr(training_data, "write_image", lambda path, *a, **k: written.append(path) or real_write_image(
+        path, *a, **k))
+    summary = prepare_training_data(videos, tmp_path / "out", overwrite=True, progress=False, **models)
+    assert summary.written == ["other"]
+    assert name in summary.failed["clip.mp4"] and "move it away" in summary.failed["clip.mp4"]
+    assert not any("clip" in path.parts for path in written)  # refused before any frame of it was written
+    assert (sample / name).read_bytes() == b"mine"
+    assert sorted(p.relative_to(sample).as_posix() for p in sample.rglob("*")) == sorted(
+        {name, *(p.as_posix() for p in Path(name).parents if p != Path("."))})
+
+
+def test_a_damaged_manifest_fails_that_video_and_deletes_nothing(tmp_path, models):
+    _write(tmp_path / "clip.mp4", PEOPLE[:2])
+    out = tmp_path / "out"
+    assert prepare_training_data(tmp_path, out, progress=False, **models).written == ["clip"]
+    sample = out / "clip"
+    (sample / ".prepare_training_data.json").write_text("{truncated")
+    before = sorted(sample.rglob("*"))
+    summary = prepare_training_data(tmp_path, out, overwrite=True, progress=False, **models)
+    assert "damaged" in summary.failed["clip.mp4"] and sorted(sample.rglob("*")) == before
+
+
+def test_a_wrong_header_frame_count_leaves_a_manifest_of_exactly_the_files(tmp_path, models, monkeypatch):
+    from diffsynth.data import training_data
+
+    _write(tmp_path / "clip.mp4", PEOPLE[:3])
+    monkeypatch.setattr(training_data.FrameSource, "approximate_length", lambda self: 10)  # 3 frames really
+    assert prepare_training_data(tmp_path, tmp_path / "out", progress=False, **models).written == ["clip"]
+    sample = tmp_path / "out" / "clip"
+    listed = json.loads((sample / ".prepare_training_data.json").read_text())["files"]
+    on_disk = [p.relative_to(sample).as_posix() for p in sample.rglob("*") if p.is_file()]
+    assert sorted(listed) == sorted(set(on_disk) - {".prepare_training_data.json"}) and len(listed) == 7
+
+
+def test_symlinks_in_the_output_folder_are_never_followed(tmp_path, models):
+    _write(tmp_path / "clip.mp4", PEOPLE[:3])
+    out = tmp_path / "out"
+    assert prepare_training_data(tmp_path, out, progress=False, **models).written == ["clip"]
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"precious")
+    listed_pose = out / "clip" / "poses" / "000001.jpg"
+    listed_pose.unlink()
+    listed_pose.symlink_to(outside)  # a listed file that is now a link: replaced as a link
+    assert prepare_training_data(tmp_path, out, overwrite=True, progress=False, **models).written == ["clip"]
+    assert outside.read_bytes() == b"precious" and not listed_pose.is_symlink()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "000000.jpg").write_bytes(b"mine")
+    frames = out / "clip" / "frames"
+    for entry in frames.iterdir():
+        entry.unlink()
+    frames.rmdir()
+    frames.symlink_to(elsewhere)  # a planted folder link: neither written into nor cleaned through
+    summary = prepare_training_data(tmp_path, out, overwrite=True, progress=False, **models)
+    assert "symbolic link" in summary.failed["clip.mp4"]
+    assert os.listdir(elsewhere) == ["000000.jpg"] and (elsewhere / "000000.jpg").read_bytes() == b"mine"
+
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "clip").symlink_to(elsewhere)  # the sample folder itself
+    summary = prepare_training_data(tmp_path, tmp_path / "out2", overwrite=True, progress=False, **models)
+    assert "symbolic link" in summary.failed["clip.mp4"] and os.listdir(elsewhere) == ["000000.jpg"]
+
+
+def test_a_crash_leaves_a_manifest_the_next_overwrite_cleans(tmp_path, models, monkeypatch):
+    from diffsynth.data import training_data
+
+    _write(tmp_path / "clip.mp4", PEOPLE[:4])
+    out = tmp_path / "out"
+    calls = []
+    real_write_image = training_data.write_image
+
+    def crashing_write_image(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # not handled anywhere: like a kill, no clean-up runs
+        real_write_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(training_data, "write_image", crashing_write_image)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_training_data(tmp_path, out, progress=False, **models)
+    monkeypatch.undo()
+    sample = out / "clip"
+    assert sorted(p.name for p in (sample / "frames").iterdir()) == ["000000.jpg", "000001.jpg"]
+    listed = json.loads((sample / ".prepare_training_data.json").read_text())["files"]
+    assert "frames/000000.jpg" in listed and "frames/000001.jpg" in listed  # listed before they were written
+    (sample / "notes.txt").write_text("mine")
+    assert prepare_training_data(tmp_path, out, overwrite=True, progress=False, **models).written == ["clip"]
+    assert sorted(str(p.relative_to(sample)) for p in sample.rglob("*") if p.is_file()) == sorted(
+        [".prepare_training_data.json", "meta.json", "notes.txt"]
+        + [f"{sub}/{i:06d}.jpg" for i in range(4) for sub in ("frames", "poses")])
+
+
+@pytest.mark.parametrize("case", ["video_dir", "parent", "root", "home", "cwd", "file"])
+def test_unsafe_out_dir_is_refused(tmp_path, models, monkeypatch, capsys, case):
+    videos = tmp_path / "data" / "videos"
+    videos.mkdir(parents=True)
+    _write(videos / "clip.mp4", PEOPLE[:2])
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    out_dir, expected = {"video_dir": (videos, "is the input"), "parent": (tmp_path / "data", "contains the input"),
+                         "root": ("/", "root"), "home": ("~", "home folder"), "cwd": (".", "current folder"),
+                         "file": (tmp_path / "a_file", "not a folder")}[case]
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(["--video_dir", str(videos), "--out_dir", str(out_dir), "--overwrite", "--quiet",
+                     "--det_model", str(models["det_model"]), "--pose_model", str(models["pose_model"])]) == 1
+    assert expected in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_cli_reports_a_missing_folder(tmp_path, capsys):

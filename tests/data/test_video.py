@@ -1,6 +1,8 @@
 """save_video / VideoData round trips on real mp4 files."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,7 +28,7 @@ def test_mp4_round_trip_keeps_count_size_and_colours(tmp_path):
     for i, frame in enumerate(frames):
         mean = np.asarray(frame).reshape(-1, 3).mean(0)
         assert mean.argmax() == i % 3 and abs(mean.max() - 200) < 12
-    assert not list(tmp_path.glob("**/*.partial.mp4"))
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["clip.mp4"]  # no temporary file left
 
 
 def test_odd_sizes_are_padded_and_resize_works(tmp_path):
@@ -51,8 +53,110 @@ def test_bad_inputs(tmp_path):
         save_video([], tmp_path / "x.mp4")
     with pytest.raises(ValueError, match="uint8"):
         save_video([np.zeros((4, 4, 3), np.float32)], tmp_path / "x.mp4", progress=False)
-    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.partial.mp4").exists()
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError):
         VideoData(video_file=str(tmp_path / "missing.mp4"))
     with pytest.raises(ValueError, match="exactly one"):
         VideoData()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Never destroying user data
+
+
+def test_existing_file_is_refused_unless_overwrite(tmp_path):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"my video")
+    with pytest.raises(FileExistsError, match=r"clip\.mp4 exists; pass overwrite=True"):
+        save_video(color_frames(2), path, progress=False)
+    assert path.read_bytes() == b"my video"
+    save_video(color_frames(2), path, progress=False, overwrite=True)
+    assert len(VideoData(video_file=str(path))) == 2
+
+
+def test_symlink_is_replaced_never_written_through(tmp_path):
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip.mp4").symlink_to(outside)
+    with pytest.raises(FileExistsError):
+        save_video(color_frames(2), out / "clip.mp4", progress=False)
+    save_video(color_frames(2), out / "clip.mp4", progress=False, overwrite=True)
+    assert outside.read_bytes() == b"precious"
+    assert not (out / "clip.mp4").is_symlink() and len(VideoData(video_file=str(out / "clip.mp4"))) == 2
+
+
+@pytest.fixture
+def no_encoding(monkeypatch):
+    """Fail the test if save_video starts encoding."""
+    import diffsynth.data.video as video
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the path should have been refused before encoding")
+
+    monkeypatch.setattr(video.imageio, "get_writer", refuse)
+
+
+def test_unwritable_paths_are_refused_before_encoding(tmp_path, no_encoding):
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.mp4: it is a folder"):
+        save_video(color_frames(2), tmp_path / "folder.mp4", progress=False, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"clip\.mp4: .*file is not a folder"):
+        save_video(color_frames(2), tmp_path / "file" / "clip.mp4", progress=False)
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        save_video(color_frames(2), tmp_path / "file" / "deeper" / "clip.mp4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.mp4"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_read_only_folder_is_refused_before_encoding(tmp_path, no_encoding):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            save_video(color_frames(2), locked / "clip.mp4", progress=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_failure_mid_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import diffsynth.data.video as video
+
+    temporary = []
+    real_get_writer = video.imageio.get_writer
+    monkeypatch.setattr(video.imageio, "get_writer", lambda path, **kw: temporary.append(path) or real_get_writer(
+        path, **kw))
+    frames = color_frames(3)
+    frames[1] = frames[1].astype(np.float32)  # the 2nd frame fails after the 1st was encoded
+    path = tmp_path / "clip.mp4"
+    with pytest.raises(ValueError, match="uint8"):
+        save_video(frames, path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"old video")
+    with pytest.raises(ValueError, match="uint8"):
+        save_video(frames, path, progress=False, overwrite=True)
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == b"old video"
+    # The temporary file was hidden, unique, in the same folder, and kept the .mp4 suffix for ffmpeg.
+    assert len(set(temporary)) == 2
+    assert all(p.parent == tmp_path and p.name.startswith(".clip.") and p.suffix == ".mp4" for p in temporary)
+
+
+def test_save_frames_refuses_existing_names_and_replaces_links_only_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"precious")
+    (out / "00001.png").symlink_to(outside)
+    with pytest.raises(FileExistsError, match="00001.png exists.*overwrite=True"):
+        save_frames(color_frames(2), out)
+    assert os.listdir(out) == ["00001.png"]  # nothing written
+    save_frames(color_frames(2), out, overwrite=True)
+    assert outside.read_bytes() == b"precious" and not (out / "00001.png").is_symlink()
+    assert sorted(os.listdir(out)) == ["00000.png", "00001.png"]
+
+
+def test_set_shape_is_gone():
+    assert not hasattr(VideoData, "set_shape")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import cv2
@@ -41,8 +42,9 @@ def test_video_end_to_end(tmp_path, det_model, pose_model, reference_image, make
               "--det_model", det_model, "--pose_model", pose_model, "--preview", preview)
     assert rc == 0
     assert "5 frames (2 with no person" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == [
-        "0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg", "pose.jpg", "poses.json"]
+    written = ["0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg", "pose.jpg", "poses.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".run_align_pose.json", *written]
+    assert sorted(json.loads((out / ".run_align_pose.json").read_text())["files"]) == written
     assert cv2.imread(str(out / "0003.jpg")).shape == (768, 512, 3)
 
     document = json.loads((out / "poses.json").read_text())
@@ -83,22 +85,159 @@ def test_no_person_in_any_frame_is_a_clear_error(tmp_path, det_model, pose_model
     assert rc == 1 and "no person found in any of the 3" in capsys.readouterr().err
 
 
+def _args(out, video, reference_image, det_model, pose_model, *extra):
+    return ("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
+            "--det_model", det_model, "--pose_model", pose_model, *extra)
+
+
 def test_existing_output_folder_is_refused_then_overwritten_selectively(tmp_path, det_model, pose_model,
                                                                        reference_image, make_frame, capsys):
+    out = tmp_path / "poses"
+    args = _args(out, _write_video(tmp_path / "long.mp4", [make_frame()] * 3), reference_image, det_model,
+                 pose_model)
+    assert _run(*args) == 0
+    (out / "0001.jpg").write_bytes(b"old output")  # still listed in the manifest: replaced below
+    for name in ("notes.txt", "2023.jpg", "00017.jpg", "0003.jpg"):  # digit-named user files no manifest lists
+        (out / name).write_text("mine")
+    assert _run(*args) == 1 and "--overwrite" in capsys.readouterr().err
+    assert (out / "0001.jpg").read_bytes() == b"old output"  # untouched after the refusal
+
+    shorter = _args(out, _write_video(tmp_path / "short.mp4", [make_frame()] * 2), reference_image, det_model,
+                    pose_model, "--overwrite")
+    assert _run(*shorter) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        ".run_align_pose.json", "0000.jpg", "0001.jpg", "0003.jpg", "00017.jpg", "2023.jpg", "notes.txt", "pose.jpg",
+        "poses.json"])  # the listed 0002.jpg of the longer run is gone; every user file is kept
+    assert all((out / name).read_text() == "mine" for name in ("notes.txt", "2023.jpg", "00017.jpg", "0003.jpg"))
+    assert cv2.imread(str(out / "0001.jpg")) is not None
+    assert len(json.loads((out / "poses.json").read_text())["frames"]) == 2
+
+
+@pytest.mark.parametrize("name", ["pose.jpg", "poses.json", "0001.jpg"])
+def test_overwrite_never_replaces_a_file_no_manifest_lists(tmp_path, det_model, pose_model, reference_image,
+                                                           make_frame, capsys, monkeypatch, name):
+    from diffsynth.pose import extract
+
     video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
     out = tmp_path / "poses"
     out.mkdir()
-    for name in ("notes.txt", "0000.jpg", "00017.jpg", "poses.json"):
-        (out / name).write_text("old")
-    args = ("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
-            "--det_model", det_model, "--pose_model", pose_model)
-    assert _run(*args) == 1 and "--overwrite" in capsys.readouterr().err
-    assert (out / "00017.jpg").read_text() == "old"  # untouched after the refusal
+    (out / name).write_text("mine")  # a folder without a manifest: from a user, or an older version of the tool
+    if name != "0001.jpg":  # names known before the slow part are refused before it
+        monkeypatch.setattr(extract, "create_backend", lambda *a: pytest.fail("refused too late"))
+    assert _run(*_args(out, video, reference_image, det_model, pose_model, "--overwrite")) == 1
+    error = capsys.readouterr().err
+    assert name in error and "move it away" in error
+    assert os.listdir(out) == [name] and (out / name).read_text() == "mine"
 
-    assert _run(*args, "--overwrite") == 0
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["0000.jpg", "0001.jpg", "notes.txt", "pose.jpg", "poses.json"]  # 00017.jpg was ours
-    assert (out / "notes.txt").read_text() == "old"
+
+def test_a_listed_symlink_is_replaced_and_its_target_kept(tmp_path, det_model, pose_model, reference_image,
+                                                         make_frame):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
+    out = tmp_path / "poses"
+    args = _args(out, video, reference_image, det_model, pose_model, "--overwrite")
+    assert _run(*args) == 0
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"precious")
+    (out / "0001.jpg").unlink()
+    (out / "0001.jpg").symlink_to(outside)
+    assert _run(*args) == 0
+    assert outside.read_bytes() == b"precious"
+    assert not (out / "0001.jpg").is_symlink() and cv2.imread(str(out / "0001.jpg")) is not None
+
+
+def test_a_crash_while_drawing_leaves_a_manifest_the_next_overwrite_cleans(tmp_path, det_model, pose_model,
+                                                                          reference_image, make_frame, monkeypatch):
+    from diffsynth.pose import extract
+
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 4)
+    out = tmp_path / "poses"
+    calls = []
+    real_write_image = extract.write_image
+
+    def crashing_write_image(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # not handled anywhere: like a kill
+        real_write_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "write_image", crashing_write_image)
+    with pytest.raises(KeyboardInterrupt):
+        _run(*_args(out, video, reference_image, det_model, pose_model))
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == [".run_align_pose.json", "0000.jpg", "pose.jpg"]
+    assert len(json.loads((out / ".run_align_pose.json").read_text())["files"]) == 6  # listed before writing
+    (out / "notes.txt").write_text("mine")
+    assert _run(*_args(out, video, reference_image, det_model, pose_model, "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".run_align_pose.json", "0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg", "notes.txt", "pose.jpg", "poses.json"]
+
+
+@pytest.mark.parametrize("case", ["root", "home", "cwd", "source_folder", "contains_source", "contains_reference",
+                                  "file"])
+def test_unsafe_output_folders_are_refused_before_any_work(tmp_path, det_model, pose_model, make_frame, capsys,
+                                                           monkeypatch, case):
+    data = tmp_path / "data"
+    frames = data / "frames"
+    frames.mkdir(parents=True)
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i}.png"), make_frame())
+    reference = data / "reference.png"
+    cv2.imwrite(str(reference), make_frame())
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    out, expected = {
+        "root": ("/", "file system root"), "home": ("~", "home folder"), "cwd": (".", "current folder"),
+        "source_folder": (frames, "is the input"), "contains_source": (data, "contains the input"),
+        "contains_reference": (data, "contains the input"), "file": (reference, "is not a folder"),
+    }[case]
+    source = frames if case != "contains_reference" else _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
+    (home / "mine.txt").write_text("mine")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    rc = _run(*_args(out, source, reference, det_model, pose_model, "--overwrite"))
+    assert rc == 1 and expected in capsys.readouterr().err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing written or deleted
+
+
+def test_tilde_in_the_output_folder_is_expanded(tmp_path, det_model, pose_model, reference_image, make_frame,
+                                                monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()])
+    assert _run(*_args("~/poses", video, reference_image, det_model, pose_model, "--preview", "~/p.mp4")) == 0
+    assert (home / "poses" / "0000.jpg").is_file() and (home / "p.mp4").is_file()
+    assert not any(p.name == "~" for p in tmp_path.rglob("*"))
+
+
+def test_preview_refuses_an_existing_file_unless_overwrite(tmp_path, det_model, pose_model, reference_image,
+                                                          make_frame, capsys):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
+    preview = tmp_path / "preview.mp4"
+    preview.write_bytes(b"my video")
+    out = tmp_path / "poses"
+    assert _run(*_args(out, video, reference_image, det_model, pose_model, "--preview", preview)) == 1
+    assert "preview.mp4 exists; pass --overwrite" in capsys.readouterr().err
+    assert preview.read_bytes() == b"my video" and not out.exists()  # refused before the slow part
+
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"precious")
+    preview.unlink()
+    preview.symlink_to(outside)
+    assert _run(*_args(out, video, reference_image, det_model, pose_model, "--preview", preview, "--overwrite")) == 0
+    assert outside.read_bytes() == b"precious" and not preview.is_symlink()
+    assert imageio.get_reader(str(preview)).count_frames() == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_preview_cannot_replace_an_input(tmp_path, det_model, pose_model, reference_image, make_frame, capsys):
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
+    size = video.stat().st_size
+    assert _run(*_args(tmp_path / "o", video, reference_image, det_model, pose_model, "--preview", video,
+                       "--overwrite")) == 1
+    assert "is the input" in capsys.readouterr().err and video.stat().st_size == size
 
 
 @pytest.mark.parametrize("case", ["unreadable_image", "missing_video", "empty_video", "empty_folder", "missing_model"])
@@ -170,6 +309,24 @@ def test_redraw_from_edited_json(tmp_path, det_model, pose_model, reference_imag
     (out / "poses.json").write_text(json.dumps(document))
     assert redraw_from_json(out / "poses.json") == 1
     assert np.abs(cv2.imread(str(out / "0000.jpg")).astype(int) - before).max() > 100
+
+    # Into another folder: a user file in the way is refused before anything is written, and so is a frame name
+    # that leaves the folder.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "0000.jpg").write_text("mine")
+    with pytest.raises(FileExistsError, match="0000.jpg"):
+        redraw_from_json(out / "poses.json", other)
+    assert os.listdir(other) == ["0000.jpg"] and (other / "0000.jpg").read_text() == "mine"
+    (other / "0000.jpg").unlink()
+    assert redraw_from_json(out / "poses.json", other) == 1
+    assert sorted(json.loads((other / ".run_align_pose.json").read_text())["files"]) == ["0000.jpg", "pose.jpg"]
+    assert redraw_from_json(out / "poses.json", other) == 1  # its own files are replaced
+    document["frames"][0]["file"] = "../escaped.jpg"
+    (out / "poses.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="not a plain .jpg file name"):
+        redraw_from_json(out / "poses.json")
+    assert not (tmp_path / "escaped.jpg").exists()
 
 
 def test_frame_names_are_wide_enough_to_sort():
