@@ -28,6 +28,7 @@ if TYPE_CHECKING:   # torch and PIL are imported where tensors are made: the pos
 
 REFERENCE_POSE_FILE = "pose.jpg"
 POSES_FILE = "poses.json"
+POSES_FORMAT = "diffsynth.pose/1"         # the "format" entry of poses.json
 MANIFEST_FILE = ".run_align_pose.json"    # what the tool wrote there: the only files --overwrite may delete
 FRAME_SUFFIX = ".jpg"
 _FRAME_FILE = re.compile(r"^(\d+)\.jpg$")
@@ -165,6 +166,6 @@ def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated
     return panels
 
 
-__all__ = ["REFERENCE_POSE_FILE", "POSES_FILE", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
+__all__ = ["REFERENCE_POSE_FILE", "POSES_FILE", "POSES_FORMAT", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
            "reference_pose_file", "select_frames", "read_rgb", "pose_tensors", "PoseClip", "read_pose_clip",
            "comparison_panels"]

@@ -12,6 +12,7 @@ it does not list (a user's `pose.jpg` or `2023.jpg`) is never deleted or replace
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, frame_file_name
+from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, POSES_FORMAT, frame_file_name
 from ..data.pose_folder import REFERENCE_POSE_FILE as REFERENCE_FILE
 from ..data.safe_write import Manifest, atomic_output, atomic_write_text, check_output_file, check_output_folder
 from .backends import FramePose, create_backend
@@ -63,8 +64,25 @@ def check_output_dir(path: str | Path, overwrite: bool, inputs: Sequence[str | P
         if not overwrite:
             raise FileExistsError(f"output folder {path} is not empty; pass --overwrite to replace the files a "
                                   f"previous run wrote there (listed in its {MANIFEST_FILE}; other files are kept)")
-        Manifest.load(path, MANIFEST_FILE).refuse_conflicts(names)
+        load_manifest(path).refuse_conflicts(names)
     return path
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The folder's manifest. A folder written before manifests existed has none: then a `poses.json` of this
+    tool's format ("diffsynth.pose/1") serves as one, listing itself, the reference pose and the frames it names."""
+    manifest = Manifest.load(path, MANIFEST_FILE)
+    poses_json = path / POSES_FILE
+    if manifest.files or os.path.lexists(manifest.path) or poses_json.is_symlink() or not poses_json.is_file():
+        return manifest
+    try:
+        document = json.loads(poses_json.read_text(encoding="utf-8"))
+        if document.get("format") != POSES_FORMAT:
+            return manifest
+        names = [document["reference"]["file"]] + [frame["file"] for frame in document["frames"]]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return manifest                     # not ours, or damaged: adopt nothing
+    return Manifest(path, MANIFEST_FILE, [POSES_FILE, *[n for n in names if isinstance(n, str)]])
 
 
 def prepare_output_dir(path: str | Path, overwrite: bool, names: Sequence[str],
@@ -74,7 +92,7 @@ def prepare_output_dir(path: str | Path, overwrite: bool, names: Sequence[str],
     Then lists `names` in a new manifest, so that a crash while writing them still leaves them listed."""
     path = check_output_dir(path, overwrite, inputs, names)  # refuses unlisted files before anything is deleted
     path.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(path, MANIFEST_FILE)
+    manifest = load_manifest(path)
     manifest.remove_listed()
     manifest.reserve(names)
     return path
@@ -161,7 +179,7 @@ def run_align_pose(
 
     # 4. poses.json and the optional preview.
     document = {
-        "format": "diffsynth.pose/1",
+        "format": POSES_FORMAT,
         "backend": pose_backend.name,
         "coordinates": "normalised: x / image width, y / image height; pose images stretch them to "
                        f"{CANVAS_WIDTH}x{CANVAS_HEIGHT}",
@@ -242,7 +260,7 @@ def redraw_from_json(poses_json: str | Path, output_dir: str | Path | None = Non
                 not name.lower().endswith(".jpg"):
             raise ValueError(f"{poses_json}: frame file {name!r} is not a plain .jpg file name")
     output_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(output_dir, MANIFEST_FILE)
+    manifest = load_manifest(output_dir)
     manifest.reserve(names)  # refuses unlisted files first
     write_image(output_dir / REFERENCE_FILE, draw_pose(Pose.from_dict(document["reference"]["pose"])))
     for entry in document["frames"]:

@@ -130,6 +130,27 @@ def test_overwrite_never_replaces_a_file_no_manifest_lists(tmp_path, det_model, 
     assert os.listdir(out) == [name] and (out / name).read_text() == "mine"
 
 
+def test_a_folder_from_before_manifests_is_adopted_through_its_poses_json(tmp_path, det_model, pose_model,
+                                                                           reference_image, make_frame, capsys):
+    """Without a manifest, a poses.json of this tool's format lists the tool's files: --overwrite replaces exactly
+    those; a poses.json of any other kind adopts nothing."""
+    out = tmp_path / "poses"
+    args = _args(out, _write_video(tmp_path / "long.mp4", [make_frame()] * 3), reference_image, det_model,
+                 pose_model, "--overwrite")
+    assert _run(*args) == 0
+    (out / ".run_align_pose.json").unlink()                  # as written by a version without manifests
+    (out / "2023.jpg").write_text("mine")
+    shorter = _args(out, _write_video(tmp_path / "short.mp4", [make_frame()] * 2), reference_image, det_model,
+                    pose_model, "--overwrite")
+    assert _run(*shorter) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".run_align_pose.json", "0000.jpg", "0001.jpg", "2023.jpg",
+                                                     "pose.jpg", "poses.json"]       # 0002.jpg was the tool's
+    assert (out / "2023.jpg").read_text() == "mine"
+    (out / ".run_align_pose.json").unlink()
+    (out / "poses.json").write_text(json.dumps({"format": "my notes", "frames": []}))
+    assert _run(*shorter) == 1 and "pose.jpg" in capsys.readouterr().err
+
+
 def test_a_listed_symlink_is_replaced_and_its_target_kept(tmp_path, det_model, pose_model, reference_image,
                                                          make_frame):
     video = _write_video(tmp_path / "drive.mp4", [make_frame()] * 2)
