@@ -2,8 +2,9 @@
 
 See docs/loading.md for the formats, the detection rules, memory behaviour and the LoRA semantics.
 """
-from .files import (Checkpoint, CheckpointError, CheckpointFile, UnsafeCheckpointError, load_state_dict,
-                    resolve_paths)
+from .checks import StateDictDiff, compare_state_dict, summarize_keys
+from .files import (Checkpoint, CheckpointError, CheckpointFile, NonFiniteTensorError, UnsafeCheckpointError,
+                    load_state_dict, resolve_paths)
 from .formats import LAYOUTS, MODEL_KINDS, ConfigError, Detection, UnknownFormatError, detect, supported_formats
 from .lora import LoraCheckpoint, LoraError, merge_lora, pose_guider_state_dict, read_lora
 from .manager import (ModelManager, load_model, load_pose_guider, load_wan_dit, load_wan_image_encoder,
@@ -14,5 +15,7 @@ __all__ = [
     "load_pose_guider", "load_state_dict", "plan_load",
     "Checkpoint", "CheckpointFile", "resolve_paths", "detect", "supported_formats", "Detection", "LAYOUTS",
     "MODEL_KINDS", "read_lora", "merge_lora", "pose_guider_state_dict", "LoraCheckpoint",
-    "CheckpointError", "UnsafeCheckpointError", "UnknownFormatError", "ConfigError", "LoraError",
+    "compare_state_dict", "StateDictDiff", "summarize_keys",
+    "CheckpointError", "UnsafeCheckpointError", "NonFiniteTensorError", "UnknownFormatError", "ConfigError",
+    "LoraError",
 ]

@@ -6,7 +6,7 @@ An explicit table of whole dotted segments (no ordered substring replacement: `c
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable
+from typing import Dict
 
 import torch
 
@@ -75,10 +75,4 @@ def dit_diffusers_to_official(state_dict: Dict[str, torch.Tensor]) -> Dict[str, 
     return {_rename(k, _TOP_INV, _BLOCK_INV): v for k, v in state_dict.items() if ".norm_added_q." not in k}
 
 
-def is_diffusers_dit_state_dict(keys: Iterable[str]) -> bool:
-    """Structural check: do these keys look like a diffusers Wan transformer?"""
-    keys = set(keys)
-    return "condition_embedder.time_proj.weight" in keys and "blocks.0.attn1.to_q.weight" in keys
-
-
-__all__ = ["dit_official_to_diffusers", "dit_diffusers_to_official", "is_diffusers_dit_state_dict"]
+__all__ = ["dit_official_to_diffusers", "dit_diffusers_to_official"]

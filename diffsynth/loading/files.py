@@ -10,7 +10,9 @@
   directory means its weight files (only its `.safetensors` files when it has any).
 
 `Checkpoint.iter_tensors` streams shard by shard and casts every tensor to the target dtype/device as it is read,
-so a caller that assigns each tensor into a meta-built model peaks at about the final model plus one shard.
+so a caller that assigns each tensor into a meta-built model peaks at about the final model plus one shard. Every
+floating tensor is checked for NaN/Inf as it is read (after the cast, so an overflow to fp16 is caught too):
+`NonFiniteTensorError` names the tensor and the file.
 """
 from __future__ import annotations
 
@@ -55,6 +57,10 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError):
     """`torch.load(weights_only=True)` refused a pickle: it would import or call something other than tensors."""
+
+
+class NonFiniteTensorError(CheckpointError):
+    """A tensor holds NaN or Inf values, as stored or after the cast to the compute dtype."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,55 @@ def cast(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None, device: Unio
          ) -> torch.Tensor:
     """Cast one stored tensor to the compute dtype/device (round to nearest even, as torch `.to`)."""
     return tensor.to(device=device, dtype=target_dtype(tensor.dtype, dtype))
+
+
+# ------------------------------------------------------------------------------------------------- finite values
+FINITE_CHUNK = 1 << 24     # elements per element-wise pass: bounds the slow path's temporaries to 16 MiB
+
+
+def _chunks(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), FINITE_CHUNK):
+        yield flat[start:start + FINITE_CHUNK]
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True when no element is NaN or Inf (always for integer tensors).
+
+    A sum is finite iff every term is finite and it does not overflow; torch accumulates half types in fp32, so
+    one reduction at memory speed clears a weight tensor (isfinite().all() costs ~10x more). Only a non-finite sum
+    pays for the exact element-wise test, chunk by chunk."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    if tensor.dtype in FP8_DTYPES:      # no arithmetic on fp8: upcast chunk-wise (exact)
+        return all(all_finite(c.to(torch.float32)) for c in _chunks(tensor))
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return all(bool(torch.isfinite(c).all()) for c in _chunks(tensor))
+
+
+def _count_nonfinite(tensor: torch.Tensor) -> Tuple[int, int]:
+    """(NaN count, Inf count), chunk-wise."""
+    nan = inf = 0
+    for c in _chunks(tensor):
+        c = c.to(torch.float32) if c.dtype in FP8_DTYPES else c
+        nan += int(torch.isnan(c).sum())
+        inf += int(torch.isinf(c).sum())
+    return nan, inf
+
+
+def non_finite_error(path: PathLike, key: str, stored: torch.Tensor, loaded: torch.Tensor) -> NonFiniteTensorError:
+    """The error for a tensor that is not finite once loaded: damaged in the file, or overflowed by the cast."""
+    where = f"{str(path)!r}: tensor {key!r} {list(stored.shape)}"
+    if loaded.dtype != stored.dtype and all_finite(stored):
+        amax = max(float(c.to(torch.float32).abs().max()) for c in _chunks(stored))
+        return NonFiniteTensorError(
+            f"{where} is finite as stored ({stored.dtype}) but overflows {loaded.dtype} (largest magnitude "
+            f"{amax:g}): load it in a wider dtype (bfloat16 or float32)")
+    nan, inf = _count_nonfinite(stored)
+    return NonFiniteTensorError(
+        f"{where} holds {nan} NaN and {inf} Inf values (of {stored.numel()}); refusing to load it. The file is "
+        "damaged, or the training that wrote it diverged.")
 
 
 # ------------------------------------------------------------------------------------------------- one file
@@ -217,11 +272,15 @@ class CheckpointFile:
         # A mapped tensor would keep the file mapping alive inside the model; `cast` copies when the dtype changes.
         return tensor
 
-    def read_cast(self, key: str, dtype: Optional[torch.dtype], device=None) -> torch.Tensor:
+    def read_cast(self, key: str, dtype: Optional[torch.dtype], device=None, check_finite: bool = True
+                  ) -> torch.Tensor:
+        """Read one tensor, cast it, and (by default) refuse it when it holds NaN/Inf after the cast."""
         tensor = self.read(key)
         out = cast(tensor, dtype, device)
         if out is tensor and self._mapped:
             out = tensor.clone()      # own the memory: never alias the mapped file
+        if check_finite and not all_finite(out):
+            raise non_finite_error(self.path, key, tensor, out)
         return out
 
     def close(self) -> None:
@@ -292,9 +351,11 @@ class Checkpoint:
 
     def iter_tensors(self, keys: Optional[Iterable[str]] = None,
                      dtype: Union[torch.dtype, None, Callable[[str], Optional[torch.dtype]]] = None,
-                     device=None, progress: bool = False, desc: str = "loading") -> Iterator[Tuple[str, torch.Tensor]]:
+                     device=None, progress: bool = False, desc: str = "loading", check_finite: bool = True
+                     ) -> Iterator[Tuple[str, torch.Tensor]]:
         """Yield (name, tensor) for `keys` (default: all), file by file, each cast as it is read (`dtype` may be a
-        function of the name). A file is closed (its mapping released) as soon as its tensors are done."""
+        function of the name) and checked for NaN/Inf (`NonFiniteTensorError`). A file is closed (its mapping
+        released) as soon as its tensors are done."""
         infos = self.infos
         wanted = list(infos) if keys is None else list(keys)
         missing = [k for k in wanted if k not in infos]
@@ -307,7 +368,7 @@ class Checkpoint:
         try:
             for f in self.files:
                 for key in by_file.get(f.path, ()):
-                    tensor = f.read_cast(key, dtype(key) if callable(dtype) else dtype, device)
+                    tensor = f.read_cast(key, dtype(key) if callable(dtype) else dtype, device, check_finite)
                     if bar is not None:
                         bar.update(infos[key].nbytes)
                     yield key, tensor
@@ -339,14 +400,17 @@ def _progress_bar(total: int, progress: bool, desc: str):
 
 
 def load_state_dict(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device="cpu",
-                    progress: bool = False) -> Dict[str, torch.Tensor]:
+                    progress: bool = False, check_finite: bool = True) -> Dict[str, torch.Tensor]:
     """Read file(s) into one flat {name: tensor} dict with the files' own names (no format conversion), casting
-    floating tensors to `torch_dtype` as they are read (fp8 is upcast to bf16 when `torch_dtype` is None)."""
+    floating tensors to `torch_dtype` as they are read (fp8 is upcast to bf16 when `torch_dtype` is None).
+    `check_finite=False` reads NaN/Inf values instead of refusing them (to inspect a damaged file)."""
     with Checkpoint(spec) as ckpt:
-        return dict(ckpt.iter_tensors(dtype=torch_dtype, device=device, progress=progress))
+        return dict(ckpt.iter_tensors(dtype=torch_dtype, device=device, progress=progress,
+                                      check_finite=check_finite))
 
 
 __all__ = [
-    "CheckpointError", "UnsafeCheckpointError", "TensorInfo", "CheckpointFile", "Checkpoint", "resolve_paths",
-    "load_state_dict", "cast", "target_dtype", "describe", "WEIGHT_SUFFIXES", "FP8_DTYPES",
+    "CheckpointError", "UnsafeCheckpointError", "NonFiniteTensorError", "TensorInfo", "CheckpointFile", "Checkpoint",
+    "resolve_paths", "load_state_dict", "cast", "target_dtype", "describe", "all_finite", "WEIGHT_SUFFIXES",
+    "FP8_DTYPES",
 ]

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
-from ..configs import ClipVisionConfig, UMT5Config, WanDiTConfig, WanVAEConfig
+from ..configs import DIT_PRESETS, ClipVisionConfig, UMT5Config, WanDiTConfig, WanVAEConfig
 from .files import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,12 @@ class UnknownFormatError(CheckpointError):
 
 
 class ConfigError(CheckpointError):
-    """The checkpoint's shapes do not determine the model configuration; the caller must pass one."""
+    """The checkpoint's shapes do not determine the model configuration; the caller must pass one.
+    `missing` names the keys that were needed but absent (a shard left out of the list, usually)."""
+
+    def __init__(self, message: str, missing: Sequence[str] = ()):
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -51,9 +56,16 @@ def _block_count(shapes: Shapes, pattern: str) -> int:
 
 
 def _need(shapes: Shapes, key: str, what: str) -> Tuple[int, ...]:
-    if key not in shapes:
-        raise ConfigError(f"cannot read the {what} configuration: {key!r} is missing (is a shard missing?)")
-    return shapes[key]
+    return _need_all(shapes, (key,), what)[0]
+
+
+def _need_all(shapes: Shapes, keys: Sequence[str], what: str) -> List[Tuple[int, ...]]:
+    """The shapes of `keys`; a ConfigError naming every absent one otherwise."""
+    absent = [k for k in keys if k not in shapes]
+    if absent:
+        raise ConfigError(f"cannot read the {what} configuration: {', '.join(map(repr, absent))} "
+                          f"{'is' if len(absent) == 1 else 'are'} missing (is a shard missing?)", missing=absent)
+    return [shapes[k] for k in keys]
 
 
 def read_config_json(paths: Sequence[Path]) -> Dict[str, Any]:
@@ -75,10 +87,16 @@ def read_config_json(paths: Sequence[Path]) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- configs
 def dit_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType({})) -> WanDiTConfig:
     """DiT config from official-name shapes. Heads: `num_heads` (Wan) or `num_attention_heads` (diffusers) from
-    `hints` (a config.json) when its width agrees, else width / 128 (every released model)."""
-    pe = _need(shapes, "patch_embedding.weight", "DiT")                    # [d, in_dim, pt, ph, pw]
+    `hints` (a config.json) when its width agrees, else width / 128 (every released model).
+
+    Layers: the config.json's `num_layers` when it describes this DiT; else the released depth for a released
+    width when the files hold fewer blocks (a missing last shard must not load as a shallower model); else the
+    largest block index + 1. Absent blocks are then reported by the key check."""
+    # patch_embedding [d, in_dim, pt, ph, pw]; head.head [out_dim * prod(patch), d]
+    pe, head, ffn, text, time = _need_all(shapes, ("patch_embedding.weight", "head.head.weight",
+                                                   "blocks.0.ffn.0.weight", "text_embedding.0.weight",
+                                                   "time_embedding.0.weight"), "DiT")
     dim, in_dim, patch = pe[0], pe[1], tuple(pe[2:])
-    head = _need(shapes, "head.head.weight", "DiT")                        # [out_dim * prod(patch), d]
     patch_volume = patch[0] * patch[1] * patch[2]
     i2v = "img_emb.proj.1.weight" in shapes
     heads = _heads_from_hints(hints, dim)
@@ -90,11 +108,9 @@ def dit_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType(
                 "config=WanDiTConfig(...) or put a config.json with \"num_heads\" beside the checkpoint")
         heads = dim // DIT_HEAD_DIM
     kwargs = dict(
-        model_type="i2v" if i2v else "t2v", in_dim=in_dim, dim=dim,
-        ffn_dim=_need(shapes, "blocks.0.ffn.0.weight", "DiT")[0], num_heads=heads,
-        num_layers=_block_count(shapes, r"blocks\.(\d+)\."), out_dim=head[0] // patch_volume,
-        text_dim=_need(shapes, "text_embedding.0.weight", "DiT")[1],
-        freq_dim=_need(shapes, "time_embedding.0.weight", "DiT")[1], patch_size=patch,
+        model_type="i2v" if i2v else "t2v", in_dim=in_dim, dim=dim, ffn_dim=ffn[0], num_heads=heads,
+        num_layers=_dit_layers(shapes, hints, dim, ffn[0]), out_dim=head[0] // patch_volume, text_dim=text[1],
+        freq_dim=time[1], patch_size=patch,
     )
     if i2v:
         kwargs["image_dim"] = shapes["img_emb.proj.1.weight"][1]
@@ -104,13 +120,21 @@ def dit_config_from(shapes: Shapes, hints: Mapping[str, Any] = MappingProxyType(
     return WanDiTConfig(**kwargs)
 
 
-def _heads_from_hints(hints: Mapping[str, Any], dim: int) -> Optional[int]:
+def _dit_layers(shapes: Shapes, hints: Mapping[str, Any], dim: int, ffn_dim: int) -> int:
+    found = _block_count(shapes, r"blocks\.(\d+)\.")
+    if "num_layers" in hints and _heads_from_hints(hints, dim, quiet=True) is not None:
+        return int(hints["num_layers"])
+    released = [c.num_layers for c in DIT_PRESETS.values() if (c.dim, c.ffn_dim) == (dim, ffn_dim)]
+    return max([found, *released])
+
+
+def _heads_from_hints(hints: Mapping[str, Any], dim: int, quiet: bool = False) -> Optional[int]:
     if "num_heads" in hints and hints.get("dim", dim) == dim:                               # Wan config.json
         return int(hints["num_heads"])
     if "num_attention_heads" in hints and "attention_head_dim" in hints:                     # diffusers
         if hints["num_attention_heads"] * hints["attention_head_dim"] == dim:
             return int(hints["num_attention_heads"])
-    if hints:
+    if hints and not quiet:
         logger.info("config.json beside the checkpoint does not describe a DiT of width %d; ignored", dim)
     return None
 
@@ -342,7 +366,7 @@ class Detection:
         return self.layout.label + (f", prefix {self.prefix!r}" if self.prefix else "")
 
 
-def _looks_like_lora(keys: Iterable[str]) -> bool:
+def looks_like_lora(keys: Iterable[str]) -> bool:
     return any(".lora_A." in k or ".lora_B." in k or k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
 
 
@@ -384,37 +408,46 @@ def _plan(layout: Layout, prefix: str, shapes: Shapes, source: str) -> Detection
     return Detection(layout, prefix, key_map, official_shapes, ignored)
 
 
+def _numbered(key: str) -> str:
+    return re.sub(r"\.\d+\.", ".#.", key)
+
+
+def closest_layout(keys: Iterable[str]) -> Optional[Tuple[Layout, List[str]]]:
+    """The layout whose marker keys the keys come closest to, with the markers absent; None when no marker is
+    even partly there. A marker in another block (`blocks.7.self_attn.q.weight` for `blocks.0...`) counts half:
+    that is what a later shard of a model looks like."""
+    keys = list(keys)
+    best, best_score = None, 0.0
+    for prefix in [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in keys)] + [""]:
+        stripped = {k[len(prefix):] for k in keys}
+        numbered = {_numbered(k) for k in stripped}
+        for layout in LAYOUTS:
+            score = sum(1.0 if k in stripped else 0.5 if _numbered(k) in numbered else 0.0
+                        for k in layout.required) / len(layout.required)
+            if score > best_score:
+                best, best_score = (layout, [k for k in layout.required if k not in stripped]), score
+    return best
+
+
 def _unknown_message(shapes: Shapes, source: str) -> str:
     keys = list(shapes)
     shown = "\n".join(f"  {k} {list(shapes[k])}" for k in keys[:12])
     more = f"\n  ... ({len(keys)} tensors in all)" if len(keys) > 12 else ""
     lines = [f"{source}: no supported model format matches its {len(keys)} tensors. First keys seen:\n{shown}{more}"]
-    if _looks_like_lora(keys):
+    if looks_like_lora(keys):
         lines.append("It has lora_A/lora_B keys: a LoRA (e.g. the UniAnimate checkpoint) is merged with "
                      "ModelManager.load_lora_v2(path), not loaded with load_models.")
-    best, best_score = None, 0.0
-    for prefix in [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in keys)] + [""]:
-        stripped = {k[len(prefix):] for k in keys}
-        for layout in LAYOUTS:
-            score = sum(k in stripped for k in layout.required) / len(layout.required)
-            if score > best_score:
-                best, best_score = (layout, stripped), score
-    if best is not None:
-        layout, stripped = best
-        missing = [k for k in layout.required if k not in stripped]
+    closest = closest_layout(keys)
+    if closest is not None:
+        layout, missing = closest
         lines.append(f"Closest format: {layout.label}; missing marker keys: {missing}"
                      + ("" if missing else " (shapes do not fit)"))
     lines.append("Supported formats:\n" + "\n".join(f"  - {s}" for s in supported_formats()))
     return "\n".join(lines)
 
 
-def config_type_for(model: str) -> type:
-    """The config dataclass of a model name such as "wan_video_dit"."""
-    return MODEL_KINDS[model].config_type
-
-
 __all__ = [
     "Layout", "LAYOUTS", "ModelKind", "MODEL_KINDS", "Detection", "detect", "supported_formats",
     "UnknownFormatError", "ConfigError", "dit_config_from", "t5_config_from", "clip_config_from", "vae_config_from",
-    "read_config_json", "WRAPPER_PREFIXES",
+    "read_config_json", "WRAPPER_PREFIXES", "closest_layout", "looks_like_lora",
 ]

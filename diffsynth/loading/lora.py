@@ -6,15 +6,23 @@ The trainer saves `{name: tensor}` for every trainable parameter (upstream spec 
 every frozen weight, over several safetensors shards; a shard may hold only `lora_A` tensors.
 
 Merge: `W <- W + strength * scale * (B @ A)`, computed in fp32 and stored back in W's dtype, with
-`scale = alpha / r` when alpha is known (argument, `<module>.alpha`, a scalar `lora_alpha`/`alpha` tensor, or
-safetensors metadata) and 1 otherwise, which is what upstream always does (it ignores alpha).
+`scale = alpha / r` when alpha is known and 1 otherwise, which is what upstream always does (it ignores alpha).
+Alpha comes from the argument, a kohya `<module>.alpha`, a file-wide scalar tensor (`network_alpha`, which our
+trainer saves next to the PEFT tensors and upstream's loader skips since the key holds no 'lora'; or
+`lora_alpha`/`alpha`), or safetensors metadata.
+
+`LoraCheckpoint.digest` identifies the content (a SHA-256 over the normalised names, dtypes, shapes and bytes of
+the tensors read), so the manager can tell a LoRA merged twice under another path or name.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Set
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 
@@ -26,8 +34,8 @@ POSE_MARKERS = ("dwpose_embedding", "randomref_embedding_pose")
 # Stripped from a LoRA module path (one of them, at the start): the trainer's LightningModule attribute path,
 # ComfyUI names, and PEFT's `get_peft_model` wrapper.
 LORA_PREFIXES = ("pipe.dit.", "model.diffusion_model.", "diffusion_model.", "base_model.model.")
-ALPHA_KEYS = ("lora_alpha", "alpha")
-ALPHA_METADATA = ("lora_alpha", "alpha", "ss_network_alpha")
+ALPHA_KEYS = ("network_alpha", "lora_alpha", "alpha")                 # file-wide scalar tensors
+ALPHA_METADATA = ("network_alpha", "lora_alpha", "alpha", "ss_network_alpha")
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<which>[AB])(?:\.(?P<adapter>[^.]+))?\.weight")
 
 
@@ -55,6 +63,8 @@ class LoraCheckpoint:
     alpha: Optional[float] = None                                    # file-wide alpha, when stored
     adapters: Set[str] = field(default_factory=set)                  # PEFT adapter names seen ("default")
     ignored: int = 0                                                 # other tensors (frozen weights, ...)
+    files: Tuple[Path, ...] = ()                                     # the files read, resolved (symlinks too)
+    digest: str = ""                                                 # content hash of the tensors read
 
 
 def is_pose_key(key: str) -> bool:
@@ -76,38 +86,72 @@ def _scalar(tensor: torch.Tensor, key: str) -> float:
     return float(tensor.reshape(()).item())
 
 
+def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
+    """SHA-256 of one tensor under its normalised name; order-free combination happens in `read_lora`."""
+    h = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    h.update(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return h.digest()
+
+
+def _file_alpha(values: Dict[str, float], spec: PathSpec) -> Optional[float]:
+    """The one file-wide alpha among the scalar keys read (they must agree)."""
+    if len(set(values.values())) > 1:
+        raise LoraError(f"{describe(spec)} stores different alphas {values}; pass network_alpha= to choose")
+    return next(iter(values.values()), None)
+
+
+def _metadata_alpha(metadata: Dict[str, str], spec: PathSpec) -> Optional[float]:
+    for name in ALPHA_METADATA:
+        if name in metadata:
+            try:
+                value = float(metadata[name])
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value):
+                return value
+            logger.warning("ignoring %r metadata %r in %s: not a finite number", name, metadata[name],
+                           describe(spec))
+    return None
+
+
 def read_lora(spec: PathSpec, progress: bool = False) -> LoraCheckpoint:
     """Read LoRA factors, alphas and pose-guider tensors from one file or a list of shards; every other tensor
     (a DeepSpeed export also holds the frozen DiT, T5 and VAE) is skipped without being read."""
     out = LoraCheckpoint()
+    digests: List[bytes] = []
+    file_alphas: Dict[str, float] = {}
     with Checkpoint(spec) as ckpt:
+        out.files = tuple(p.resolve() for p in ckpt.paths)
         wanted: List[str] = []
         for key in ckpt.infos:
             if is_pose_key(key) or _LORA_KEY.fullmatch(key) or key in ALPHA_KEYS or key.endswith(".alpha"):
                 wanted.append(key)
             else:
                 out.ignored += 1
+        # Every tensor is checked for NaN/Inf as it is read (NonFiniteTensorError), before anything is merged.
         for key, tensor in ckpt.iter_tensors(wanted, progress=progress, desc="reading LoRA"):
             if is_pose_key(key):
                 out.pose[key] = tensor
+                name = next(iter(pose_guider_state_dict({key: tensor})))
             elif key in ALPHA_KEYS:
-                out.alpha = _scalar(tensor, key)
+                file_alphas[key] = _scalar(tensor, key)
+                name = "alpha"
             elif (m := _LORA_KEY.fullmatch(key)) is not None:
-                module = out.modules.setdefault(strip_lora_prefix(m.group("module")), LoraModule())
-                setattr(module, m.group("which"), tensor)
+                name = strip_lora_prefix(m.group("module"))
+                setattr(out.modules.setdefault(name, LoraModule()), m.group("which"), tensor)
                 if m.group("adapter"):
                     out.adapters.add(m.group("adapter"))
+                name += ".lora_" + m.group("which")
             else:   # `<module>.alpha` (kohya-style), attached below
-                out.modules.setdefault(strip_lora_prefix(key[: -len(".alpha")]), LoraModule()).alpha = \
-                    _scalar(tensor, key)
+                name = strip_lora_prefix(key[: -len(".alpha")])
+                out.modules.setdefault(name, LoraModule()).alpha = _scalar(tensor, key)
+                name += ".alpha"
+            digests.append(_tensor_digest(name, tensor))
+        out.alpha = _file_alpha(file_alphas, spec)
         if out.alpha is None:
-            for name in ALPHA_METADATA:
-                if name in ckpt.metadata:
-                    try:
-                        out.alpha = float(ckpt.metadata[name])
-                        break
-                    except ValueError:
-                        logger.warning("ignoring non-numeric %r metadata in %s", name, describe(spec))
+            out.alpha = _metadata_alpha(ckpt.metadata, spec)
+    # Sorted: the same tensors give the same digest whatever the file order or the key prefixes.
+    out.digest = hashlib.sha256(b"".join(sorted(digests))).hexdigest()
     # Alpha-only entries are modules without factors: drop them if nothing else refers to them.
     out.modules = {k: m for k, m in out.modules.items() if m.A is not None or m.B is not None}
     if len(out.adapters) > 1:
@@ -178,5 +222,5 @@ def pose_guider_state_dict(collected: Dict[str, torch.Tensor]) -> Dict[str, torc
 
 __all__ = [
     "LoraModule", "LoraCheckpoint", "LoraError", "read_lora", "merge_lora", "pose_guider_state_dict",
-    "is_pose_key", "strip_lora_prefix", "POSE_MARKERS", "LORA_PREFIXES",
+    "is_pose_key", "strip_lora_prefix", "POSE_MARKERS", "LORA_PREFIXES", "ALPHA_KEYS", "ALPHA_METADATA",
 ]

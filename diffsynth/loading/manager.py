@@ -18,15 +18,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from ..configs import PoseGuiderConfig
-from .files import Checkpoint, CheckpointError, PathSpec, describe, load_state_dict, target_dtype
-from .formats import MODEL_KINDS, Detection, ModelKind, detect, read_config_json
-from .lora import LoraError, merge_lora, pose_guider_state_dict, read_lora
+from .checks import StateDictDiff, compare_state_dict, summarize_keys
+from .files import Checkpoint, CheckpointError, CheckpointFile, PathSpec, describe, load_state_dict, target_dtype
+from .formats import (MODEL_KINDS, ConfigError, Detection, ModelKind, UnknownFormatError, closest_layout, detect,
+                      looks_like_lora, read_config_json)
+from .lora import LoraCheckpoint, LoraError, merge_lora, pose_guider_state_dict, read_lora
 
 logger = logging.getLogger(__name__)
 
@@ -67,27 +70,106 @@ def _fp32_islands(model: nn.Module) -> Tuple[str, ...]:
     return tuple(getattr(type(model), "_keep_in_fp32_modules", None) or ())
 
 
-def _check_fit(model: nn.Module, kind: ModelKind, shapes: Dict[str, Tuple[int, ...]], source: str, label: str,
-               config: Any, config_given: bool) -> None:
-    expected = expected_tensors(model)
-    missing = [k for k in expected if k not in shapes and k not in kind.optional]
-    unexpected = [k for k in shapes if k not in expected]
-    mismatched = [f"{k}: file {list(shapes[k])}, model {list(expected[k])}"
-                  for k in shapes if k in expected and tuple(shapes[k]) != expected[k]]
-    if not (missing or unexpected or mismatched):
+def _check_fit(plan: "LoadPlan", config_given: bool) -> None:
+    """Every key and shape of the checkpoint against the meta-built model, before any tensor is read."""
+    model = plan.model
+    diff = compare_state_dict(expected_tensors(model), plan.detection.official_shapes, plan.kind.optional)
+    if diff.ok:
         return
-    parts = []
-    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            parts.append(f"{len(items)} {what}: " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
-    if missing and not (unexpected or mismatched):
-        hint = "the checkpoint is incomplete: pass every shard (a list, or the folder)"
-    elif config_given:
-        hint = "the config passed in does not match the checkpoint"
-    else:
-        hint = "a model variant this loader does not know"
-    raise CheckpointError(f"{source} ({label}) does not fit {type(model).__name__}({config}):\n  "
-                          + "\n  ".join(parts) + f"\nLikely cause: {hint}.")
+    n_files = len(plan.checkpoint.files)
+    if n_files > 1:
+        foreign = _files_that_do_not_fit(plan, diff)
+        if foreign:
+            raise _different_models(plan.source, foreign)
+    what = f"{plan.source} ({plan.detection.label})"
+    if diff.missing and not (diff.unexpected or diff.mismatched):
+        absent = summarize_keys(diff.missing, diff.expected)
+        incomplete = (f"the list of {n_files} files looks incomplete" if n_files > 1 else
+                      "the checkpoint is incomplete (a shard of a larger set, or an interrupted export?)")
+        raise CheckpointError(f"{what}: {incomplete}; {len(diff.missing)} tensors of "
+                              f"{type(model).__name__} are absent: {absent} missing.\n"
+                              "Pass every shard (a list, or the folder).")
+    hint = ("the config passed in does not match the checkpoint" if config_given
+            else "a model variant this loader does not know")
+    raise CheckpointError(f"{what} does not fit {type(model).__name__}({plan.config}):\n  "
+                          + "\n  ".join(diff.lines()) + f"\nLikely cause: {hint}.")
+
+
+# ------------------------------------------------------------------------------------------------- mixed files
+def _different_models(source: str, lines: List[str]) -> CheckpointError:
+    return CheckpointError(f"{source}: these files hold different models:\n  " + "\n  ".join(lines)
+                           + "\nA list of files is one model in shards: give each model its own entry, e.g. "
+                           "load_models([[dit_shard_1, dit_shard_2], vae_path]).")
+
+
+def _identify(f: CheckpointFile) -> Optional[str]:
+    """The model one file holds on its own, when it is complete enough to be recognised."""
+    try:
+        return detect({k: v.shape for k, v in f.infos.items()}, str(f.path)).label
+    except CheckpointError:
+        return None
+
+
+def _conflicting_shapes(checkpoint: Checkpoint) -> Optional[List[str]]:
+    """Lines naming a tensor stored in two files with different shapes (shards of one model never do that)."""
+    seen: Dict[str, Tuple[Path, Tuple[int, ...]]] = {}
+    for f in checkpoint.files:
+        for key, info in f.infos.items():
+            if key in seen and seen[key][1] != info.shape:
+                first, shape = seen[key]
+                return [f"{first.name}: {key} {list(shape)}",
+                        f"{f.path.name}: {key} {list(info.shape)} (same name, another shape)"]
+            seen[key] = (f.path, info.shape)
+    return None
+
+
+def _identify_each(checkpoint: Checkpoint) -> Optional[List[str]]:
+    """When files recognised on their own hold different models: one line per file, else None."""
+    labels = [_identify(f) for f in checkpoint.files]
+    if len({label.split(" (")[0] for label in labels if label}) < 2:
+        return None
+    return [f"{f.path.name}: {label or 'not recognised on its own (a shard of one of the others?)'}"
+            for f, label in zip(checkpoint.files, labels)]
+
+
+def _explain_unknown_list(checkpoint: Checkpoint, source: str, error: UnknownFormatError) -> None:
+    """A list that matches no format: different models side by side, or shards without the first one."""
+    mixed = _identify_each(checkpoint)
+    if mixed:
+        raise _different_models(source, mixed) from None
+    shapes = checkpoint.shapes
+    closest = None if looks_like_lora(shapes) else closest_layout(shapes)
+    if closest is not None and closest[1]:
+        layout, absent = closest
+        raise CheckpointError(
+            f"{source}: the list of {len(checkpoint.files)} files looks incomplete: its tensors look like "
+            f"{layout.label} ({summarize_keys(shapes, limit=3)}) but {', '.join(absent)} "
+            f"{'is' if len(absent) == 1 else 'are'} missing.\nPass every shard (a list, or the folder).") from error
+
+
+def _files_that_do_not_fit(plan: "LoadPlan", diff: StateDictDiff) -> Optional[List[str]]:
+    """Lines for a list where some files fit the model exactly and others mostly do not; else None."""
+    det = plan.detection
+    if det.layout.convert is not None:        # keys are combined: no per-file attribution
+        return None
+    bad, infos = diff.bad_keys, plan.checkpoint.infos
+    shapes = {k: (found, want) for k, found, want in diff.mismatched}
+    fitting, foreign = [], []
+    for f in plan.checkpoint.files:
+        official = [det.key_map[k] for k in f.infos if k in det.key_map and infos[k].file == f.path]
+        n_bad = sum(k in bad for k in official)
+        if official and n_bad == 0:
+            fitting.append(f.path.name)
+        elif official and 2 * n_bad > len(official):
+            example = next(k for k in official if k in bad)
+            why = (f"e.g. {example}: file {list(shapes[example][0])}, model {list(shapes[example][1])}"
+                   if example in shapes else f"e.g. {example} is not part of it")
+            label = _identify(f)
+            foreign.append(f"{f.path.name}: {label or 'another model'}; {n_bad} of {len(official)} tensors do not "
+                           f"fit the {det.model} of the others ({why})")
+    if not (fitting and foreign):
+        return None
+    return [f"{', '.join(fitting)}: {det.label}, {type(plan.model).__name__}({plan.config})"] + foreign
 
 
 # ------------------------------------------------------------------------------------------------- plan + load
@@ -120,22 +202,40 @@ def plan_load(spec: PathSpec, config: ConfigSpec = None) -> LoadPlan:
     shape. Reads no tensor data (except for legacy non-zip `.pth` files)."""
     checkpoint = Checkpoint(spec)
     source = describe(spec)
+    several = len(checkpoint.files) > 1
     try:
-        detection = detect(checkpoint.shapes, source)
+        conflict = _conflicting_shapes(checkpoint) if several else None
+        if conflict:
+            raise _different_models(source, conflict)
+        try:
+            detection = detect(checkpoint.shapes, source)
+        except UnknownFormatError as e:
+            if several:
+                _explain_unknown_list(checkpoint, source, e)
+            raise
         kind = MODEL_KINDS[detection.model]
         chosen = _pick_config(config, kind)
-        cfg = chosen if chosen is not None else kind.config_from(detection.official_shapes,
-                                                                   read_config_json(checkpoint.paths))
+        try:
+            cfg = chosen if chosen is not None else kind.config_from(detection.official_shapes,
+                                                                       read_config_json(checkpoint.paths))
+        except ConfigError as e:
+            if not (e.missing and several):
+                raise
+            raise CheckpointError(
+                f"{source} ({detection.label}): the list of {len(checkpoint.files)} files looks incomplete: "
+                f"{', '.join(e.missing)} missing (present: {summarize_keys(detection.official_shapes, limit=3)}).\n"
+                "Pass every shard (a list, or the folder).") from e
         with torch.device("meta"):
             model = kind.build(cfg)
-        _check_fit(model, kind, detection.official_shapes, source, detection.label, cfg, chosen is not None)
+        plan = LoadPlan(checkpoint, detection, kind, cfg, model, source)
+        _check_fit(plan, chosen is not None)
     except Exception:
         checkpoint.close()
         raise
     if detection.ignored:
         logger.info("%s: ignoring %d tensors that are not part of %s (e.g. %s)", source, len(detection.ignored),
                     kind.name, detection.ignored[0])
-    return LoadPlan(checkpoint, detection, kind, cfg, model, source)
+    return plan
 
 
 def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
@@ -270,21 +370,25 @@ def load_pose_guider(state_dict: Dict[str, torch.Tensor], torch_dtype: Optional[
                               "the UniAnimate checkpoint is for another model size")
     with torch.device("meta"):
         guider = PoseGuider(config)
-    expected = expected_tensors(guider)
-    missing = sorted(k for k in expected if k not in sd)
-    unexpected = sorted(k for k in sd if k not in expected)
-    mismatched = [f"{k}: {list(sd[k].shape)} vs {list(expected[k])}"
-                  for k in sd if k in expected and tuple(sd[k].shape) != expected[k]]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"pose-guider weights incomplete or wrong: missing {missing[:6]}, unexpected {unexpected[:6]}, "
-            f"shape mismatches {mismatched[:3]}. Load every file of the UniAnimate checkpoint with load_lora_v2.")
+    diff = compare_state_dict(expected_tensors(guider), sd)
+    if not diff.ok:
+        raise CheckpointError("pose-guider weights incomplete or wrong:\n  " + "\n  ".join(diff.lines())
+                              + "\nLoad every file of the UniAnimate checkpoint with load_lora_v2.")
     for key, tensor in sd.items():
         assign_tensor(guider, key, tensor.to(device=device, dtype=target_dtype(tensor.dtype, torch_dtype)))
     return guider.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------- manager
+@dataclass(frozen=True)
+class MergedLora:
+    """One load_lora_v2 call: what was given, the files it resolved to, and the content digest."""
+
+    path: Any
+    files: Tuple[Path, ...]
+    digest: str
+
+
 class ModelManager:
     """Holds the loaded models by DiffSynth name ("wan_video_dit", "wan_video_vae", "wan_video_text_encoder",
     "wan_video_image_encoder") with the path each came from, plus the pose-guider tensors collected from
@@ -307,7 +411,7 @@ class ModelManager:
         self.model_path: List[Any] = []          # a path, or the list of shards, per model
         self.model_format: List[str] = []
         self.pose_state_dict: Dict[str, torch.Tensor] = {}
-        self.lora_paths: List[Any] = []
+        self.loras: List[MergedLora] = []        # what load_lora_v2 merged, in order
         if file_path_list:
             self.load_models(file_path_list)
 
@@ -323,7 +427,8 @@ class ModelManager:
         """Load several models; a list entry that is itself a list is one model in shards.
 
         Every entry is detected and checked from its headers before any weights are read, so a wrong path or an
-        unknown file fails before minutes of loading. Each model is registered once fully loaded.
+        unknown file fails before minutes of loading. The models are registered once all of them are loaded, so
+        a failing call (a damaged file, a NaN) leaves the manager as it was.
         """
         if isinstance(file_path_list, (str, bytes)) or not isinstance(file_path_list, Sequence):
             file_path_list = [file_path_list]
@@ -337,13 +442,16 @@ class ModelManager:
             for plan in plans:
                 plan.checkpoint.close()
             raise
-        for i, (entry, plan) in enumerate(zip(file_path_list, plans)):
+        loaded: List[nn.Module] = []
+        for i, plan in enumerate(plans):
             try:
-                model = execute_plan(plan, dtype, device, self.progress)
+                loaded.append(execute_plan(plan, dtype, device, self.progress))
             except BaseException:
                 for later in plans[i + 1:]:
                     later.checkpoint.close()
                 raise
+        # Registered together: a call that fails (e.g. a NaN in its last file) leaves the manager as it was.
+        for entry, plan, model in zip(file_path_list, plans, loaded):
             self.model.append(model)
             self.model_name.append(plan.name)
             self.model_path.append(entry)
@@ -357,14 +465,19 @@ class ModelManager:
             file_path: a file or a list of shards (e.g. DeepSpeed `zero_to_fp32` safetensors), read as one.
             lora_alpha: merge strength (upstream's name for it): W += lora_alpha * scale * B @ A.
             network_alpha: the training `lora_alpha`; scale = network_alpha / rank. When None, an alpha stored
-                in the file is used, and without one scale = 1 (upstream behaviour, right when alpha = rank).
+                in the file is used (`network_alpha` tensor, ...), and without one scale = 1 (upstream behaviour,
+                right when alpha = rank).
         Returns:
             the number of merged Linear layers.
+
+        Merging the same LoRA twice (same files by resolved path, or same tensors under another path or name)
+        logs a warning: its update is added a second time. Every tensor is read and checked (NaN/Inf, shapes)
+        before the first weight changes.
         """
         source = describe(file_path)
-        if file_path in self.lora_paths:
-            logger.warning("%s was merged before; merging it again adds its update a second time", source)
         lora = read_lora(file_path, progress=self.progress)
+        if lora.modules:
+            self._warn_if_merged_before(source, lora)
         merged = 0
         if lora.modules:
             dits = [m for m, n in zip(self.model, self.model_name) if n == "wan_video_dit"]
@@ -372,11 +485,29 @@ class ModelManager:
                 raise LoraError(f"{source}: no DiT is loaded to merge the LoRA into; load the DiT first")
             merged = merge_lora(dits, lora, lora_alpha, network_alpha, source)
         self.pose_state_dict.update(lora.pose)
-        self.lora_paths.append(file_path)
+        self.loras.append(MergedLora(file_path, lora.files, lora.digest))
         ranks = sorted({m.rank for m in lora.modules.values()})
         logger.info("%s: merged %d LoRA layers (rank %s, strength %s), collected %d pose tensors, skipped %d others",
                     source, merged, ranks, lora_alpha, len(lora.pose), lora.ignored)
         return merged
+
+    def _warn_if_merged_before(self, source: str, lora: LoraCheckpoint) -> None:
+        for earlier in self.loras:
+            if earlier.digest == lora.digest:
+                same = "" if earlier.files == lora.files else f" (same tensors as {describe(earlier.path)})"
+                logger.warning("%s was merged before%s; merging it again adds its update a second time",
+                               source, same)
+                return
+        for earlier in self.loras:
+            if earlier.files == lora.files:
+                logger.warning("%s was merged before and its content has changed since; both versions are now "
+                               "merged into the DiT", source)
+                return
+
+    @property
+    def lora_paths(self) -> List[Any]:
+        """The paths (or lists of shards) given to load_lora_v2, in order."""
+        return [m.path for m in self.loras]
 
     # -- access
     def fetch_model(self, model_name: str, file_path: Any = None, require_model_path: bool = False):
@@ -403,11 +534,6 @@ class ModelManager:
         """Path of the loaded text encoder (the `google/umt5-xxl` tokenizer folder sits beside it)."""
         return self.fetch_model("wan_video_text_encoder", require_model_path=True)[1]
 
-    @property
-    def state_dict_new_module(self) -> Dict[str, torch.Tensor]:
-        """Upstream name of the collected pose tensors (keys as stored in the checkpoint)."""
-        return self.pose_state_dict
-
     def __len__(self) -> int:
         return len(self.model)
 
@@ -419,4 +545,5 @@ class ModelManager:
 __all__ = [
     "ModelManager", "load_model", "load_wan_dit", "load_wan_vae", "load_wan_text_encoder", "load_wan_image_encoder",
     "load_pose_guider", "load_state_dict", "plan_load", "execute_plan", "LoadPlan", "expected_tensors", "assign_tensor",
+    "MergedLora",
 ]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffsynth.loading.files import (Checkpoint, CheckpointError, UnsafeCheckpointError, load_state_dict,
-                                     resolve_paths)
+from diffsynth.loading.files import (Checkpoint, CheckpointError, NonFiniteTensorError, UnsafeCheckpointError,
+                                     all_finite, load_state_dict, resolve_paths)
 
 
 def _tensors(seed=0):
@@ -139,3 +139,36 @@ def test_missing_and_unsupported_paths(tmp_path):
         resolve_paths(tmp_path / "weights.npz")
     with pytest.raises(CheckpointError, match="no weight file"):
         resolve_paths(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ finite values
+_BAD = [(dtype, bad) for dtype in (torch.float32, torch.float16, torch.bfloat16)
+        for bad in (float("nan"), float("inf"), -float("inf"))] + [(torch.float8_e4m3fn, float("nan"))]
+
+
+@pytest.mark.parametrize("dtype, bad", _BAD)
+def test_all_finite_finds_one_bad_element(dtype, bad):
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert all_finite(x)
+    if dtype == torch.float8_e4m3fn:
+        x.view(torch.uint8)[2, 777] = 0x7F                      # e4m3fn has NaN but no Inf
+    else:
+        x[2, 777] = bad
+    assert not all_finite(x)
+
+
+def test_all_finite_when_only_the_sum_overflows():
+    """The fast path's sum overflows fp16 (1000 x 60000); the exact pass must still say finite."""
+    x = torch.full((1000,), 60000.0, dtype=torch.float16)
+    assert not torch.isfinite(x.sum()) and all_finite(x)
+    assert all_finite(torch.tensor([3, 4])) and all_finite(torch.empty(0))
+
+
+def test_non_finite_tensor_is_refused_with_its_name_unless_asked(tmp_path):
+    sd = _tensors()
+    sd["b.bias"][2] = float("nan")
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    with pytest.raises(NonFiniteTensorError, match=r"m\.safetensors'?: tensor 'b\.bias' \[5\] holds 1 NaN and 0 Inf"):
+        load_state_dict(tmp_path / "m.safetensors")
+    out = load_state_dict(tmp_path / "m.safetensors", check_finite=False)
+    assert torch.isnan(out["b.bias"][2])

@@ -140,3 +140,18 @@ def test_structural_shape_check_rejects_a_lookalike():
     sd["patch_embedding.weight"] = (1536, 16 * 4)       # a 2D "patch embedding": not a Wan DiT
     with pytest.raises(UnknownFormatError, match="shapes do not fit"):
         detect(sd)
+
+
+def test_released_width_with_missing_tail_blocks_keeps_the_released_depth():
+    """A 1.3B DiT whose last shard (blocks 20-29, head elsewhere) is missing must not load as a 20-block model:
+    the config keeps 30 layers, so the key check reports the absent blocks."""
+    from diffsynth.loading.checks import compare_state_dict, summarize_keys
+    from diffsynth.loading.manager import expected_tensors
+    full = _shapes(_meta_state_dict(WanModel, DIT_PRESETS["wan2.1-t2v-1.3b"]))
+    partial = {k: v for k, v in full.items() if not (k.startswith("blocks.") and int(k.split(".")[1]) >= 20)}
+    cfg = dit_config_from(detect(partial).official_shapes)
+    assert cfg == DIT_PRESETS["wan2.1-t2v-1.3b"]
+    diff = compare_state_dict(expected_tensors(_meta(WanModel, cfg)), partial)
+    assert summarize_keys(diff.missing, diff.expected) == "blocks 20-29" and not diff.unexpected
+    # A config.json that describes this DiT decides the depth.
+    assert dit_config_from(partial, {"dim": 1536, "num_heads": 12, "num_layers": 20}).num_layers == 20

@@ -3,6 +3,8 @@ must reproduce PEFT's unmerged forward; pose-guider tensors are collected for th
 from __future__ import annotations
 
 import copy
+import re
+import shutil
 
 import pytest
 import torch
@@ -11,8 +13,9 @@ from safetensors.torch import save_file
 
 from loading.loading_helpers import dit_forward, tiny_dit
 from tiny import TINY_I2V, TINY_POSE, TINY_T2V, randomize_
-from diffsynth.loading import LoraError, ModelManager
+from diffsynth.loading import LoraError, ModelManager, NonFiniteTensorError
 from diffsynth.loading.files import CheckpointError, CheckpointFile
+from diffsynth.loading.lora import is_pose_key
 from diffsynth.models.pose_guider import PoseGuider
 
 RANK, ALPHA = 4, 8
@@ -219,11 +222,125 @@ def test_t2v_dit_accepts_the_same_recipe(tmp_path):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_merging_the_same_file_twice_warns(tmp_path, trained, caplog):
+# ------------------------------------------------------------------------------------------------ stored alpha
+def _save(path, tensors, metadata=None):
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    else:
+        torch.save(tensors, path)                          # the trainer's flat {name: tensor} pickle
+    return path
+
+
+def test_network_alpha_key_is_invisible_to_upstream_loader():
+    """Upstream maps every key containing 'lora' (key.split("pipe.dit.")[1]) and the pose markers; the alpha key
+    must be neither, or upstream's loader would crash on it."""
+    assert "lora" not in "network_alpha" and not is_pose_key("network_alpha") and "pipe.dit." not in "network_alpha"
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_stored_network_alpha_scales_the_merge(tmp_path, trained, suffix):
+    """alpha 8 != rank 4 stored in the file: the merge equals PEFT's forward (scale alpha / r), and with a
+    strength it equals W + strength * alpha / r * B @ A computed here."""
+    base_sd, _, lora, pose, expected = trained
+    path = _save(tmp_path / f"unianimate{suffix}", {**lora, **pose, "network_alpha": torch.tensor(float(ALPHA))})
+    manager = _manager_with_dit(tmp_path, base_sd)
+    manager.load_lora_v2(path, lora_alpha=1.0)
+    torch.testing.assert_close(dit_forward(manager.fetch_model("wan_video_dit")), expected, rtol=1e-5, atol=1e-5)
+    half = _manager_with_dit(tmp_path, base_sd)
+    half.load_lora_v2(path, lora_alpha=0.5)
+    name = "blocks.0.self_attn.o"
+    a, b = lora[f"pipe.dit.{name}.lora_A.default.weight"], lora[f"pipe.dit.{name}.lora_B.default.weight"]
+    want = base_sd[f"{name}.weight"] + 0.5 * (ALPHA / RANK) * (b @ a)
+    torch.testing.assert_close(half.fetch_model("wan_video_dit").state_dict()[f"{name}.weight"], want,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_file_without_alpha_merges_at_scale_one(tmp_path, trained, suffix):
     base_sd, _, lora, pose, _ = trained
     manager = _manager_with_dit(tmp_path, base_sd)
-    torch.save({**lora, **pose}, tmp_path / "unianimate.ckpt")
-    manager.load_lora_v2(tmp_path / "unianimate.ckpt")
+    manager.load_lora_v2(_save(tmp_path / f"lora{suffix}", {**lora, **pose}))
+    name = "blocks.1.ffn.0"
+    a, b = lora[f"pipe.dit.{name}.lora_A.default.weight"], lora[f"pipe.dit.{name}.lora_B.default.weight"]
+    assert torch.equal(manager.fetch_model("wan_video_dit").state_dict()[f"{name}.weight"],
+                       base_sd[f"{name}.weight"] + b @ a)
+
+
+def test_network_alpha_metadata_and_argument_override(tmp_path, trained):
+    base_sd, _, lora, _, expected = trained
+    meta = _save(tmp_path / "meta.safetensors", lora, metadata={"network_alpha": str(ALPHA)})
+    manager = _manager_with_dit(tmp_path, base_sd)
+    manager.load_lora_v2(meta)
+    torch.testing.assert_close(dit_forward(manager.fetch_model("wan_video_dit")), expected, rtol=1e-5, atol=1e-5)
+    wrong = _save(tmp_path / "wrong.ckpt", {**lora, "network_alpha": torch.tensor(2.0)})
+    manager = _manager_with_dit(tmp_path, base_sd)
+    manager.load_lora_v2(wrong, network_alpha=ALPHA)        # the argument wins over the stored value
+    torch.testing.assert_close(dit_forward(manager.fetch_model("wan_video_dit")), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_disagreeing_stored_alphas_are_refused(tmp_path, trained):
+    base_sd, _, lora, _, _ = trained
+    path = _save(tmp_path / "two.ckpt",
+                 {**lora, "network_alpha": torch.tensor(8.0), "lora_alpha": torch.tensor(4.0)})
+    manager = _manager_with_dit(tmp_path, base_sd)
+    with pytest.raises(LoraError, match="different alphas"):
+        manager.load_lora_v2(path)
+    for k, v in manager.fetch_model("wan_video_dit").state_dict().items():
+        assert torch.equal(v, base_sd[k]), k
+
+
+# ------------------------------------------------------------------------------------------------ NaN / Inf
+@pytest.mark.parametrize("bad_key", ["pipe.dit.blocks.1.ffn.2.lora_B.default.weight", "dwpose_embedding.0.weight",
+                                     "network_alpha"])
+def test_non_finite_lora_tensor_changes_nothing(tmp_path, trained, bad_key):
+    base_sd, _, lora, pose, _ = trained
+    tensors = {**lora, **pose, "network_alpha": torch.tensor(float(ALPHA))}
+    tensors[bad_key] = tensors[bad_key].clone()
+    tensors[bad_key].view(-1)[-1] = float("nan")
+    path = _save(tmp_path / "diverged.ckpt", tensors)
+    manager = _manager_with_dit(tmp_path, base_sd)
+    with pytest.raises(NonFiniteTensorError, match=rf"diverged\.ckpt'?: tensor {re.escape(repr(bad_key))}.*1 NaN"):
+        manager.load_lora_v2(path)
+    for k, v in manager.fetch_model("wan_video_dit").state_dict().items():
+        assert torch.equal(v, base_sd[k]), k
+    assert manager.pose_state_dict == {} and manager.lora_paths == []
+
+
+# ------------------------------------------------------------------------------------------------ merged twice
+@pytest.mark.parametrize("again", ["same_str", "pathlib", "relative", "list", "copy", "symlink"])
+def test_merging_the_same_lora_twice_warns(tmp_path, trained, caplog, monkeypatch, again):
+    base_sd, _, lora, pose, _ = trained
+    first = _save(tmp_path / "unianimate.ckpt", {**lora, **pose})
+    manager = _manager_with_dit(tmp_path, base_sd)
+    manager.load_lora_v2(str(first))
     assert "merged before" not in caplog.text
-    manager.load_lora_v2(tmp_path / "unianimate.ckpt")
-    assert "merged before" in caplog.text
+    monkeypatch.chdir(tmp_path)
+    if again == "copy":
+        shutil.copy(first, tmp_path / "renamed copy.ckpt")
+    elif again == "symlink":
+        (tmp_path / "link.ckpt").symlink_to(first)
+    second = {"same_str": str(first), "pathlib": first, "relative": "./sub/../unianimate.ckpt", "list": [first],
+              "copy": tmp_path / "renamed copy.ckpt", "symlink": tmp_path / "link.ckpt"}[again]
+    (tmp_path / "sub").mkdir()
+    manager.load_lora_v2(second)
+    assert "merged before" in caplog.text and "content has changed" not in caplog.text
+    assert ("same tensors as" in caplog.text) == (again == "copy")      # other spellings resolve to the same file
+
+
+def test_another_lora_does_not_warn_and_a_rewritten_file_does(tmp_path, trained, caplog):
+    base_sd, _, lora, pose, _ = trained
+    manager = _manager_with_dit(tmp_path, base_sd)
+    path = _save(tmp_path / "unianimate.ckpt", {**lora, **pose})
+    manager.load_lora_v2(path)
+    other = {k: v * 0.5 for k, v in lora.items()}
+    manager.load_lora_v2(_save(tmp_path / "other.safetensors", other))     # same names and shapes, other values
+    assert "merged before" not in caplog.text
+    _save(path, {**other, **pose, "network_alpha": torch.tensor(1.0)})     # retrained in place
+    manager.load_lora_v2(path)
+    assert "merged before and its content has changed since" in caplog.text
+    # A pose-only file read twice replaces identical tensors: nothing to warn about.
+    caplog.clear()
+    pose_path = _save(tmp_path / "pose.safetensors", pose)
+    manager.load_lora_v2(pose_path)
+    manager.load_lora_v2(pose_path)
+    assert "merged before" not in caplog.text

@@ -2,7 +2,9 @@
 the manager untouched; loading streams (peak memory ~ final model + one shard)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,11 +18,12 @@ from loading.loading_helpers import (TINY_CLIP, TINY_T5, TINY_VAE, assert_same_o
                                      clip_forward, dit_forward, prefixed, save_shards, t5_forward, tiny_clip,
                                      tiny_dit, tiny_t5, tiny_vae, vae_forward)
 from tiny import TINY_I2V, TINY_T2V
-from diffsynth.loading import (CheckpointError, ModelManager, UnknownFormatError, UnsafeCheckpointError, load_model,
-                               load_wan_dit, load_wan_image_encoder, load_wan_text_encoder, load_wan_vae)
+from diffsynth.loading import (CheckpointError, ModelManager, NonFiniteTensorError, UnknownFormatError,
+                               UnsafeCheckpointError, load_model, load_state_dict, load_wan_dit, load_wan_image_encoder,
+                               load_wan_text_encoder, load_wan_vae)
 from diffsynth.loading.diffusers_dit import dit_official_to_diffusers
 from diffsynth.loading.diffusers_vae import vae_official_to_diffusers
-from diffsynth.loading.files import CheckpointFile
+from diffsynth.loading.files import Checkpoint, CheckpointFile
 from diffsynth.loading.transformers_keys import clip_visual_official_to_transformers, t5_official_to_transformers
 from diffsynth.models.wan_dit import WanModel
 
@@ -170,10 +173,97 @@ def test_config_that_does_not_fit_is_reported_before_reading(tmp_path, dit):
         load_model(path, config=TINY_I2V.__class__(**{**TINY_I2V.__dict__, "ffn_dim": 48}))
 
 
-def test_missing_shard_lists_missing_keys(tmp_path, dit):
+# ------------------------------------------------------------------------------------------------ shard lists
+DEEP_T2V = dataclasses.replace(TINY_T2V, num_layers=6)
+
+
+def _block_shards(tmp_path, head_first: bool = False):
+    """A 6-block DiT in 3 shards cut at block boundaries: [top + blocks 0-1, blocks 2-3, blocks 4-5 + head]
+    (with `head_first`, the head sits in shard 1, so losing shard 3 loses only blocks)."""
+    sd = tiny_dit(DEEP_T2V, seed=1).state_dict()
+    block = lambda k: int(k.split(".")[1]) if k.startswith("blocks.") else None      # noqa: E731
+    head = [k for k in sd if k.startswith("head.")]
+    parts = [[k for k in sd if block(k) is None and k not in head] + [k for k in sd if block(k) in (0, 1)],
+             [k for k in sd if block(k) in (2, 3)], [k for k in sd if block(k) in (4, 5)]]
+    parts[0 if head_first else 2] += head
+    return [_write({k: sd[k] for k in keys}, tmp_path / f"diffusion_pytorch_model-{i + 1:05d}-of-00003.safetensors")
+            for i, keys in enumerate(parts)]
+
+
+def test_missing_middle_shard_names_the_absent_blocks(tmp_path):
+    shards = _block_shards(tmp_path)
+    with pytest.raises(CheckpointError, match=r"(?s)list of 2 files looks incomplete; 54 tensors of WanModel are "
+                                              r"absent: blocks 2-3 missing\.\nPass every shard"):
+        load_wan_dit([shards[0], shards[2]], config=DEEP_T2V)
+    # Without a config, the gap is found against the layer count read from the last block present.
+    (tmp_path / "config.json").write_text(json.dumps({"dim": 24, "num_heads": 2}))
+    with pytest.raises(CheckpointError, match=r"looks incomplete.*absent: blocks 2-3 missing"):
+        load_wan_dit([shards[0], shards[2]])
+
+
+def test_missing_last_shard_names_blocks_and_head(tmp_path):
+    shards = _block_shards(tmp_path)
+    with pytest.raises(CheckpointError, match=r"looks incomplete.*absent: blocks 4-5; "
+                                              r"head\.head\.bias, head\.head\.weight, head\.modulation missing"):
+        load_wan_dit(shards[:2], config=DEEP_T2V)
+    # No config: the head is needed to read one; the error names it and what the files do hold.
+    (tmp_path / "config.json").write_text(json.dumps({"dim": 24, "num_heads": 2}))
+    with pytest.raises(CheckpointError, match=r"list of 2 files looks incomplete: head\.head\.weight missing "
+                                              r"\(present: blocks 0-3;"):
+        load_wan_dit(shards[:2])
+
+
+def test_missing_first_shard_is_named_from_the_format_markers(tmp_path):
+    shards = _block_shards(tmp_path)
+    with pytest.raises(CheckpointError, match=r"list of 2 files looks incomplete: its tensors look like "
+                                              r"wan_video_dit \(official\) \(blocks 2-5; .*\) but "
+                                              r"patch_embedding\.weight, time_projection\.1\.weight, "
+                                              r"blocks\.0\.self_attn\.q\.weight are missing"):
+        load_wan_dit(shards[1:], config=DEEP_T2V)
+
+
+def test_missing_tail_blocks_are_found_against_num_layers(tmp_path):
+    """The head is in shard 1, so shards 1-2 look like a complete 4-block DiT; config.json says 6 blocks."""
+    shards = _block_shards(tmp_path, head_first=True)
+    (tmp_path / "config.json").write_text(json.dumps({"dim": 24, "num_heads": 2, "num_layers": 6}))
+    with pytest.raises(CheckpointError, match=r"looks incomplete.*absent: blocks 4-5 missing"):
+        load_wan_dit(shards[:2])
+    assert load_wan_dit(shards).config == DEEP_T2V
+
+
+def test_shard_cut_inside_a_block_counts_its_tensors(tmp_path, dit):
     shards = save_shards(dit.state_dict(), tmp_path, 3)
-    with pytest.raises(CheckpointError, match=r"(?s)missing: blocks\.1\..*pass every shard"):
+    with pytest.raises(CheckpointError, match=r"(?s)looks incomplete.*blocks\.1: 18 of 32 tensors \(e\.g\. "
+                                              r"blocks\.1\.cross_attn\.k\.bias\).*head\.modulation missing"):
         load_wan_dit(shards[:2], config=TINY_I2V)
+
+
+def test_dit_shards_with_a_vae_file_are_different_models(tmp_path, dit):
+    shards = save_shards(dit.state_dict(), tmp_path, 2)
+    vae = _write({"model_state": tiny_vae().state_dict()}, tmp_path / "Wan2.1_VAE.pth")
+    # Complete DiT + VAE: both layouts match the union.
+    with pytest.raises(CheckpointError, match=r"(?s)these files hold different models:.*00001-of-00002\.safetensors: "
+                                              r"wan_video_dit \(official\).*Wan2\.1_VAE\.pth: wan_video_vae"):
+        load_model([*shards, vae], config=[TINY_I2V])
+    # A DiT shard without the DiT markers + VAE: the union reads as a VAE with foreign tensors.
+    with pytest.raises(CheckpointError, match=r"(?s)these files hold different models:.*Wan2\.1_VAE\.pth: "
+                                              r"wan_video_vae.*00002-of-00002\.safetensors: another model"):
+        load_model([vae, shards[1]])
+
+
+def test_shards_of_two_dits_of_different_widths(tmp_path, dit):
+    wide = tiny_dit(dataclasses.replace(TINY_I2V, dim=48, ffn_dim=64), seed=2)
+    a = save_shards(dit.state_dict(), tmp_path, 2, stem="narrow")
+    b = save_shards(wide.state_dict(), tmp_path, 2, stem="wide")
+    with pytest.raises(CheckpointError, match=r"(?s)these files hold different models:.*narrow-00001-of-00002"
+                                              r"\.safetensors: wan_video_dit.*wide-00002-of-00002\.safetensors: "
+                                              r"another model; \d+ of \d+ tensors do not fit.*file \[(\d+, )?48\]"):
+        load_wan_dit([a[0], b[1]], config=TINY_I2V)
+    # Whole files of both: the same names with different shapes.
+    with pytest.raises(CheckpointError, match=r"(?s)these files hold different models:.*narrow\.safetensors: "
+                                              r"(\S+) \[24\]\n  wide\.safetensors: \1 \[48\] \(same name"):
+        load_wan_dit([_write(dit.state_dict(), tmp_path / "narrow.safetensors"),
+                      _write(wide.state_dict(), tmp_path / "wide.safetensors")], config=TINY_I2V)
 
 
 # ------------------------------------------------------------------------------------------------ manager
@@ -230,6 +320,57 @@ def test_failure_while_streaming_registers_nothing(tmp_path, dit, monkeypatch):
     with pytest.raises(CheckpointError, match="disk went away"):
         manager.load_model(path, config=TINY_I2V)
     assert len(manager) == 0
+
+
+# ------------------------------------------------------------------------------------------------ NaN / Inf
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_tensor_is_refused_by_name_and_nothing_registered(tmp_path, dit, bad):
+    good = _write(dit.state_dict(), tmp_path / "dit.safetensors")
+    vae_sd = tiny_vae().state_dict()
+    vae_sd["decoder.head.2.weight"].view(-1)[3] = bad
+    vae = _write({"model_state": vae_sd}, tmp_path / "Wan2.1_VAE.pth")
+    manager = ModelManager()
+    manager.load_models([tmp_path / "dit.safetensors"], config=TINY_I2V)
+    with pytest.raises(NonFiniteTensorError, match=r"Wan2\.1_VAE\.pth'?: tensor 'decoder\.head\.2\.weight' .* holds "
+                                                   + ("1 NaN and 0 Inf" if bad != bad else "0 NaN and 1 Inf")):
+        manager.load_models([good, vae], config=TINY_I2V)       # the DiT of this call loads fine first
+    assert manager.model_name == ["wan_video_dit"] and len(manager) == 1    # as before the failed call
+
+
+def test_non_finite_is_caught_as_streamed_before_the_next_shard(tmp_path, dit, monkeypatch):
+    sd = dict(dit.state_dict())
+    shards = save_shards(sd, tmp_path, 3)
+    first_key = next(iter(Checkpoint(shards[0]).infos))
+    damaged = {**load_state_dict(shards[0])}
+    damaged[first_key] = damaged[first_key].clone()
+    damaged[first_key].view(-1)[0] = float("nan")
+    _write(damaged, shards[0])
+    real_read, read = CheckpointFile.read, []
+    monkeypatch.setattr(CheckpointFile, "read", lambda self, key: read.append(self.path) or real_read(self, key))
+    with pytest.raises(NonFiniteTensorError, match=re.escape(first_key)):
+        load_wan_dit(shards, config=TINY_I2V)
+    assert set(read) == {shards[0]}
+
+
+def test_cast_overflow_is_refused(tmp_path, dit):
+    """Finite in the file (fp32) but beyond fp16's range: loading as fp16 would store Inf."""
+    sd = dict(dit.state_dict())
+    sd["blocks.0.ffn.0.weight"] = sd["blocks.0.ffn.0.weight"].clone()
+    sd["blocks.0.ffn.0.weight"][0, 0] = 1e6
+    path = _write(sd, tmp_path / "dit.safetensors")
+    with pytest.raises(NonFiniteTensorError, match=r"blocks\.0\.ffn\.0\.weight.*finite as stored \(torch\.float32\) "
+                                                   r"but overflows torch\.float16 \(largest magnitude 1e\+06\)"):
+        load_wan_dit(path, torch.float16, config=TINY_I2V)
+    assert load_wan_dit(path, torch.bfloat16, config=TINY_I2V).blocks[0].ffn[0].weight[0, 0] == 1e6
+
+
+def test_fp8_nan_is_refused(tmp_path, dit):
+    sd = cast_state_dict(dit.state_dict(), torch.float8_e4m3fn)
+    sd["head.head.weight"].view(torch.uint8).view(-1)[5] = 0x7F          # e4m3fn NaN
+    path = _write(prefixed(sd, "model.diffusion_model."), tmp_path / "wan_fp8.safetensors")
+    with pytest.raises(NonFiniteTensorError, match=r"wan_fp8\.safetensors'?: tensor "
+                                                   r"'model\.diffusion_model\.head\.head\.weight'.*1 NaN"):
+        load_wan_dit(path, config=TINY_I2V)
 
 
 # ------------------------------------------------------------------------------------------------ memory
