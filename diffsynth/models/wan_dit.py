@@ -2,14 +2,16 @@
 
 Attribute names are the official checkpoint keys (`blocks.{i}.self_attn.q`, `cross_attn.k_img`, `norm3`,
 `modulation`, ...), so official files load with a strict `load_state_dict`. Numerics follow the DiffSynth/UniAnimate
-path when the weights are bf16 (activations stay in the parameter dtype; norms and RoPE run internally in fp32),
-and are plain fp32 when the weights are fp32. See `docs/models.md` for the differences from upstream.
+path when the weights are bf16 (activations stay in the parameter dtype; norms run internally in fp32, RoPE in
+float64 as upstream, see `WanModel`), and are plain fp32 (RoPE still float64) when the weights are fp32. See
+`docs/models.md` for the differences from upstream.
 
 Notation: x [B, C, T, h, w] latents; L = T*h'*w' tokens with h' = h/2, w' = w/2; d width; n heads; dh = d/n.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -18,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..configs import WanDiTConfig
 from .attention import attention
-from .layers import RMSNorm, apply_rope, rope_compute_dtype, rope_cos_sin, sinusoidal_embedding
+from .layers import ROPE_PRECISIONS, RMSNorm, apply_rope, rope_freqs, rope_table, sinusoidal_embedding
 
 Grid = Tuple[int, int, int]
 
@@ -46,11 +48,11 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)   # over the full width, all heads together
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x, cos, sin, backend=None):
-        """x [B, L, d]; cos/sin [L, 1, dh/2] -> [B, L, d]."""
+    def forward(self, x, rope, backend=None):
+        """x [B, L, d]; rope: the table from `layers.rope_table` ([L, 1, dh/2] phasors) -> [B, L, d]."""
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731  [B, L, n, dh]
-        q = apply_rope(heads(self.norm_q(self.q(x))), cos, sin)
-        k = apply_rope(heads(self.norm_k(self.k(x))), cos, sin)
+        q = apply_rope(heads(self.norm_q(self.q(x))), rope)
+        k = apply_rope(heads(self.norm_k(self.k(x))), rope)
         v = heads(self.v(x))
         return self.o(attention(q, k, v, backend).flatten(2))
 
@@ -93,12 +95,12 @@ class DiTBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, context, context_img, e0, cos, sin, backend=None):
+    def forward(self, x, context, context_img, e0, rope, backend=None):
         """x [B, L, d]; e0 [B, 6, d] (timestep projection) -> [B, L, d]."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = (
             self.modulation.to(e0.dtype) + e0).chunk(6, dim=1)
         # 1. Self-attention, modulated and gated by the timestep.
-        x = gated_add(x, gate_msa, self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), cos, sin, backend))
+        x = gated_add(x, gate_msa, self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, backend))
         # 2. Cross-attention to text (and image) tokens: no modulation, no gate.
         x = x + self.cross_attn(self.norm3(x), context, context_img, backend)
         # 3. Feed-forward, modulated and gated.
@@ -136,12 +138,24 @@ class WanModel(nn.Module):
 
     `forward` is composed of public steps (`embed_timestep`, `embed_context`, `patchify`, `forward_blocks`,
     `unpatchify_head`) so pipelines can insert caching (TeaCache) between them.
+
+    Args:
+        attention_backend: None picks `$DIFFSYNTH_ATTENTION` or the best importable kernel (see `attention.py`).
+        rope_precision: "float64" (default) rotates q and k exactly as upstream (complex128 multiply, cast back),
+            so bf16 runs are bit-identical to DiffSynth/UniAnimate; it works in token chunks, so the float64
+            transient stays bounded (`layers.ROPE_CHUNK_BYTES`, 32 MiB) instead of a full float64 copy of q and k.
+            "float32" rotates with real cos/sin in fp32 (fp64 activations stay fp64): a rare last-bit bf16
+            difference from upstream, but no float64 arithmetic, which is slow on consumer GPUs (a small fraction
+            of their fp32 rate) and unsupported on Apple MPS. MPS always uses "float32" (with a warning). Also
+            settable on a loaded model: `model.rope_precision = "float32"`.
     """
 
-    def __init__(self, config: WanDiTConfig = WanDiTConfig(), attention_backend: Optional[str] = None):
+    def __init__(self, config: WanDiTConfig = WanDiTConfig(), attention_backend: Optional[str] = None,
+                 rope_precision: str = "float64"):
         super().__init__()
         self.config = cfg = config
-        self.attention_backend = attention_backend   # None: $DIFFSYNTH_ATTENTION or the best importable kernel
+        self.attention_backend = attention_backend
+        self.rope_precision = rope_precision
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -151,6 +165,27 @@ class WanModel(nn.Module):
         self.head = Head(d, cfg.out_dim, cfg.patch_size, cfg.eps)
         if cfg.has_image_input:
             self.img_emb = ImageEmbedding(cfg.image_dim, d)
+
+    @property
+    def rope_precision(self) -> str:
+        return self._rope_precision
+
+    @rope_precision.setter
+    def rope_precision(self, value: str) -> None:
+        if value not in ROPE_PRECISIONS:
+            raise ValueError(f"rope_precision must be one of {ROPE_PRECISIONS}; got {value!r}")
+        self._rope_precision = value
+
+    def rope_for(self, grid: Grid, x: torch.Tensor) -> torch.Tensor:
+        """The RoPE table of a token grid for activations like x, at `rope_precision` (see `layers.rope_table`)."""
+        precision = self.rope_precision
+        if precision == "float64" and x.device.type == "mps":
+            warnings.warn("MPS has no float64: rotating q/k with rope_precision='float32' (may differ from upstream "
+                          "in the last bf16 bit)", stacklevel=3)
+            precision = "float32"
+        freqs = rope_freqs(grid, self.config.head_dim, device="cpu" if x.device.type == "mps" else x.device,
+                           max_len=self.config.rope_max_len)
+        return rope_table(freqs, precision, x.dtype).to(x.device)
 
     # ----------------------------------------------------------------------------------------------- steps
     def embed_timestep(self, timestep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -182,12 +217,10 @@ class WanModel(nn.Module):
     def forward_blocks(self, x, context, context_img, e0, grid: Grid,
                        use_gradient_checkpointing: bool = False, use_gradient_checkpointing_offload: bool = False):
         """Run every transformer block on tokens x [B, L, d]."""
-        cos, sin = rope_cos_sin(grid, self.config.head_dim, device=x.device, max_len=self.config.rope_max_len)
-        compute = rope_compute_dtype(x.dtype)
-        cos, sin = cos.to(compute), sin.to(compute)
+        rope = self.rope_for(grid, x)
         checkpointing = use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            args = (x, context, context_img, e0, cos, sin, self.attention_backend)
+            args = (x, context, context_img, e0, rope, self.attention_backend)
             if not checkpointing:
                 x = block(*args)
                 continue

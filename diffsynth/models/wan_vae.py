@@ -9,7 +9,8 @@ Shapes, used throughout:
 
 Time is causal. Upstream runs the network chunk by chunk (encode: pixel frame 0 alone, then groups of 4; decode: one
 latent frame at a time) and carries the last frames of every temporal convolution's input from one chunk to the
-next. That state lives here in an explicit `CausalCache` object, created per encode/decode call.
+next. That state lives here in an explicit `CausalCache` object, created per encode/decode call. Spatial tiling
+(`encode/decode(tiled=True)`) lives in `vae_tiling.py`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from diffsynth.configs import WanVAEConfig
+from diffsynth.models.vae_tiling import blend_mask, tile_starts, tiled_apply
 
 CACHE_T = 2  # frames of past input a kernel-3 causal conv needs
 
@@ -287,46 +288,6 @@ class Decoder3d(nn.Module):
         return _run_head(self.head, x, cache)
 
 
-# ----------------------------------------------------------------------------------------------------- tiling
-def tile_starts(size: int, tile: int, stride: int) -> List[int]:
-    """Tile start offsets along one axis (DiffSynth's rule): every `stride`, stopping once a tile reached the end.
-    Tiles are `[s, s + tile)` cut at `size`."""
-    starts = []
-    for s in range(0, size, stride):
-        if s - stride >= 0 and s - stride + tile >= size:
-            break
-        starts.append(s)
-    return starts
-
-
-def _ramp_1d(length: int, at_start: bool, at_end: bool, border: int, device) -> torch.Tensor:
-    """1 inside; a linear ramp (1..b)/b over `border` entries on each side that is not an image border."""
-    mask = torch.ones(length, device=device)
-    if border > 0:
-        ramp = torch.arange(1, border + 1, device=device, dtype=torch.float32) / border
-        if not at_start:
-            mask[:border] = ramp[:length]
-        if not at_end:  # written second: where both ramps overlap, the falling one wins (as upstream)
-            mask[-border:] = ramp.flip(0)[-length:]
-    return mask
-
-
-def blend_mask(height: int, width: int, bounds: Tuple[bool, bool, bool, bool], border: Tuple[int, int],
-               device=None) -> torch.Tensor:
-    """[height, width] weights of one tile: element-wise min of the two 1D ramps. `bounds` = (top, bottom, left,
-    right) is True where the tile touches the image border."""
-    mh = _ramp_1d(height, bounds[0], bounds[1], border[0], device)
-    mw = _ramp_1d(width, bounds[2], bounds[3], border[1], device)
-    return torch.minimum(mh[:, None], mw[None, :])
-
-
-def _check_tiling(tile_size: Tuple[int, int], tile_stride: Tuple[int, int]) -> None:
-    for t, s in zip(tile_size, tile_stride):
-        if not 0 < s <= t:
-            raise ValueError(f"tile_stride {tuple(tile_stride)} must be positive and at most tile_size "
-                             f"{tuple(tile_size)} on each axis (otherwise tiles leave gaps)")
-
-
 # --------------------------------------------------------------------------------------------------- the VAE
 class WanVideoVAE(nn.Module):
     """Wan2.1 video VAE with the official parameter names, latent normalisation and (optional) spatial tiling.
@@ -442,7 +403,7 @@ class WanVideoVAE(nn.Module):
         if not tiled:
             return self._encode_normalised(video)
         self._check_video(video)
-        return self._tiled(video, self._encode_normalised, in_unit=8, out_unit=1, out_channels=self.z_dim,
+        return tiled_apply(video, self._encode_normalised, in_unit=8, out_unit=1, out_channels=self.z_dim,
                            out_frames=(video.shape[2] + 3) // 4, tile_size=tile_size, tile_stride=tile_stride,
                            progress=progress, desc="VAE encoding")
 
@@ -458,38 +419,10 @@ class WanVideoVAE(nn.Module):
         if not tiled:
             return self._decode_unclamped(latents).clamp_(-1, 1)
         self._check_latents(latents)
-        video = self._tiled(latents, self._decode_unclamped, in_unit=1, out_unit=8, out_channels=3,
+        video = tiled_apply(latents, self._decode_unclamped, in_unit=1, out_unit=8, out_channels=3,
                             out_frames=4 * latents.shape[2] - 3, tile_size=tile_size, tile_stride=tile_stride,
                             progress=progress, desc="VAE decoding")
         return video.clamp_(-1, 1)
-
-    def _tiled(self, x: torch.Tensor, fn, in_unit: int, out_unit: int, out_channels: int, out_frames: int,
-               tile_size: Tuple[int, int], tile_stride: Tuple[int, int], progress: bool, desc: str) -> torch.Tensor:
-        """Apply `fn` to overlapping spatial tiles of x and blend the outputs with linear-ramp masks (spec 2.8).
-
-        `in_unit` / `out_unit`: pixels per latent pixel of x / of fn's output (8 and 1 for encoding, 1 and 8 for
-        decoding); tile size and stride are given in latent units. Values and weights are accumulated in fp32 on
-        x's device (upstream accumulates on the CPU in x's dtype, bf16 in UniAnimate); the result is cast back to
-        x's dtype.
-        """
-        _check_tiling(tile_size, tile_stride)
-        size_h, size_w = tile_size[0] * in_unit, tile_size[1] * in_unit
-        stride_h, stride_w = tile_stride[0] * in_unit, tile_stride[1] * in_unit
-        border = ((tile_size[0] - tile_stride[0]) * out_unit, (tile_size[1] - tile_stride[1]) * out_unit)
-
-        b, _, _, height, width = x.shape
-        out_h, out_w = height // in_unit * out_unit, width // in_unit * out_unit
-        values = torch.zeros(b, out_channels, out_frames, out_h, out_w, device=x.device, dtype=torch.float32)
-        weights = torch.zeros(1, 1, 1, out_h, out_w, device=x.device, dtype=torch.float32)
-        tiles = [(h0, w0) for h0 in tile_starts(height, size_h, stride_h) for w0 in tile_starts(width, size_w, stride_w)]
-        for h0, w0 in tqdm(tiles, desc=desc, disable=not progress):
-            out = fn(x[:, :, :, h0:h0 + size_h, w0:w0 + size_w]).float()
-            bounds = (h0 == 0, h0 + size_h >= height, w0 == 0, w0 + size_w >= width)
-            mask = blend_mask(out.shape[3], out.shape[4], bounds, border, device=x.device)
-            th, tw = h0 // in_unit * out_unit, w0 // in_unit * out_unit
-            values[:, :, :, th:th + out.shape[3], tw:tw + out.shape[4]] += out * mask
-            weights[:, :, :, th:th + out.shape[3], tw:tw + out.shape[4]] += mask
-        return (values / weights).to(x.dtype)
 
 
 __all__ = ["WanVideoVAE", "CausalCache", "CacheMarker", "CausalConv3d", "RMS_norm", "ResidualBlock",

@@ -1,4 +1,4 @@
-"""WanModel: checkpoint layout, parity with diffusers, RoPE precision, bad input."""
+"""WanModel: checkpoint layout, parity with diffusers, bad input (RoPE: test_rope.py)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from diffsynth.configs import DIT_PRESETS, WanDiTConfig
 from diffsynth.loading.diffusers_dit import dit_diffusers_to_official, dit_official_to_diffusers
-from diffsynth.models.layers import apply_rope, rope_cos_sin, rope_split, sinusoidal_embedding
+from diffsynth.models.layers import sinusoidal_embedding
 from diffsynth.models.wan_dit import WanModel
 from tiny import TINY_I2V, TINY_T2V, randomize_
 
@@ -130,37 +130,6 @@ def test_diffusers_key_mapping_round_trips():
 
 
 # ------------------------------------------------------------------------------------------------- pieces
-def test_rope_matches_complex128_reference():
-    head_dim, grid = 128, (3, 5, 7)
-    assert rope_split(head_dim) == (44, 42, 42) and rope_split(12) == (4, 4, 4) and rope_split(48) == (16, 16, 16)
-    x = torch.randn(2, 3 * 5 * 7, 4, head_dim, generator=torch.Generator().manual_seed(0))
-
-    # Reference: the upstream recipe, per-axis complex tables over 1024 positions, complex128 multiply.
-    def table(dim):
-        freqs = 1.0 / torch.pow(10000.0, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        return torch.polar(torch.ones(1024, dim // 2, dtype=torch.float64), torch.outer(torch.arange(1024.0).double(), freqs))
-    tt, th, tw = table(44), table(42), table(42)
-    f, h, w = grid
-    phasors = torch.cat([tt[:f].view(f, 1, 1, -1).expand(f, h, w, -1), th[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                         tw[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
-    ref = torch.view_as_real(torch.view_as_complex(x.double().reshape(2, -1, 4, 64, 2)) * phasors).flatten(3)
-
-    cos, sin = rope_cos_sin(grid, head_dim)
-    got = apply_rope(x, cos.float(), sin.float())
-    assert got.dtype == torch.float32
-    rel = ((got.double() - ref).norm() / ref.norm()).item()
-    assert rel < 1e-6, rel
-
-
-def test_rope_keeps_half_precision_inputs_in_their_dtype():
-    x = torch.randn(1, 6, 2, 12, dtype=torch.bfloat16)
-    cos, sin = rope_cos_sin((1, 2, 3), 12)
-    out = apply_rope(x, cos.float(), sin.float())
-    assert out.dtype == torch.bfloat16
-    # position (0,0,0) has zero angle: identity rotation
-    torch.testing.assert_close(out[:, 0], x[:, 0])
-
-
 def test_sinusoid_layout_and_bf16_timestep_rounding():
     t = torch.tensor([0.0, 537.0])
     emb = sinusoidal_embedding(256, t)
@@ -221,31 +190,3 @@ def test_bad_input_names_the_problem(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         model(**args)
-
-
-def test_forward_never_makes_float64_copies_of_activations():
-    """Upstream upcasts q and k to complex128 inside RoPE (a 1.3 GB transient at 480p); we must not."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Float64Sizes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor) and t.dtype in (torch.float64, torch.complex128):
-                    self.sizes.append(t.numel())
-            return out
-
-    model = WanModel(TINY_I2V).to(torch.bfloat16).eval()
-    x, y = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 20, 3, 8, 8)
-    tokens = 3 * 4 * 4
-    with torch.no_grad(), Float64Sizes() as probe:
-        out = model(x.bfloat16(), torch.tensor([999.0]).bfloat16(), torch.randn(1, 512, 32).bfloat16(),
-                    clip_feature=torch.randn(1, 257, 16).bfloat16(), y=y.bfloat16())
-    assert out.dtype == torch.bfloat16
-    assert probe.sizes, "the sinusoid and the RoPE tables are built in float64"
-    # Only the phase tables ([L, 1, dh/2]) and the sinusoid may be float64; q/k are [B, L, n, dh] = 4x larger.
-    assert max(probe.sizes) <= tokens * TINY_I2V.head_dim // 2

@@ -1,9 +1,12 @@
-"""bf16 numerics: our DiT against a reference of the DiffSynth/UniAnimate forward written from the spec (1.4)."""
+"""bf16 numerics: our DiT against a reference of the DiffSynth/UniAnimate forward written from the spec (1.4),
+including its complex128 RoPE."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from diffsynth.configs import WanDiTConfig
 from diffsynth.models.wan_dit import WanModel
 from tiny import TINY_I2V, randomize_
 
@@ -68,20 +71,39 @@ def diffsynth_reference(m, x, t, context, clip, y, cond):
     return out.reshape(1, cfg.out_dim, f, hh * 2, ww * 2)
 
 
-def test_bf16_forward_reproduces_the_diffsynth_numerics():
-    model = randomize_(WanModel(TINY_I2V), seed=4, std=0.2).to(torch.bfloat16).eval()
-    gen = torch.Generator().manual_seed(1)
+# Medium config: head width 128 as the real models and 1,920 tokens, enough q/k values (~1M) that an fp32
+# rotation changes some bf16 outputs, so bit-equality below really tests the float64 rotation.
+MEDIUM_I2V = WanDiTConfig(model_type="i2v", in_dim=36, dim=256, ffn_dim=64, num_heads=2, num_layers=2,
+                          text_dim=32, image_dim=16)
+CASES = {"tiny": (TINY_I2V, (3, 8, 8), 1), "medium": (MEDIUM_I2V, (4, 40, 48), 3)}
+
+
+def _run(case, rope_precision):
+    cfg, (f, h, w), seed = CASES[case]
+    model = randomize_(WanModel(cfg, rope_precision=rope_precision), seed=seed + 3, std=0.2).to(torch.bfloat16).eval()
+    gen = torch.Generator().manual_seed(seed)
     bf = lambda *s: torch.randn(*s, generator=gen).to(torch.bfloat16)  # noqa: E731
-    x, y, ctx, clip = bf(1, 16, 3, 8, 8), bf(1, 20, 3, 8, 8), bf(1, 512, 32), bf(1, 257, 16)
-    cond = bf(1, 24, 3, 4, 4)
+    x, y, ctx, clip = bf(1, 16, f, h, w), bf(1, 20, f, h, w), bf(1, 512, 32), bf(1, 257, 16)
+    cond = bf(1, cfg.dim, f, h // 2, w // 2)
     t = torch.tensor([995.935]).to(torch.bfloat16)                   # 996 once rounded, as upstream
     with torch.no_grad():
         ours = model(x, t, ctx, clip_feature=clip, y=y, add_condition=cond)
-    ref = diffsynth_reference(model, x, t, ctx, clip, y, cond)
+    return ours, diffsynth_reference(model, x, t, ctx, clip, y, cond)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bf16_forward_reproduces_the_diffsynth_numerics_bit_for_bit(case):
+    ours, ref = _run(case, "float64")   # the default
     assert ours.dtype == ref.dtype == torch.bfloat16
-    same = (ours == ref).float().mean().item()
-    rel = ((ours.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-    # Bitwise equal in practice (checked over several seeds and grids). RoPE rounds fp32 -> bf16 here instead of
-    # fp64 -> bf16, and RMSNorm sums in a fused kernel, so a rare last-bit flip is allowed, nothing more.
-    assert same > 0.999, same
-    assert rel < 1e-2, rel
+    assert torch.equal(ours, ref), (ours != ref).float().mean().item()
+
+
+def test_bf16_forward_with_float32_rope_is_within_bf16_rounding_of_diffsynth():
+    ours, ref = _run("medium", "float32")
+    differ = (ours != ref).float().mean().item()
+    rel_max = ((ours.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+    rel_norm = ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
+    # Rare last-bit flips in q/k (fp32 instead of fp64 before rounding to bf16) go through attention and two
+    # blocks, so a few % of the outputs move, by bf16 rounding amounts (measured: 2.3%, 4e-3, 6e-4).
+    assert 0 < differ < 0.2, differ   # > 0: this case is sensitive to the RoPE precision (see MEDIUM_I2V)
+    assert rel_max < 1e-2 and rel_norm < 5e-3, (rel_max, rel_norm)

@@ -1,0 +1,85 @@
+"""Spatial tiling of the Wan VAE: the tile grid, the linear-ramp blending masks and the tiled loop (spec 2.8).
+
+`WanVideoVAE.encode/decode(tiled=True)` run the model on overlapping spatial tiles and blend the outputs, which
+bounds the memory of one call by the tile size. Every frame of a tile is processed together (the VAE is causal in
+time), so the tiles only split height and width. Blending is done in fp32 whatever the model's dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+
+def tile_starts(size: int, tile: int, stride: int) -> List[int]:
+    """Tile start offsets along one axis (DiffSynth's rule): every `stride`, stopping once a tile reached the end.
+    Tiles are `[s, s + tile)` cut at `size`."""
+    starts = []
+    for s in range(0, size, stride):
+        if s - stride >= 0 and s - stride + tile >= size:
+            break
+        starts.append(s)
+    return starts
+
+
+def _ramp_1d(length: int, at_start: bool, at_end: bool, border: int, device) -> torch.Tensor:
+    """1 inside; a linear ramp (1..b)/b over `border` entries on each side that is not an image border."""
+    mask = torch.ones(length, device=device)
+    if border > 0:
+        ramp = torch.arange(1, border + 1, device=device, dtype=torch.float32) / border
+        if not at_start:
+            mask[:border] = ramp[:length]
+        if not at_end:  # written second: where both ramps overlap, the falling one wins (as upstream)
+            mask[-border:] = ramp.flip(0)[-length:]
+    return mask
+
+
+def blend_mask(height: int, width: int, bounds: Tuple[bool, bool, bool, bool], border: Tuple[int, int],
+               device=None) -> torch.Tensor:
+    """[height, width] weights of one tile: element-wise min of the two 1D ramps. `bounds` = (top, bottom, left,
+    right) is True where the tile touches the image border."""
+    mh = _ramp_1d(height, bounds[0], bounds[1], border[0], device)
+    mw = _ramp_1d(width, bounds[2], bounds[3], border[1], device)
+    return torch.minimum(mh[:, None], mw[None, :])
+
+
+def check_tiling(tile_size: Tuple[int, int], tile_stride: Tuple[int, int]) -> None:
+    """Raise a ValueError unless 0 < stride <= size on both axes."""
+    for t, s in zip(tile_size, tile_stride):
+        if not 0 < s <= t:
+            raise ValueError(f"tile_stride {tuple(tile_stride)} must be positive and at most tile_size "
+                             f"{tuple(tile_size)} on each axis (otherwise tiles leave gaps)")
+
+
+def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], in_unit: int, out_unit: int,
+                out_channels: int, out_frames: int, tile_size: Tuple[int, int], tile_stride: Tuple[int, int],
+                progress: bool = False, desc: Optional[str] = None) -> torch.Tensor:
+    """Apply `fn` to overlapping spatial tiles of x and blend the outputs with linear-ramp masks (spec 2.8).
+
+    `in_unit` / `out_unit`: pixels per latent pixel of x / of fn's output (8 and 1 for encoding, 1 and 8 for
+    decoding); tile size and stride are given in latent units. Values and weights are accumulated in fp32 on
+    x's device (upstream accumulates on the CPU in x's dtype, bf16 in UniAnimate); the result is cast back to
+    x's dtype.
+    """
+    check_tiling(tile_size, tile_stride)
+    size_h, size_w = tile_size[0] * in_unit, tile_size[1] * in_unit
+    stride_h, stride_w = tile_stride[0] * in_unit, tile_stride[1] * in_unit
+    border = ((tile_size[0] - tile_stride[0]) * out_unit, (tile_size[1] - tile_stride[1]) * out_unit)
+
+    b, _, _, height, width = x.shape
+    out_h, out_w = height // in_unit * out_unit, width // in_unit * out_unit
+    values = torch.zeros(b, out_channels, out_frames, out_h, out_w, device=x.device, dtype=torch.float32)
+    weights = torch.zeros(1, 1, 1, out_h, out_w, device=x.device, dtype=torch.float32)
+    tiles = [(h0, w0) for h0 in tile_starts(height, size_h, stride_h) for w0 in tile_starts(width, size_w, stride_w)]
+    for h0, w0 in tqdm(tiles, desc=desc, disable=not progress):
+        out = fn(x[:, :, :, h0:h0 + size_h, w0:w0 + size_w]).float()
+        bounds = (h0 == 0, h0 + size_h >= height, w0 == 0, w0 + size_w >= width)
+        mask = blend_mask(out.shape[3], out.shape[4], bounds, border, device=x.device)
+        th, tw = h0 // in_unit * out_unit, w0 // in_unit * out_unit
+        values[:, :, :, th:th + out.shape[3], tw:tw + out.shape[4]] += out * mask
+        weights[:, :, :, th:th + out.shape[3], tw:tw + out.shape[4]] += mask
+    return (values / weights).to(x.dtype)
+
+
+__all__ = ["tile_starts", "blend_mask", "check_tiling", "tiled_apply"]
