@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,35 +116,29 @@ class VisionTransformer(nn.Module):
 
 
 def _to_minus1_1_tensor(image) -> torch.Tensor:
-    """PIL image / tensor [3,H,W] / tensor [B,3,H,W] -> float tensor [B,3,H,W] in [-1,1]."""
-    if isinstance(image, torch.Tensor):
-        if not image.is_floating_point():
-            raise TypeError(f"expected a float tensor in [-1, 1], got dtype {image.dtype}")
-        x = image.unsqueeze(0) if image.ndim == 3 else image
-        if x.ndim != 4 or x.size(1) != 3:
-            raise ValueError(f"expected a tensor [B, 3, H, W] or [3, H, W], got shape {tuple(image.shape)}")
-        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    try:
-        from PIL import Image  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy())
-        x = pixels.permute(2, 0, 1).unsqueeze(0) / 255.0  # like torchvision's to_tensor
-        return x.sub(0.5).div(0.5)
-    raise TypeError(f"unsupported image type {type(image).__name__}; pass a PIL image or a float tensor")
+    """Float tensor [3,H,W] or [B,3,H,W] in [-1,1] -> [B,3,H,W]. Models take tensors only: images are decoded in
+    the data layer (`diffsynth.data.images.image_to_tensor`)."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"expected a float tensor in [-1, 1], got {type(image).__name__}; convert images with "
+                        "diffsynth.data.images.image_to_tensor(image, height, width)")
+    if not image.is_floating_point():
+        raise TypeError(f"expected a float tensor in [-1, 1], got dtype {image.dtype}")
+    x = image.unsqueeze(0) if image.ndim == 3 else image
+    if x.ndim != 4 or x.size(1) != 3:
+        raise ValueError(f"expected a tensor [B, 3, H, W] or [3, H, W], got shape {tuple(image.shape)}")
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def preprocess_clip_image(
-    image: Union[torch.Tensor, "PIL.Image.Image", Sequence],  # noqa: F821
+    image: Union[torch.Tensor, Sequence[torch.Tensor]],
     size: int = 224,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> torch.Tensor:
     """Wan2.1 CLIP preprocessing: squash-resize to size x size, then CLIP-normalise.
 
-    Accepts a float tensor [B,3,H,W] or [3,H,W] with values in [-1, 1], a PIL image (any mode; converted to RGB and
-    mapped to [-1, 1] as `to_tensor(img) * 2 - 1`), or a list of those (each resized on its own, then stacked).
+    Accepts a float tensor [B,3,H,W] or [3,H,W] with values in [-1, 1], or a list of those (each resized on its own,
+    then stacked). PIL images are converted in the data layer (`diffsynth.data.images.image_to_tensor`).
     Steps, as in the official `CLIPModel.visual`: torch bicubic interpolation (align_corners=False, no antialias)
     straight to `size` (aspect ratio not kept, no crop); `x * 0.5 + 0.5` back to [0, 1] without clamping (bicubic may
     overshoot slightly); `(x - mean) / std`. Computed in fp32 (half inputs are upcast).
