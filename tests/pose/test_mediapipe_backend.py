@@ -105,4 +105,5 @@ def test_mediapipe_backend_end_to_end(tmp_path):
         rc = run_align_pose.main(["--ref_name", str(tmp_path / "ref.png"), "--source_video_paths", str(frames),
                                   "--saved_pose_dir", str(out), "--backend", "mediapipe", "--quiet"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0000.jpg", "0001.jpg", "0002.jpg", "pose.jpg", "poses.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".run_align_pose.json", "0000.jpg", "0001.jpg", "0002.jpg", "pose.jpg",
+                                                   "poses.json"]
