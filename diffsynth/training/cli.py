@@ -2,16 +2,22 @@
 
     python examples/unianimate_wan/train_unianimate_wan.py --task train --dataset_path data/training_video_pose \
         --dit_path "$WAN/diffusion_pytorch_model-00001-of-00007.safetensors,..." \
-        --text_encoder_path "$WAN/models_t5_umt5-xxl-enc-bf16.pth" --vae_path "$WAN/Wan2.1_VAE.pth" \
-        --image_encoder_path "$WAN/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth" \
         --output_path ./models --lora_rank 64 --lora_alpha 64 --learning_rate 1e-4 --max_epochs 10 \
         --use_gradient_checkpointing --use_gradient_checkpointing_offload
+
+The T5, VAE and CLIP files default to the release files beside the DiT shards. `--resume` continues from the
+newest resumable checkpoint under `--output_path`; `--task data_process` encodes the data once for
+`--cached_dataset_path` training.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
+import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -20,28 +26,40 @@ from lightning.pytorch.callbacks import Callback
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3")
+ENCODER_FLAGS = ("text_encoder", "vae", "image_encoder")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the UniAnimate LoRA and pose guider on Wan2.1-I2V-14B.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", default="train", choices=["train"],
-                   help="only 'train' (upstream's 'data_process' pre-encoding path is not needed: encoding runs "
-                        "inside the training step)")
+    p.add_argument("--task", default="train", choices=["train", "data_process"],
+                   help="'train', or 'data_process': encode the dataset once with T5/VAE/CLIP into "
+                        "--cached_dataset_path, for training without the encoders")
     models = p.add_argument_group("data and models")
-    models.add_argument("--dataset_path", required=True,
+    models.add_argument("--dataset_path", default=None,
                         help="folder of prepare_training_data.py sample folders (or upstream pickle folders); "
                              "comma-separate several folders")
+    models.add_argument("--cached_dataset_path", default=None,
+                        help="data_process: the folder to write the encoded items to; train: train from that folder "
+                             "(T5, VAE and CLIP are not loaded)")
+    models.add_argument("--cache_epochs", type=int, default=1,
+                        help="data_process: encode this many epochs of random clip/crop draws (epoch e of the "
+                             "training reads cached epoch e %% cache_epochs)")
     models.add_argument("--output_path", default="./", help="Lightning default_root_dir (logs and checkpoints)")
-    models.add_argument("--dit_path", required=True, help="DiT file, folder, or comma-separated shards")
-    models.add_argument("--text_encoder_path", required=True, help="models_t5_umt5-xxl-enc-bf16.pth "
-                        "(the google/umt5-xxl tokenizer folder must be beside it, or see --tokenizer_path)")
+    models.add_argument("--dit_path", default=None, help="DiT file, folder, or comma-separated shards")
+    models.add_argument("--text_encoder_path", default=None, help="default: models_t5_umt5-xxl-enc-bf16.pth beside "
+                        "the DiT (the google/umt5-xxl tokenizer folder must be beside it, or see --tokenizer_path)")
     models.add_argument("--tokenizer_path", default=None, help="umT5 tokenizer folder, if not beside the T5 file")
-    models.add_argument("--vae_path", required=True, help="Wan2.1_VAE.pth")
-    models.add_argument("--image_encoder_path", required=True,
-                        help="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    models.add_argument("--vae_path", default=None, help="default: Wan2.1_VAE.pth beside the DiT")
+    models.add_argument("--image_encoder_path", default=None,
+                        help="default: models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth beside the DiT")
+    models.add_argument("--model_config", default=None,
+                        help="JSON file with model configs for checkpoints whose shapes do not determine them, e.g. "
+                             '{"image_encoder": {"dim": 32, "num_heads": 4, ...}} (keys: dit, text_encoder, vae, '
+                             "image_encoder; values: the fields of the config dataclasses in diffsynth/configs.py)")
     models.add_argument("--pretrained_lora_path", default=None,
-                        help="start from a UniAnimate checkpoint (weights only; --lora_rank must match)")
+                        help="start from a UniAnimate checkpoint: a file, or a folder with one checkpoint or the "
+                             "shards of one export (weights only; --lora_rank/--lora_alpha must match)")
 
     data = p.add_argument_group("clips")
     data.add_argument("--num_frames", type=int, default=81, help="frames per clip (4k+1)")
@@ -79,7 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default=None,
                      help="Lightning precision; default bf16-mixed on GPU (bf16 weights), 32-true on CPU (fp32)")
     run.add_argument("--devices", default="auto", help="Lightning devices (e.g. 'auto', 1, '0,1')")
-    run.add_argument("--save_every_n_steps", type=int, default=100, help="checkpoint every N optimizer steps")
+    run.add_argument("--save_every_n_steps", type=int, default=100,
+                     help="write a release checkpoint and a resumable one every N optimizer steps")
+    run.add_argument("--keep_resume_checkpoints", type=int, default=2,
+                     help="resumable checkpoints of this run to keep (the newest; 0 keeps all)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the newest resumable checkpoint under --output_path (start fresh if none)")
+    run.add_argument("--resume_from_checkpoint", default=None, help="continue from this resumable checkpoint")
     run.add_argument("--use_swanlab", action="store_true", help="log to SwanLab (pip install swanlab)")
     run.add_argument("--swanlab_mode", default=None, help="SwanLab mode, e.g. 'local' or 'cloud'")
     return p
@@ -113,32 +137,56 @@ def resolve_strategy(name: str):
     return name
 
 
-def build_logger(args):
-    if not args.use_swanlab:
-        return True            # Lightning's default logger under output_path/lightning_logs
-    try:
-        from swanlab.integration.pytorch_lightning import SwanLabLogger  # noqa: PLC0415
-    except ImportError as error:
-        raise SystemExit(f"--use_swanlab needs SwanLab: pip install swanlab ({error})") from error
-    return SwanLabLogger(project="wan", name="wan", config=vars(args), mode=args.swanlab_mode,
-                         logdir=os.path.join(args.output_path, "swanlog"))
+# ------------------------------------------------------------------------------------------------ model files
+def release_folder(dit_path: Optional[str]) -> Optional[Path]:
+    """The folder of the DiT (its first shard's folder, or the folder given)."""
+    if not dit_path:
+        return None
+    first = Path(dit_path.split(",")[0].strip()).expanduser()
+    return first if first.is_dir() else first.parent
 
 
-def build_trainer(args):
-    import lightning.pytorch as pl  # noqa: PLC0415
-    from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
+def resolve_encoder_paths(args) -> None:
+    """Fill --text_encoder_path, --vae_path and --image_encoder_path with the Wan2.1 release files beside the DiT
+    shards when they are not given; a missing file is an error that names it."""
+    from ..inference import WAN_I2V_FILES  # noqa: PLC0415
 
-    return pl.Trainer(
-        max_epochs=args.max_epochs, max_steps=args.max_steps,
-        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=args.devices,
-        precision=args.precision, strategy=resolve_strategy(args.training_strategy),
-        default_root_dir=args.output_path, accumulate_grad_batches=args.accumulate_grad_batches,
-        callbacks=[ModelCheckpoint(save_top_k=-1, every_n_train_steps=args.save_every_n_steps, save_last=True),
-                   EpochSetter()],
-        logger=build_logger(args),
-    )
+    folder = release_folder(args.dit_path)
+    for name in ENCODER_FLAGS:
+        flag = f"{name}_path"
+        if getattr(args, flag):
+            continue
+        expected = WAN_I2V_FILES[name]
+        if folder is None:
+            raise SystemExit(f"--{flag} is needed ({expected}), or --dit_path to find it beside the DiT")
+        candidate = folder / expected
+        if not candidate.is_file():
+            raise SystemExit(f"--{flag} not given and {expected} is not beside the DiT in {folder}: download the "
+                             f"Wan2.1-I2V release there or pass --{flag}")
+        setattr(args, flag, str(candidate))
 
 
+def load_model_configs(path: Optional[str]) -> list:
+    """`--model_config` JSON -> config dataclasses (JSON lists become tuples)."""
+    if not path:
+        return []
+    from ..configs import ClipVisionConfig, UMT5Config, WanDiTConfig, WanVAEConfig  # noqa: PLC0415
+
+    types = {"dit": WanDiTConfig, "text_encoder": UMT5Config, "vae": WanVAEConfig, "image_encoder": ClipVisionConfig}
+    data = json.loads(Path(path).read_text())
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise SystemExit(f"--model_config {path}: unknown models {unknown}; use {sorted(types)}")
+    configs = []
+    for name, fields in data.items():
+        try:
+            configs.append(types[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}))
+        except TypeError as error:
+            raise SystemExit(f"--model_config {path}: {name}: {error}") from error
+    return configs
+
+
+# ------------------------------------------------------------------------------------------------ pieces
 class EpochSetter(Callback):
     """Tells a seeded dataset the epoch, so each epoch draws other clips and crops."""
 
@@ -149,7 +197,88 @@ class EpochSetter(Callback):
             dataset.set_epoch(trainer.current_epoch)
 
 
+class SaveSettings(Callback):
+    """Writes the run's settings as `args.json` in --output_path (the latest run) and in the run's version folder."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        import datetime  # noqa: PLC0415
+
+        data = {**self.settings, "start_step": trainer.global_step, "start_epoch": trainer.current_epoch,
+                "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        folders = [Path(trainer.default_root_dir)]
+        if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+            data["checkpoint_dir"] = str(trainer.checkpoint_callback.dirpath)
+            folders.append(Path(trainer.checkpoint_callback.dirpath).parent)
+        from ..data.safe_write import atomic_write_text  # noqa: PLC0415
+
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "args.json", json.dumps(data, indent=1, default=str))
+
+
+def build_logger(args):
+    """SwanLab when asked for; else TensorBoard when installed; else Lightning's CSV logger. All of them log under
+    <output_path>/lightning_logs/version_N, where the checkpoints go too."""
+    if args.use_swanlab:
+        try:
+            from swanlab.integration.pytorch_lightning import SwanLabLogger  # noqa: PLC0415
+        except ImportError as error:
+            raise SystemExit(f"--use_swanlab needs SwanLab: pip install swanlab ({error})") from error
+        return SwanLabLogger(project="wan", name="wan", config=vars(args), mode=args.swanlab_mode,
+                             logdir=os.path.join(args.output_path, "swanlog"))
+    import importlib.util  # noqa: PLC0415
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: PLC0415
+
+    if any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX")):
+        return TensorBoardLogger(save_dir=args.output_path, name="lightning_logs")
+    return CSVLogger(save_dir=args.output_path, name="lightning_logs")
+
+
+def resumable(args) -> bool:
+    return not args.training_strategy.startswith("deepspeed")
+
+
+def build_trainer(args, stop=None):
+    import lightning.pytorch as pl  # noqa: PLC0415
+    from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
+
+    from .resume import LOSS_FILE, LossLog, ResumeCheckpoint  # noqa: PLC0415
+
+    callbacks = [ModelCheckpoint(save_top_k=-1, every_n_train_steps=args.save_every_n_steps, save_last=True),
+                 EpochSetter(), LossLog(Path(args.output_path) / LOSS_FILE), SaveSettings(vars(args))]
+    if resumable(args):
+        callbacks.append(ResumeCheckpoint(args.save_every_n_steps, args.keep_resume_checkpoints, stop))
+    else:
+        logger.warning("--training_strategy %s: resumable checkpoints are not written (DeepSpeed shards the "
+                       "optimizer); the release checkpoints are", args.training_strategy)
+    return pl.Trainer(
+        max_epochs=args.max_epochs, max_steps=args.max_steps,
+        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=args.devices,
+        precision=args.precision, strategy=resolve_strategy(args.training_strategy),
+        default_root_dir=args.output_path, accumulate_grad_batches=args.accumulate_grad_batches,
+        callbacks=callbacks, logger=build_logger(args), log_every_n_steps=1,
+        use_distributed_sampler=False,          # the EpochSampler splits the data between processes itself
+    )
+
+
 def build_dataset(args):
+    if args.cached_dataset_path:
+        from .cache import CachedDataset  # noqa: PLC0415
+
+        dataset = CachedDataset(args.cached_dataset_path)
+        s = dataset.settings
+        logger.info("training from the cache %s: %d items per epoch, %d frames at %dx%d, %d cached epoch(s)",
+                    args.cached_dataset_path, len(dataset), s["num_frames"], s["height"], s["width"],
+                    dataset.manifest["epochs"])
+        return dataset
+    if not args.dataset_path:
+        raise SystemExit("--dataset_path (or --cached_dataset_path) is required")
     from .dataset import UniAnimateDataset  # noqa: PLC0415
 
     paths = [p.strip() for p in args.dataset_path.split(",") if p.strip()]
@@ -159,42 +288,150 @@ def build_dataset(args):
 
 
 def build_module(args, configs=None):
+    """The LightningModule; without encoders when training from --cached_dataset_path."""
+    from ..loading.formats import ConfigError  # noqa: PLC0415
     from .module import UniAnimateTrainingModule  # noqa: PLC0415
 
-    return UniAnimateTrainingModule(
-        args.dit_path, args.text_encoder_path, args.vae_path, args.image_encoder_path,
-        tokenizer_path=args.tokenizer_path, torch_dtype=weight_dtype(args.precision),
-        learning_rate=args.learning_rate, train_architecture=args.train_architecture, lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha, lora_target_modules=args.lora_target_modules,
-        init_lora_weights=args.init_lora_weights, pretrained_lora_path=args.pretrained_lora_path,
-        use_gradient_checkpointing=args.use_gradient_checkpointing,
-        use_gradient_checkpointing_offload=args.use_gradient_checkpointing_offload, tiled=args.tiled,
-        tile_size=(args.tile_size_height, args.tile_size_width),
-        tile_stride=(args.tile_stride_height, args.tile_stride_width),
-        pose_dropout=args.pose_dropout, reference_dropout=args.reference_dropout, configs=configs, progress=True)
+    if not args.dit_path:
+        raise SystemExit("--dit_path is required for training")
+    if args.cached_dataset_path:
+        encoders = (None, None, None)
+    else:
+        resolve_encoder_paths(args)
+        encoders = (args.text_encoder_path, args.vae_path, args.image_encoder_path)
+    configs = [*(configs or []), *load_model_configs(args.model_config)] or None
+    try:
+        return UniAnimateTrainingModule(
+            args.dit_path, *encoders,
+            tokenizer_path=args.tokenizer_path, torch_dtype=weight_dtype(args.precision),
+            learning_rate=args.learning_rate, train_architecture=args.train_architecture, lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha, lora_target_modules=args.lora_target_modules,
+            init_lora_weights=args.init_lora_weights,
+            pretrained_lora_path=None if getattr(args, "resume_path", None) else args.pretrained_lora_path,
+            use_gradient_checkpointing=args.use_gradient_checkpointing,
+            use_gradient_checkpointing_offload=args.use_gradient_checkpointing_offload, tiled=args.tiled,
+            tile_size=(args.tile_size_height, args.tile_size_width),
+            tile_stride=(args.tile_stride_height, args.tile_stride_width),
+            pose_dropout=args.pose_dropout, reference_dropout=args.reference_dropout, configs=configs, progress=True)
+    except ConfigError as error:
+        raise SystemExit(f"{error}\nOn the command line, give that config with --model_config FILE.json, e.g. "
+                         '{"image_encoder": {"image_size": 224, "patch_size": 14, "dim": 1280, "mlp_dim": 5120, '
+                         '"num_heads": 16, "num_layers": 32}}') from error
 
 
+# ------------------------------------------------------------------------------------------------ resume
+def find_resume_path(args) -> Optional[Path]:
+    """The checkpoint to continue from (--resume_from_checkpoint, or the newest one under --output_path with
+    --resume), checked against the current flags before any model is loaded."""
+    from .module import check_resume_settings  # noqa: PLC0415
+    from .resume import RESUME_KEY, latest_resume_checkpoint, read_resume_checkpoint  # noqa: PLC0415
+
+    if args.resume and args.resume_from_checkpoint:
+        raise SystemExit("pass --resume or --resume_from_checkpoint, not both")
+    if args.resume_from_checkpoint:
+        path = Path(args.resume_from_checkpoint)
+        if not path.is_file():
+            raise SystemExit(f"--resume_from_checkpoint not found: {path}")
+    elif args.resume:
+        path = latest_resume_checkpoint(args.output_path)
+        if path is None:
+            logger.info("--resume: no resumable checkpoint under %s yet; starting from scratch", args.output_path)
+            return None
+    else:
+        return None
+    if not resumable(args):
+        raise SystemExit(f"resuming is not supported with --training_strategy {args.training_strategy}")
+    try:
+        checkpoint = read_resume_checkpoint(path)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
+    check_resume_settings(checkpoint[RESUME_KEY], {
+        "train_architecture": args.train_architecture, "lora_rank": args.lora_rank,
+        "lora_alpha": float(args.lora_alpha), "lora_target_modules": targets}, str(path))
+    logger.info("resuming from %s (epoch %s, step %s)", path, checkpoint.get("epoch"), checkpoint.get("global_step"))
+    if args.pretrained_lora_path:
+        logger.info("--pretrained_lora_path is ignored when resuming: the checkpoint holds the weights")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ tasks
 def train(args, configs=None):
     """Build the data, module and Trainer from parsed arguments and fit. `configs`: model configs for
-    checkpoints whose shapes do not determine them (tiny test models). Returns the Trainer."""
+    checkpoints whose shapes do not determine them (tiny test models; the CLI has --model_config). Returns the
+    Trainer; `trainer.stopped_by_signal` is the signal number when SIGINT/SIGTERM stopped it."""
     import lightning.pytorch as pl  # noqa: PLC0415
-    from torch.utils.data import DataLoader  # noqa: PLC0415
+    from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: PLC0415
+
+    from .resume import StopRequest, make_loader  # noqa: PLC0415
 
     if args.seed is not None:
         pl.seed_everything(args.seed, workers=True)
+    args.resume_path = find_resume_path(args)
     dataset = build_dataset(args)
-    trainer = build_trainer(args)              # fails fast on a missing DeepSpeed/SwanLab, before loading models
+    stop = StopRequest()
+    trainer = build_trainer(args, stop)        # fails fast on a missing DeepSpeed/SwanLab, before loading models
     module = build_module(args, configs)
-    loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=args.dataloader_num_workers,
-                        persistent_workers=False)
-    trainer.fit(module, loader)
+    loader = make_loader(dataset, args.seed, args.dataloader_num_workers)
+    with stop, warnings.catch_warnings():
+        # A resumed run writes into a new version folder; Lightning warns that the old one is not reused.
+        warnings.filterwarnings("ignore", message="The dirpath has changed")
+        try:
+            trainer.fit(module, loader, ckpt_path=str(args.resume_path) if args.resume_path else None,
+                        weights_only=True)
+        except SIGTERMException:               # Lightning's own reaction to SIGTERM, after our checkpoint
+            if stop.signum is None:
+                raise
+    trainer.stopped_by_signal = stop.signum
     return trainer
+
+
+def data_process(args, configs=None):
+    """`--task data_process`: encode the dataset once into --cached_dataset_path (see cache.py)."""
+    import lightning.pytorch as pl  # noqa: PLC0415
+
+    from .cache import encode_dataset  # noqa: PLC0415
+    from .module import FrozenEncoders  # noqa: PLC0415
+
+    if not args.cached_dataset_path:
+        raise SystemExit("--task data_process needs --cached_dataset_path, the folder to write")
+    if args.seed is not None:
+        pl.seed_everything(args.seed)
+    dataset = build_dataset(argparse.Namespace(**{**vars(args), "cached_dataset_path": None}))
+    resolve_encoder_paths(args)
+    dtype = weight_dtype(args.precision)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    configs = [*(configs or []), *load_model_configs(args.model_config)] or None
+    encoders = FrozenEncoders.load(
+        args.text_encoder_path, args.vae_path, args.image_encoder_path, tokenizer_path=args.tokenizer_path,
+        torch_dtype=dtype, configs=configs, progress=True, tiled=args.tiled,
+        tile_size=(args.tile_size_height, args.tile_size_width),
+        tile_stride=(args.tile_stride_height, args.tile_stride_width)).to(device)
+    settings = {
+        "dataset_path": args.dataset_path, "num_frames": args.num_frames, "height": args.height, "width": args.width,
+        "frame_interval": args.frame_interval, "steps_per_epoch": args.steps_per_epoch, "seed": args.seed,
+        "tiled": args.tiled, "tile_size": [args.tile_size_height, args.tile_size_width],
+        "tile_stride": [args.tile_stride_height, args.tile_stride_width], "dtype": str(dtype).replace("torch.", ""),
+        "text_encoder_path": args.text_encoder_path, "vae_path": args.vae_path,
+        "image_encoder_path": args.image_encoder_path,
+    }
+    return encode_dataset(dataset, encoders, args.cached_dataset_path, settings, epochs=args.cache_epochs,
+                          device=device)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(parse_args(argv))
+    args = parse_args(argv)
+    if args.task == "data_process":
+        data_process(args)
+        return
+    trainer = train(args)
+    if trainer.stopped_by_signal:
+        logger.warning("stopped by signal %d at step %d; continue with --resume", trainer.stopped_by_signal,
+                       trainer.global_step)
+        sys.exit(128 + int(trainer.stopped_by_signal))
 
 
-__all__ = ["build_parser", "parse_args", "build_trainer", "build_dataset", "build_module", "train", "main",
-           "weight_dtype", "resolve_strategy", "EpochSetter"]
+__all__ = ["build_parser", "parse_args", "build_trainer", "build_dataset", "build_module", "train", "data_process",
+           "main", "weight_dtype", "resolve_strategy", "resolve_encoder_paths", "load_model_configs",
+           "find_resume_path", "EpochSetter", "SaveSettings"]

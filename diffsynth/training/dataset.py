@@ -12,7 +12,8 @@ restricted unpickler). Per item, with one seeded generator:
    box `(x1, y1, W0 - x2, H0 - y2)`; then a bilinear stretch-resize to (height, width), no aspect preservation.
 
 Item keys: `video` [3, F, H, W] float in [-1, 1]; `dwpose_data` [3, F, H, W] float 0..255; `first_frame` and
-`random_ref_dwpose` [H, W, 3] uint8; `text`; `path`.
+`random_ref_dwpose` [H, W, 3] uint8; `text`; `path`; and the draw: `frame_indices` [F], `ref_index` and `crop_box`
+(left, top, right, bottom) as integer tensors.
 """
 from __future__ import annotations
 
@@ -46,13 +47,26 @@ def is_sample_folder(folder: Path) -> bool:
 
 
 def find_sample_folders(roots: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[Path]:
-    """Every sample folder under `roots` (a root may itself be a sample), sorted; symlinked folders are followed
-    but a sample folder is never searched further."""
+    """Every sample folder under `roots` (a root may itself be a sample), sorted; a sample folder is never searched
+    further. Symlinked folders are followed, but every real folder is visited once: a symlink loop (`loop -> .`)
+    neither hangs nor repeats samples, and a sample reachable by several paths counts once (under the first path
+    in sorted walk order)."""
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     found: List[Path] = []
+    seen = set()                                         # real paths of the folders visited so far
+
+    def first_visit(folder) -> bool:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return False
+        seen.add(real)
+        return True
+
     for root in map(Path, roots):
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {root}")
+        if not first_visit(root):
+            continue
         if is_sample_folder(root):
             found.append(root)
             continue
@@ -62,7 +76,7 @@ def find_sample_folders(roots: Union[str, os.PathLike, Sequence[Union[str, os.Pa
                 found.append(current)
                 dirs[:] = []
             else:
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and first_visit(current / d)]
     if not found:
         raise FileNotFoundError(f"no training samples (folders with {META_FILE}, or upstream {LEGACY_FRAME_FILE}) "
                                 f"under {', '.join(map(str, roots))}; make them with prepare_training_data.py")
@@ -170,6 +184,8 @@ class UniAnimateDataset(Dataset):
             "first_frame": torch.from_numpy(resized[ref_index][0]),
             "random_ref_dwpose": torch.from_numpy(resized[ref_index][1]),
             "path": str(folder),
+            # how the item was drawn (recorded by `--task data_process`)
+            "frame_indices": torch.tensor(indices), "ref_index": torch.tensor(ref_index), "crop_box": torch.tensor(box),
         }
 
     def _resize(self, image: Image.Image, box) -> np.ndarray:

@@ -2,10 +2,7 @@
 round trip through `ModelManager.load_lora_v2`, pretrained-LoRA loading and the command line."""
 from __future__ import annotations
 
-import io
 import json
-import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +10,11 @@ import torch
 from PIL import Image
 
 from diffsynth.loading import ModelManager
-from diffsynth.tiny import TINY_CLIP, TINY_T5, TINY_VAE, build_tiny_models, save_tiny_checkpoints
-from diffsynth.training.dataset import SampleError, UniAnimateDataset, random_crop_box, select_frames
+from diffsynth.tiny import build_tiny_models, save_tiny_checkpoints
+from diffsynth.training.dataset import (SampleError, UniAnimateDataset, find_sample_folders, random_crop_box,
+                                        select_frames)
+from training.training_helpers import (CONFIGS, F, H, W, decode, frame_value, pose_value, save_structural_checkpoints,
+                                       tiny_argv, write_legacy_sample, write_sample)
 
 pl = pytest.importorskip("lightning.pytorch")
 pytest.importorskip("peft")
@@ -22,55 +22,8 @@ pytest.importorskip("peft")
 from diffsynth.training import cli  # noqa: E402
 from diffsynth.training.module import TrainingError, UniAnimateTrainingModule  # noqa: E402
 
-H, W, F = 32, 32, 5
-CONFIGS = [TINY_T5, TINY_VAE, TINY_CLIP]
-
 
 # ------------------------------------------------------------------------------------------------ sample data
-def frame_value(i: int) -> int:
-    return 20 + 10 * i
-
-
-def pose_value(i: int) -> int:
-    return 235 - 10 * i
-
-
-def _jpeg(value: int, size=(36, 52)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (value, value, value)).save(buffer, "JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def write_sample(folder: Path, count: int, size=(36, 52), text=None) -> Path:
-    """A sample folder in the prepare_training_data.py format (docs/training_data.md); frame i is a flat grey
-    `frame_value(i)`, its pose `pose_value(i)`, so selections can be read back from pixel values."""
-    names = [f"{i:06d}.jpg" for i in range(count)]
-    for sub, value in (("frames", frame_value), ("poses", pose_value)):
-        (folder / sub).mkdir(parents=True)
-        for i, name in enumerate(names):
-            (folder / sub / name).write_bytes(_jpeg(value(i), size))
-    meta = {"format": "diffsynth.training_sample/1", "width": size[0], "height": size[1], "num_frames": count,
-            "files": names}
-    if text:
-        meta["text"] = text
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return folder
-
-
-def write_legacy_sample(folder: Path, count: int) -> Path:
-    folder.mkdir(parents=True)
-    frames = {f"{i:06d}.jpg": _jpeg(frame_value(i)) for i in range(count)}
-    poses = {f"{i:06d}.jpg": _jpeg(pose_value(i)) for i in range(count)}
-    (folder / "frame_data.pkl").write_bytes(pickle.dumps(frames))
-    (folder / "dw_pose_with_foot_wo_face.pkl").write_bytes(pickle.dumps(poses))
-    return folder
-
-
-def decode(values: torch.Tensor, base) -> int:
-    """Frame index from a flat grey image's mean value."""
-    return int(round((float(values.float().mean()) - base(0)) / (base(1) - base(0))))
-
-
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
@@ -123,6 +76,10 @@ def test_dataset_items(dataset_root):
             assert frames == [0, 1, 2, 2, 2]
         ref = decode(item["first_frame"], frame_value)
         assert 0 <= ref < count and decode(item["random_ref_dwpose"], pose_value) == ref
+        assert item["frame_indices"].tolist() == frames and int(item["ref_index"]) == ref   # the draw is reported
+        left, top, right, bottom = item["crop_box"].tolist()
+        assert 0 <= left <= 36 // 14 and 36 - 36 // 14 <= right <= 36                # up to 1/14 cut per side
+        assert 0 <= top <= 52 // 14 and 52 - 52 // 14 <= bottom <= 52
     assert ds[2]["text"] == "a girl waves" and ds[0]["text"] == "a person is dancing"
     # seeded: the same item again, other draws in another epoch
     again = UniAnimateDataset(dataset_root, num_frames=F, height=H, width=W, seed=0)[1]
@@ -133,6 +90,24 @@ def test_dataset_items(dataset_root):
         firsts.add(decode((ds[1]["video"][:, 0] + 1) * 127.5, frame_value))
     assert len(firsts) > 1
     assert len(UniAnimateDataset(dataset_root, num_frames=F, height=H, width=W, samples_per_epoch=7)) == 7
+
+
+def test_find_sample_folders_follows_symlinks_once(tmp_path):
+    root = tmp_path / "data"
+    write_sample(root / "a", 3)
+    write_sample(tmp_path / "elsewhere" / "b", 3)
+    (root / "loop").symlink_to(".", target_is_directory=True)                   # a loop: loop/loop/loop/...
+    (root / "b_link").symlink_to(tmp_path / "elsewhere" / "b", target_is_directory=True)
+    (root / "nested").mkdir()
+    (root / "nested" / "a_again").symlink_to(root / "a", target_is_directory=True)   # a second path to a
+    (root / "up").symlink_to(tmp_path, target_is_directory=True)               # reaches elsewhere/b again
+    # In a child process with a time limit: without the dedup this walk would go loop/loop/... and up/data/up/...
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        found = pool.apply_async(find_sample_folders, (root,)).get(timeout=30)
+    assert found == [root / "a", root / "b_link"]
+    assert find_sample_folders([root, root / "a", root / "loop"]) == found      # roots seen before are skipped
 
 
 def test_dataset_crop_is_shared_and_within_bounds(tmp_path):
@@ -305,6 +280,8 @@ def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path, monkeypatch):
     files = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     assert [f.name for f in files] == ["epoch=0-step=2.ckpt"]
     saved = torch.load(files[0], weights_only=True, map_location="cpu")
+    alpha = saved.pop("network_alpha")                                     # the training alpha, 0-dim fp32
+    assert alpha.shape == () and alpha.dtype == torch.float32 and float(alpha) == 8.0
     assert saved.keys() == module.trainable_state_dict().keys()
     for name, tensor in saved.items():
         assert torch.equal(tensor, after[name].detach()), name
@@ -355,6 +332,64 @@ def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path, monkeypatch):
         assert torch.equal(tensor, saved[name]), name
 
 
+def test_pretrained_lora_path_is_strict(tiny, tmp_path):
+    models, ckpt = tiny
+    release = torch.load(ckpt.unianimate, weights_only=True)              # rank-2 LoRA on every target + pose guider
+    lora = {k: v for k, v in release.items() if ".lora_" in k}
+    pose = {k: v for k, v in release.items() if ".lora_" not in k}
+    make = dict(lora_rank=2, lora_alpha=8.0)
+
+    def path(name, state):
+        torch.save(state, tmp_path / name)
+        return str(tmp_path / name)
+
+    # the whole file loads, with or without a stored alpha equal to --lora_alpha
+    module = make_module(tiny, **make, pretrained_lora_path=path("ok.ckpt", {**release,
+                                                                             "network_alpha": torch.tensor(8.0)}))
+    assert all(torch.equal(module.trainable_state_dict()[k], v) for k, v in release.items())
+    with pytest.raises(TrainingError, match="lora_alpha 4 .*--lora_alpha is 8.*--lora_alpha 4"):
+        make_module(tiny, **make, pretrained_lora_path=path("a4.ckpt", {**release, "network_alpha": torch.tensor(4.0)}))
+    # some LoRA tensors missing: named
+    dropped = "pipe.dit.blocks.1.ffn.2.lora_B.default.weight"
+    with pytest.raises(TrainingError, match=r"misses 1 of the 40 .*blocks\.1\.ffn\.2\.lora_B"):
+        make_module(tiny, **make, pretrained_lora_path=path("part.ckpt", {k: v for k, v in release.items()
+                                                                           if k != dropped}))
+    # no LoRA at all: the base DiT shards
+    with pytest.raises(TrainingError, match="holds no LoRA tensors.*base model weights"):
+        make_module(tiny, **make, pretrained_lora_path=",".join(ckpt.dit_shards))
+    # no pose guider
+    with pytest.raises(TrainingError, match="misses 26 of the 26 pose-guider tensors"):
+        make_module(tiny, **make, pretrained_lora_path=path("lora_only.ckpt", lora))
+
+    # folders: one checkpoint is fine; the complete shards of one export are fine; anything else is refused
+    one = tmp_path / "one"
+    one.mkdir()
+    torch.save(release, one / "UniAnimate.ckpt")
+    make_module(tiny, **make, pretrained_lora_path=str(one))
+    torch.save(release, one / "epoch=0-step=200.ckpt")
+    with pytest.raises(TrainingError, match=r"several checkpoint files \(UniAnimate\.ckpt, epoch=0-step=200\.ckpt\)"):
+        make_module(tiny, **make, pretrained_lora_path=str(one))
+    from safetensors.torch import save_file
+    shards = tmp_path / "export"
+    shards.mkdir()
+    save_file({k: v.contiguous() for k, v in lora.items() if "lora_A" in k},
+              shards / "model-00001-of-00002.safetensors")
+    save_file({k: v.contiguous() for k, v in {**pose, **lora}.items() if "lora_A" not in k},
+              shards / "model-00002-of-00002.safetensors")
+    module = make_module(tiny, **make, pretrained_lora_path=str(shards))
+    assert all(torch.equal(module.trainable_state_dict()[k], v) for k, v in release.items())
+    (shards / "model-00002-of-00002.safetensors").rename(shards / "model-00002-of-00003.safetensors")
+    with pytest.raises(TrainingError, match="several checkpoint files"):
+        make_module(tiny, **make, pretrained_lora_path=str(shards))
+    (shards / "model-00001-of-00002.safetensors").rename(shards / "model-00001-of-00003.safetensors")
+    with pytest.raises(TrainingError, match=r"shard\(s\) \[3\] are missing"):
+        make_module(tiny, **make, pretrained_lora_path=str(shards))
+    zero = tmp_path / "epoch=0-step=500.ckpt"
+    (zero / "checkpoint").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="DeepSpeed ZeRO checkpoint folder.*zero_to_fp32"):
+        make_module(tiny, **make, pretrained_lora_path=str(zero))
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def test_cli_defaults_and_flags():
     required = ["--dataset_path", "d", "--dit_path", "a.safetensors,b.safetensors", "--text_encoder_path", "t",
@@ -367,8 +402,28 @@ def test_cli_defaults_and_flags():
     assert not any("/mnt" in str(v) for v in vars(args).values())
     assert not cli.parse_args(required + ["--no-tiled"]).tiled
     assert cli.weight_dtype("bf16-mixed") == torch.bfloat16 and cli.weight_dtype("32-true") == torch.float32
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--dataset_path", "d"])                           # no author paths to fall back on
+    assert args.text_encoder_path == "t" and cli.parse_args(["--dit_path", "x"]).vae_path is None
+    with pytest.raises(SystemExit, match="--dit_path is required"):
+        cli.build_module(cli.parse_args(["--dataset_path", "d"]))          # no author paths to fall back on
+    with pytest.raises(SystemExit, match="--dataset_path .* is required"):
+        cli.build_dataset(cli.parse_args(["--dit_path", "x"]))
+
+
+def test_cli_finds_the_encoders_beside_the_dit(tmp_path):
+    for name in ("diffusion_pytorch_model-00001-of-00002.safetensors", "models_t5_umt5-xxl-enc-bf16.pth",
+                 "Wan2.1_VAE.pth", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"):
+        (tmp_path / name).write_bytes(b"")
+    shard = str(tmp_path / "diffusion_pytorch_model-00001-of-00002.safetensors")
+    for dit_path in (f"{shard},{shard}", str(tmp_path)):                  # shards, or the release folder
+        args = cli.parse_args(["--dit_path", dit_path, "--vae_path", "my_vae.pth"])
+        cli.resolve_encoder_paths(args)
+        assert args.text_encoder_path == str(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+        assert args.image_encoder_path == str(tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+        assert args.vae_path == "my_vae.pth"                               # given paths are kept
+    (tmp_path / "Wan2.1_VAE.pth").unlink()
+    expected = f"--vae_path not given and Wan2.1_VAE.pth is not beside the DiT in {tmp_path}"
+    with pytest.raises(SystemExit, match=expected):
+        cli.resolve_encoder_paths(cli.parse_args(["--dit_path", shard]))
 
 
 def test_deepspeed_is_optional(monkeypatch):
@@ -398,7 +453,28 @@ def test_cli_train_end_to_end(tiny, dataset_root, tmp_path):
     trainer = cli.train(args, configs=CONFIGS)
     assert trainer.global_step == 1
     folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0-step=1.ckpt", "last.ckpt"]
-    files = [folder / "epoch=0-step=1.ckpt"]
-    saved = torch.load(files[0], weights_only=True)
-    assert len(saved) == 40 + 26 and all(k.startswith(("pipe.dit.", "dwpose_", "randomref_")) for k in saved)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["epoch=0-step=1.ckpt", "last.ckpt", "resume-epoch=0-step=1.ckpt"]     # + the resumable one
+    saved = torch.load(folder / "epoch=0-step=1.ckpt", weights_only=True)
+    assert len(saved) == 40 + 26 + 1 and float(saved["network_alpha"]) == 4.0
+    assert all(k.startswith(("pipe.dit.", "dwpose_", "randomref_")) for k in saved if k != "network_alpha")
+
+
+@pytest.fixture(scope="module")
+def structural(tmp_path_factory):
+    return save_structural_checkpoints(tmp_path_factory.mktemp("structural"))
+
+
+def test_cli_main_needs_no_model_configs(structural, tiny, dataset_root, tmp_path):
+    # The README command: only --dit_path; the encoders are found beside it, every config comes from the files.
+    cli.main(tiny_argv(dataset_root, tmp_path / "a", structural, "--save_every_n_steps", 5, steps=1))
+    assert (tmp_path / "a" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    # A CLIP whose heads the weights do not tell: an error pointing at --model_config, which then works.
+    _, ckpt = tiny
+    with pytest.raises(SystemExit, match="--model_config"):
+        cli.main(tiny_argv(dataset_root, tmp_path / "b", ckpt, steps=1))
+    config = tmp_path / "configs.json"
+    config.write_text(json.dumps({"image_encoder": dict(image_size=28, patch_size=14, dim=32, mlp_dim=64, num_heads=4,
+                                                        num_layers=2, out_dim=16, use_layers=1)}))
+    cli.main(tiny_argv(dataset_root, tmp_path / "b", ckpt, "--model_config", config, steps=1))
+    assert (tmp_path / "b" / "loss.csv").read_text().splitlines()[1].startswith("1,0,")
