@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.pose_folder import select_frames   # the frame-window rule shared with inference
 from ..data.training_data import (FRAMES_DIR, LEGACY_FRAME_FILE, LEGACY_POSE_FILE, META_FILE, POSES_DIR,
                                   load_legacy_pickle, open_rgb)
 
@@ -81,20 +82,6 @@ def find_sample_folders(roots: Union[str, os.PathLike, Sequence[Union[str, os.Pa
         raise FileNotFoundError(f"no training samples (folders with {META_FILE}, or upstream {LEGACY_FRAME_FILE}) "
                                 f"under {', '.join(map(str, roots))}; make them with prepare_training_data.py")
     return sorted(found)
-
-
-def select_frames(num_video_frames: int, num_frames: int, stride: int, rng: np.random.Generator) -> List[int]:
-    """`num_frames` frame indices into a video of `num_video_frames` frames (see the module docstring)."""
-    if num_video_frames < 1:
-        raise ValueError("the video has no frames")
-    cover = stride * num_frames
-    if num_video_frames >= cover:
-        start = int(rng.integers(0, num_video_frames - cover + 1))
-        indices = list(range(start, start + cover, stride))
-    else:
-        stride = max(num_video_frames // num_frames, 1)
-        indices = list(range(0, min(stride * num_frames, num_video_frames), stride))
-    return indices + [indices[-1]] * (num_frames - len(indices))
 
 
 def random_crop_box(width: int, height: int, rng: np.random.Generator) -> Tuple[int, int, int, int]:

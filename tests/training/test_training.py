@@ -286,10 +286,11 @@ def test_fit_checkpoint_round_trip(tiny, dataset_root, tmp_path, monkeypatch):
     for name, tensor in saved.items():
         assert torch.equal(tensor, after[name].detach()), name
 
-    # released-format loader: merged DiT == PEFT-wrapped trained DiT; pose guider == trained pose guider
+    # released-format loader, called as the scripts do (lora_alpha=1.0, no alpha argument): the stored alpha gives
+    # alpha/r = 8/4, so merged DiT == PEFT-wrapped trained DiT; pose guider == trained pose guider
     manager = ModelManager(device="cpu", progress=False)
     manager.load_models([ckpt.dit_shards], torch_dtype=torch.float32)
-    assert manager.load_lora_v2(str(files[0]), network_alpha=8.0) == 20
+    assert manager.load_lora_v2(str(files[0]), lora_alpha=1.0) == 20
     merged = manager.fetch_model("wan_video_dit")
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(1, 16, 2, 4, 4, generator=gen), torch.randn(1, 20, 2, 4, 4, generator=gen)
