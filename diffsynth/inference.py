@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple, Type, Union
 import torch
 
 from .data.pose_folder import comparison_panels, list_pose_frames, read_pose_clip, read_rgb, reference_pose_file
+from .data.safe_write import check_output_file
 from .data.video import save_video
 from .loading import ModelManager
 from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
@@ -74,13 +75,15 @@ def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str
                  width: int = 480, max_frames: Optional[int] = 81, frame_interval: int = 1, seed: int = 0,
                  prompt: str = "a person is dancing", negative_prompt: str = WAN_NEGATIVE_PROMPT,
                  cfg_scale: float = 1.5, num_inference_steps: int = 50, use_teacache: bool = False,
-                 tiled: bool = True, overwrite: bool = True, **pipe_kwargs) -> str:
+                 tiled: bool = True, overwrite: bool = False, **pipe_kwargs) -> str:
     """Generate one video and save [reference | pose | generated] side by side at 15 fps.
 
-    `max_frames=None` (long-video pipelines) animates every `frame_interval`-th pose frame.
+    `max_frames=None` (long-video pipelines) animates every `frame_interval`-th pose frame. An existing `out_path`
+    is refused before any generation unless `overwrite`.
     """
     from PIL import Image  # noqa: PLC0415 - the pipeline takes the reference as a PIL image
 
+    check_output_file(out_path, overwrite=overwrite, inputs=[ref_image], flag="OVERWRITE = True (overwrite=True)")
     clip = read_pose_clip(pose_dir, height, width, max_frames, frame_interval, seed)
     reference = Image.fromarray(read_rgb(_require(ref_image, "reference image")))
     long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
@@ -109,7 +112,7 @@ def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs
         try:
             done.append(animate_item(pipe, ref_image, pose_dir, output_name(prefix, ref_image, pose_dir),
                                      frame_interval=frame_interval, **kwargs))
-        except (FileNotFoundError, ValueError) as exc:
+        except (FileNotFoundError, FileExistsError, ValueError) as exc:
             logger.error("skipped %s with %s: %s", ref_image, pose_dir, exc)
             failed.append(ref_image)
     if failed:

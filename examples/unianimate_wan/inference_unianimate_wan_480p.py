@@ -25,6 +25,7 @@ USE_TEACACHE = False             # about 4x faster, slightly lower quality
 CFG_SCALE = 1.5                  # 1.0 halves the time (no negative branch)
 NUM_INFERENCE_STEPS = 50
 CPU_OFFLOAD = False              # keep one model at a time on the GPU (less GPU memory, slower)
+OVERWRITE = False                # replace an existing output video (otherwise that item is skipped)
 TEST_LIST = [                    # [frame_interval, reference image, pose folder]
     [1, "data/images/WOMEN-Blouses_Shirts-id_00004955-01_4_full.jpg",
      "data/saved_pose/WOMEN-Blouses_Shirts-id_00004955-01_4_full"],
@@ -41,4 +42,5 @@ if __name__ == "__main__":
     pipe = load_unianimate_pipeline(WAN_DIR, LORA_PATH, device="cuda", torch_dtype=torch.bfloat16,
                                     long_video=False, cpu_offload=CPU_OFFLOAD)
     run_items(pipe, TEST_LIST, "video_480P", height=HEIGHT, width=WIDTH, max_frames=MAX_FRAMES, seed=SEED,
-              cfg_scale=CFG_SCALE, num_inference_steps=NUM_INFERENCE_STEPS, use_teacache=USE_TEACACHE)
+              cfg_scale=CFG_SCALE, num_inference_steps=NUM_INFERENCE_STEPS, use_teacache=USE_TEACACHE,
+              overwrite=OVERWRITE)

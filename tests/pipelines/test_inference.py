@@ -62,3 +62,21 @@ def test_run_items_reports_and_continues(workspace, tmp_path, monkeypatch, caplo
 def test_missing_release_files_name_the_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="Wan2.1-I2V-14B-720P"):
         load_unianimate_pipeline(str(tmp_path), str(tmp_path / "lora.ckpt"), device="cpu")
+
+
+def test_an_existing_output_is_refused_before_generating(workspace, tmp_path, caplog):
+    root, _ = workspace
+    calls = []
+
+    def pipeline(**kwargs):
+        calls.append(kwargs)
+        return [Image.new("RGB", (kwargs["width"], kwargs["height"]))] * kwargs["num_frames"]
+    out = tmp_path / "mine.mp4"
+    out.write_bytes(b"a video of mine")
+    with pytest.raises(FileExistsError, match="OVERWRITE"):
+        animate_item(pipeline, str(root / "ref.png"), str(root / "saved_pose/ref"), str(out), height=32, width=32,
+                     max_frames=5)
+    assert calls == [] and out.read_bytes() == b"a video of mine"
+    animate_item(pipeline, str(root / "ref.png"), str(root / "saved_pose/ref"), str(out), height=32, width=32,
+                 max_frames=5, overwrite=True)
+    assert len(calls) == 1 and len(VideoData(video_file=str(out))) == 5
