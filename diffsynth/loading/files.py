@@ -119,17 +119,26 @@ def describe(spec: Union[PathLike, Sequence]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- casting
-def target_dtype(source: torch.dtype, dtype: Optional[torch.dtype]) -> torch.dtype:
-    """The dtype a stored tensor becomes: `dtype` for floating tensors (fp8 upcast when `dtype` is None or fp8),
-    unchanged for integer/bool tensors."""
-    if not source.is_floating_point:
+# Pass as the dtype to keep a tensor exactly as stored, fp8 included (the fp8 DiT loader keeps fp8 weights as is).
+STORED = "stored"
+
+
+def target_dtype(source: torch.dtype, dtype: Union[torch.dtype, str, None]) -> torch.dtype:
+    """The dtype a stored tensor becomes: `dtype` for floating tensors, unchanged for integer/bool tensors.
+
+    `dtype=None` keeps the stored dtype but upcasts fp8 to bf16. An fp8 `dtype` is a storage request that only the
+    fp8 DiT loader honours (for its Linear weights): every other floating tensor is computed in bf16
+    (`FP8_UPCAST`). `dtype=STORED` keeps every tensor as stored, fp8 included."""
+    if not source.is_floating_point or dtype == STORED:
         return source
-    if dtype is None or dtype in FP8_DTYPES:
+    if dtype is None:
         return FP8_UPCAST if source in FP8_DTYPES else source
+    if dtype in FP8_DTYPES:
+        return FP8_UPCAST
     return dtype
 
 
-def cast(tensor: torch.Tensor, dtype: Optional[torch.dtype] = None, device: Union[str, torch.device, None] = None
+def cast(tensor: torch.Tensor, dtype: Union[torch.dtype, str, None] = None, device: Union[str, torch.device, None] = None
          ) -> torch.Tensor:
     """Cast one stored tensor to the compute dtype/device (round to nearest even, as torch `.to`)."""
     return tensor.to(device=device, dtype=target_dtype(tensor.dtype, dtype))
@@ -412,5 +421,5 @@ def load_state_dict(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, d
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "NonFiniteTensorError", "TensorInfo", "CheckpointFile", "Checkpoint",
     "resolve_paths", "load_state_dict", "cast", "target_dtype", "describe", "all_finite", "WEIGHT_SUFFIXES",
-    "FP8_DTYPES",
+    "FP8_DTYPES", "STORED",
 ]

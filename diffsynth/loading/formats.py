@@ -30,6 +30,11 @@ Shapes = Mapping[str, Tuple[int, ...]]
 StateDict = Dict[str, torch.Tensor]
 
 WRAPPER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+# ComfyUI "fp8_scaled" files: `<layer>.scale_weight` (a scalar or one value per output channel) next to the fp8
+# `<layer>.weight`, which stands for weight * scale_weight; `<layer>.scale_input` (an activation scale for fp8
+# matmuls, unused here) and a `scaled_fp8` marker tensor, with or without the wrapping prefix.
+FP8_SCALE_SUFFIX = ".scale_weight"
+FP8_IGNORED = (r"(.*\.)?scaled_fp8", r".*\.scale_input")
 DIT_HEAD_DIM = 128        # every released Wan2.1 DiT
 CLIP_HEAD_DIM = 80        # ViT-H/14
 
@@ -343,7 +348,8 @@ def supported_formats() -> List[str]:
     """Human-readable names of every layout `detect` recognises."""
     return [f"{layout.label}: {layout.description}" for layout in LAYOUTS] + [
         "any of these with a ComfyUI/DiffSynth wrapping prefix (model.diffusion_model., diffusion_model., model.), "
-        "stored in fp32, fp16, bf16 or float8_e4m3fn"]
+        "stored in fp32, fp16, bf16, float8_e4m3fn or float8_e5m2 (also ComfyUI fp8_scaled: "
+        "<layer>.scale_weight next to the fp8 weight)"]
 
 
 # ------------------------------------------------------------------------------------------------- detection
@@ -356,6 +362,8 @@ class Detection:
     key_map: Dict[str, str]                      # file key -> official key (rename layouts) or -> converter input key
     official_shapes: Dict[str, Tuple[int, ...]]  # shapes under the official names
     ignored: List[str] = field(default_factory=list)   # file keys that are not part of the model
+    # ComfyUI fp8_scaled: official weight key -> file key of its `scale_weight` (the weight is stored / scale)
+    scales: Dict[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -372,21 +380,30 @@ def looks_like_lora(keys: Iterable[str]) -> bool:
 
 def detect(shapes: Shapes, source: str = "checkpoint") -> Detection:
     """Find the one layout that matches; raise `UnknownFormatError` naming the closest candidate otherwise."""
-    keys = list(shapes)
+    markers = [k for k in shapes if is_fp8_marker(k)]    # ComfyUI fp8 markers may lack the wrapping prefix
+    keys = [k for k in shapes if k not in set(markers)]
     candidates = [p for p in WRAPPER_PREFIXES if keys and all(k.startswith(p) for k in keys)] + [""]
     for prefix in candidates:
-        stripped = {k[len(prefix):]: v for k, v in shapes.items()}
+        stripped = {k[len(prefix):]: shapes[k] for k in keys}
         found = [layout for layout in LAYOUTS if layout.matches(stripped)]
         if len(found) > 1:
             raise UnknownFormatError(f"{source}: ambiguous, matches {[f.label for f in found]}")
         if found:
-            return _plan(found[0], prefix, shapes, source)
+            detection = _plan(found[0], prefix, {k: shapes[k] for k in keys}, source)
+            detection.ignored += markers
+            return detection
     raise UnknownFormatError(_unknown_message(shapes, source))
+
+
+def is_fp8_marker(key: str) -> bool:
+    """ComfyUI fp8 keys that hold no model weight (`scaled_fp8`, `*.scale_input`)."""
+    return any(re.fullmatch(p, key) for p in FP8_IGNORED)
 
 
 def _plan(layout: Layout, prefix: str, shapes: Shapes, source: str) -> Detection:
     ignored = [k for k in shapes if layout.ignored(k[len(prefix):])]
-    kept = [k for k in shapes if k not in set(ignored)]
+    scale_keys = [k for k in shapes if k.endswith(FP8_SCALE_SUFFIX) and k not in set(ignored)]
+    kept = [k for k in shapes if k not in set(ignored) and k not in set(scale_keys)]
     stripped = {k[len(prefix):]: k for k in kept}
     if layout.convert is not None:
         meta = {s: torch.empty(shapes[k], device="meta") for s, k in stripped.items()}
@@ -405,7 +422,30 @@ def _plan(layout: Layout, prefix: str, shapes: Shapes, source: str) -> Detection
         official_shapes = {o: tuple(shapes[k]) for k, o in key_map.items()}
         # e.g. transformers' tied copy `encoder.embed_tokens.weight` when `shared.weight` is read instead
         ignored += [k for k in kept if k not in key_map]
-    return Detection(layout, prefix, key_map, official_shapes, ignored)
+    scales = _fp8_scales(scale_keys, key_map if layout.convert is None else {}, shapes, source, layout)
+    return Detection(layout, prefix, key_map, official_shapes, ignored, scales)
+
+
+def _fp8_scales(scale_keys: Sequence[str], key_map: Dict[str, str], shapes: Shapes, source: str,
+                layout: Layout) -> Dict[str, str]:
+    """Official weight key -> file key of its ComfyUI `scale_weight`; the scale must be a scalar or [out]."""
+    scales: Dict[str, str] = {}
+    for scale_key in scale_keys:
+        weight_key = scale_key[: -len(FP8_SCALE_SUFFIX)] + ".weight"
+        official = key_map.get(weight_key)
+        if official is None:
+            raise CheckpointError(f"{source}: fp8 scale {scale_key!r} has no weight {weight_key!r} in "
+                                  f"{layout.label}; the file is not a ComfyUI fp8_scaled model this loader reads")
+        numel = 1
+        for n in shapes[scale_key]:
+            numel *= n
+        out = shapes[weight_key][0] if shapes[weight_key] else 1
+        if numel not in (1, out) or len(shapes[weight_key]) != 2:
+            raise CheckpointError(f"{source}: fp8 scale {scale_key!r} {list(shapes[scale_key])} does not fit "
+                                  f"{weight_key!r} {list(shapes[weight_key])} (a scalar or one value per output "
+                                  "channel of a Linear weight is expected)")
+        scales[official] = scale_key
+    return scales
 
 
 def _numbered(key: str) -> str:
@@ -449,5 +489,6 @@ def _unknown_message(shapes: Shapes, source: str) -> str:
 __all__ = [
     "Layout", "LAYOUTS", "ModelKind", "MODEL_KINDS", "Detection", "detect", "supported_formats",
     "UnknownFormatError", "ConfigError", "dit_config_from", "t5_config_from", "clip_config_from", "vae_config_from",
-    "read_config_json", "WRAPPER_PREFIXES", "closest_layout", "looks_like_lora",
+    "read_config_json", "WRAPPER_PREFIXES", "closest_layout", "looks_like_lora", "is_fp8_marker",
+    "FP8_SCALE_SUFFIX",
 ]

@@ -5,7 +5,8 @@ The trainer saves `{name: tensor}` for every trainable parameter (upstream spec 
 `randomref_embedding_pose.*`. DeepSpeed exports (`zero_to_fp32 --safe_serialization`) spread the same names, and
 every frozen weight, over several safetensors shards; a shard may hold only `lora_A` tensors.
 
-Merge: `W <- W + strength * scale * (B @ A)`, computed in fp32 and stored back in W's dtype, with
+Merge: `W <- W + strength * scale * (B @ A)`, computed in fp32 and stored back in W's dtype (an fp8 `Fp8Linear`
+is dequantised, updated and requantised with new scales), with
 `scale = alpha / r` when alpha is known and 1 otherwise, which is what upstream always does (it ignores alpha).
 Alpha comes from the argument, a kohya `<module>.alpha`, a file-wide scalar tensor (`network_alpha`, which our
 trainer saves next to the PEFT tensors and upstream's loader skips since the key holds no 'lora'; or
@@ -180,10 +181,13 @@ def merge_lora(models: Iterable[torch.nn.Module], lora: LoraCheckpoint, strength
         raise LoraError(f"{source}: {len(incomplete)} modules miss {' / '.join(missing)} (e.g. {_list(incomplete)}). "
                         "A DeepSpeed export stores lora_A and lora_B in different shards: pass all shards as one "
                         "list to load_lora_v2.")
+    from ..models.fp8 import Fp8Linear
+
     plan = []
     unknown, bad_shape = [], []
     for model in models:
         params = dict(model.named_parameters())
+        fp8_layers = {n: m for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
         for name, module in sorted(lora.modules.items()):
             weight = params.get(name + ".weight")
             if weight is None:
@@ -195,7 +199,7 @@ def merge_lora(models: Iterable[torch.nn.Module], lora: LoraCheckpoint, strength
                 continue
             alpha = next((x for x in (network_alpha, module.alpha, lora.alpha) if x is not None), None)
             scale = alpha / module.rank if alpha is not None else 1.0
-            plan.append((weight, a, b, strength * scale))
+            plan.append((fp8_layers.get(name, weight), a, b, strength * scale))
     if unknown:
         raise LoraError(f"{source}: {len(set(unknown))} LoRA modules are not Linear layers of the DiT "
                         f"(e.g. {_list(set(unknown))}); prefixes understood: {', '.join(LORA_PREFIXES)}")
@@ -204,6 +208,11 @@ def merge_lora(models: Iterable[torch.nn.Module], lora: LoraCheckpoint, strength
                         + (f" ... ({len(bad_shape)} in all)" if len(bad_shape) > 3 else "")
                         + ". Is the LoRA for another model size?")
     for weight, a, b, factor in plan:
+        if isinstance(weight, Fp8Linear):
+            # fp8 layer: dequantise, add, requantise (with the layer's granularity: a new scale per channel)
+            delta = b.to(weight.weight.device, torch.float32) @ a.to(weight.weight.device, torch.float32)
+            weight.set_weight(weight.dequantized_weight(torch.float32) + factor * delta)
+            continue
         delta = b.to(weight.device, torch.float32) @ a.to(weight.device, torch.float32)
         weight.copy_((weight.to(torch.float32) + factor * delta).to(weight.dtype))
     return len(plan)

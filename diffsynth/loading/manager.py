@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from ..configs import PoseGuiderConfig
 from .checks import StateDictDiff, compare_state_dict, summarize_keys
-from .files import Checkpoint, CheckpointError, CheckpointFile, PathSpec, describe, load_state_dict, target_dtype
+from .files import (FP8_DTYPES, FP8_UPCAST, STORED, Checkpoint, CheckpointError, CheckpointFile,
+                    NonFiniteTensorError, PathSpec, all_finite, describe, load_state_dict, target_dtype)
 from .formats import (MODEL_KINDS, ConfigError, Detection, ModelKind, UnknownFormatError, closest_layout, detect,
                       looks_like_lora, read_config_json)
 from .lora import LoraCheckpoint, LoraError, merge_lora, pose_guider_state_dict, read_lora
@@ -238,26 +239,98 @@ def plan_load(spec: PathSpec, config: ConfigSpec = None) -> LoadPlan:
     return plan
 
 
+# ------------------------------------------------------------------------------------------------- fp8
+class _Fp8Weights:
+    """What the fp8 DiT load does with each weight: the Linear weights (`Fp8Linear`) are kept as stored when the
+    file already holds the storage dtype (with the file's ComfyUI `scale_weight`, or scale 1), and are otherwise
+    read in fp32 (dequantised with the file's scale, if any) and quantised with `granularity`. Weights of other
+    modules that carry a ComfyUI scale are dequantised (W * scale) into their compute dtype."""
+
+    def __init__(self, plan: LoadPlan, torch_dtype, device, granularity: str, base_dtype):
+        from ..models.fp8 import GRANULARITIES, fp8_dtype_for_device, fp8_linear_names, quantize_model_fp8
+
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"fp8_granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        self.plan, self.device, self.granularity, self.base_dtype = plan, device, granularity, base_dtype
+        det = plan.detection
+        self.stored = {det.key_map[k]: info.dtype for k, info in plan.checkpoint.infos.items() if k in det.key_map}
+        self.storage: Optional[torch.dtype] = None
+        self.linear_weights: set = set()
+        if torch_dtype in FP8_DTYPES:
+            if plan.name != "wan_video_dit":
+                logger.info("%s: fp8 storage applies to the DiT's Linear layers; this %s is loaded in %s",
+                            plan.source, plan.name, FP8_UPCAST)
+            else:
+                self.storage = fp8_dtype_for_device(torch_dtype, device)
+                names = fp8_linear_names(plan.model)
+                quantize_model_fp8(plan.model, self.storage, granularity, names=names, compute_dtype=FP8_UPCAST)
+                self.linear_weights = {n + ".weight" for n in names}
+        # ComfyUI scales: small (a scalar or [out] per layer), read up front in fp32.
+        self.scales: Dict[str, torch.Tensor] = {}
+        if det.scales:
+            by_file = {v: k for k, v in det.scales.items()}
+            for file_key, t in plan.checkpoint.iter_tensors(list(by_file), dtype=torch.float32, desc="fp8 scales"):
+                self.scales[by_file[file_key]] = t
+
+    def read_dtype(self, key: str):
+        """The dtype a tensor is read in (see the class doc)."""
+        if key in self.linear_weights:
+            return STORED if self.stored.get(key) == self.storage else torch.float32
+        if key in self.scales:
+            return torch.float32
+        return self.base_dtype(key)
+
+    def assignments(self, key: str, tensor: torch.Tensor, source: str):
+        """(official key, tensor) pairs to assign for one tensor read with `read_dtype`."""
+        from ..models.fp8 import dequantize_fp8, quantize_fp8, scale_to_channels
+
+        if key not in self.linear_weights and key not in self.scales:
+            return [(key, tensor)]
+        scale = None
+        if key in self.scales:
+            scale = scale_to_channels(self.scales[key], tensor.shape[0], f"{key} scale_weight").to(tensor.device)
+        if key in self.linear_weights:
+            module = key[: -len(".weight")]
+            if tensor.dtype == self.storage:            # kept exactly as stored
+                scale = scale if scale is not None else torch.ones(tensor.shape[0], device=tensor.device)
+                return [(key, tensor), (module + ".scale", scale)]
+            weight = dequantize_fp8(tensor, scale) if scale is not None else tensor
+            q, s = quantize_fp8(weight, self.storage, self.granularity)
+            return [(key, q), (module + ".scale", s)]
+        out = dequantize_fp8(tensor, scale).to(target_dtype(self.stored[key], self.base_dtype(key)))
+        if not all_finite(out):
+            raise NonFiniteTensorError(f"{source}: tensor {key!r} times its fp8 scale_weight is not finite in "
+                                       f"{out.dtype}: load it in a wider dtype (bfloat16 or float32)")
+        return [(key, out)]
+
+
 def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
-                 progress: bool = True) -> nn.Module:
+                 progress: bool = True, fp8_granularity: str = "channel") -> nn.Module:
     """Stream the tensors into the meta-built model, casting each as it is read; returns the loaded model
-    (eval mode, frozen). The plan's files are closed afterwards."""
+    (eval mode, frozen). The plan's files are closed afterwards.
+
+    An fp8 `torch_dtype` (float8_e4m3fn / float8_e5m2) loads a DiT with its Linear layers as `Fp8Linear` (fp8
+    weight, fp32 scale per output channel, or per tensor with `fp8_granularity="tensor"`, or none with "none")
+    and everything else in bf16; see `diffsynth.models.fp8`. Other models are loaded in bf16."""
     started = time.perf_counter()
     model, det = plan.model, plan.detection
     device = torch.device(device) if device is not None else torch.device("cpu")
     islands = _fp32_islands(model)
 
-    def dtype_for(official_key: str) -> Optional[torch.dtype]:
+    def base_dtype(official_key: str) -> Optional[torch.dtype]:
         if islands and any(m in official_key.split(".") for m in islands):
             return torch.float32
         return torch_dtype
 
     try:
+        fp8 = _Fp8Weights(plan, torch_dtype, device, fp8_granularity, base_dtype)
+        dtype_for = fp8.read_dtype
         with plan.checkpoint as ckpt:
             if det.layout.convert is None:
                 # One tensor at a time: renamed, cast and assigned before the next one is read.
                 for file_key, tensor in _stream(ckpt, det, dtype_for, device, progress, plan.name):
-                    assign_tensor(model, det.key_map[file_key], tensor)
+                    for key, value in fp8.assignments(det.key_map[file_key], tensor, plan.source):
+                        assign_tensor(model, key, value)
             else:
                 # Tensors must be combined (CLIP q/k/v -> to_qkv): read the (small) model whole, then convert.
                 raw = {det.key_map[k]: t for k, t in _stream(ckpt, det, dtype_for, device, progress, plan.name)}
@@ -268,7 +341,7 @@ def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, devi
         for key in plan.kind.optional:
             if key in expected and _is_meta(model, key):
                 logger.info("%s: %s not in the file (unused by Wan); filled with zeros", plan.source, key)
-                dtype = target_dtype(torch.float32, dtype_for(key))
+                dtype = target_dtype(torch.float32, base_dtype(key))
                 assign_tensor(model, key, torch.zeros(expected[key], dtype=dtype, device=device))
         left = _meta_tensors(model)
         if left:
@@ -279,7 +352,8 @@ def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, devi
         raise
     model.eval().requires_grad_(False)
     logger.info("loaded %s (%s) from %s as %s on %s in %.1f s", plan.name, det.label, plan.source,
-                torch_dtype or "stored dtype", device, time.perf_counter() - started)
+                f"{fp8.storage} Linear weights + {FP8_UPCAST}" if fp8.storage else torch_dtype or "stored dtype",
+                device, time.perf_counter() - started)
     return model
 
 
@@ -297,30 +371,35 @@ def _is_meta(model: nn.Module, key: str) -> bool:
 
 
 def load_model(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
-               config: ConfigSpec = None, progress: bool = True) -> nn.Module:
+               config: ConfigSpec = None, progress: bool = True, fp8_granularity: str = "channel") -> nn.Module:
     """Load any supported checkpoint (one file, a list of shards, or a directory) as its model.
 
     Args:
-        torch_dtype: dtype of floating weights (None: as stored; fp8 is upcast to bf16).
+        torch_dtype: dtype of floating weights (None: as stored; fp8 is upcast to bf16). torch.float8_e4m3fn or
+            float8_e5m2 stores a DiT's Linear weights in fp8 (`Fp8Linear`, computed in bf16; e4m3fn becomes
+            e5m2 on GPUs before Ada) and loads everything else in bf16.
         device: where the weights go, tensor by tensor.
         config: the model config (or a list of configs, matched by type) when the shapes do not determine it,
             e.g. tiny test models; released checkpoints need none.
+        fp8_granularity: with an fp8 dtype, the scale of the quantised weights: "channel" (one per output
+            channel, default), "tensor" or "none" (plain cast, as DiffSynth does).
     """
-    return execute_plan(plan_load(spec, config), torch_dtype, device, progress)
+    return execute_plan(plan_load(spec, config), torch_dtype, device, progress, fp8_granularity)
 
 
-def _load_kind(name: str, spec, torch_dtype, device, config, progress) -> nn.Module:
+def _load_kind(name: str, spec, torch_dtype, device, config, progress, fp8_granularity="channel") -> nn.Module:
     plan = plan_load(spec, config)
     if plan.name != name:
         plan.checkpoint.close()
         raise CheckpointError(f"{plan.source} holds a {plan.name} ({plan.detection.label}), not a {name}")
-    return execute_plan(plan, torch_dtype, device, progress)
+    return execute_plan(plan, torch_dtype, device, progress, fp8_granularity)
 
 
 def load_wan_dit(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
-                 config=None, progress: bool = True):
-    """The Wan2.1 DiT (`WanModel`) from official, diffusers or ComfyUI files; a list of shards or a folder."""
-    return _load_kind("wan_video_dit", spec, torch_dtype, device, config, progress)
+                 config=None, progress: bool = True, fp8_granularity: str = "channel"):
+    """The Wan2.1 DiT (`WanModel`) from official, diffusers or ComfyUI files (fp8_scaled included); a list of
+    shards or a folder. `torch_dtype=torch.float8_e4m3fn` keeps its Linear weights in fp8 (see `load_model`)."""
+    return _load_kind("wan_video_dit", spec, torch_dtype, device, config, progress, fp8_granularity)
 
 
 def load_wan_vae(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
@@ -417,14 +496,18 @@ class ModelManager:
 
     # -- loading
     def load_model(self, file_path: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = None,
-                   config: ConfigSpec = None) -> nn.Module:
+                   config: ConfigSpec = None, fp8_granularity: str = "channel") -> nn.Module:
         """Load one model (a file, a list of shards or a folder) and register it."""
-        self.load_models([file_path], torch_dtype, device, config)
+        self.load_models([file_path], torch_dtype, device, config, fp8_granularity)
         return self.model[-1]
 
     def load_models(self, file_path_list: Sequence, torch_dtype: Optional[torch.dtype] = None, device: Device = None,
-                    config: ConfigSpec = None) -> None:
+                    config: ConfigSpec = None, fp8_granularity: str = "channel") -> None:
         """Load several models; a list entry that is itself a list is one model in shards.
+
+        `torch_dtype=torch.float8_e4m3fn` (the DiffSynth spelling) stores the DiT's Linear weights in fp8 with
+        an fp32 scale per output channel (`fp8_granularity`: "channel", "tensor" or "none") and computes in bf16;
+        the other models of the call are loaded in bf16.
 
         Every entry is detected and checked from its headers before any weights are read, so a wrong path or an
         unknown file fails before minutes of loading. The models are registered once all of them are loaded, so
@@ -445,7 +528,7 @@ class ModelManager:
         loaded: List[nn.Module] = []
         for i, plan in enumerate(plans):
             try:
-                loaded.append(execute_plan(plan, dtype, device, self.progress))
+                loaded.append(execute_plan(plan, dtype, device, self.progress, fp8_granularity))
             except BaseException:
                 for later in plans[i + 1:]:
                     later.checkpoint.close()
