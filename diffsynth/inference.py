@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
@@ -87,17 +87,36 @@ def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str
     clip = read_pose_clip(pose_dir, height, width, max_frames, frame_interval, seed)
     reference = Image.fromarray(read_rgb(_require(ref_image, "reference image")))
     long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
+    if long_video:   # decode and write chunk by chunk: memory does not grow with the number of frames
+        pipe_kwargs.setdefault("output_type", "iterator")
     generated = pipe(prompt=prompt, negative_prompt=negative_prompt, input_image=reference,
                      dwpose_data=clip.dwpose_data, random_ref_dwpose=clip.random_ref_dwpose, height=height,
                      width=width, num_frames=clip.dwpose_data.shape[1], cfg_scale=cfg_scale,
                      num_inference_steps=num_inference_steps, seed=seed, tiled=tiled,
                      tea_cache_l1_thresh=0.3 if use_teacache else None,
                      tea_cache_model_id="Wan2.1-I2V-14B-720P" if use_teacache else "", **pipe_kwargs)
-    # The long pipeline rounds the frame count down to 4k+1: pair each generated frame with its pose.
-    panels = comparison_panels(reference, clip.dwpose_data[:, :len(generated)], generated)
+    if isinstance(generated, list):
+        # The long pipeline rounds the frame count down to 4k+1: pair each generated frame with its pose.
+        panels = comparison_panels(reference, clip.dwpose_data[:, :len(generated)], generated)
+    else:
+        panels = _panel_stream(reference, clip.dwpose_data, generated)
     path = save_video(panels, out_path, fps=15, quality=5, overwrite=overwrite)
-    logger.info("saved %s (%d frames%s)", path, len(panels), ", long video" if long_video else "")
+    logger.info("saved %s (%s frames%s)", path, len(panels) if isinstance(panels, list) else "streamed",
+                ", long video" if long_video else "")
     return path
+
+
+def _panel_stream(reference, dwpose_data: torch.Tensor, generated: Iterator) -> Iterator:
+    """`comparison_panels` for a stream of generated frames: one [reference | pose | generated] panel per frame,
+    made as each frame arrives (the long pipeline rounds the count down to 4k+1: pose frames after it are unused)."""
+    count = 0
+    for count, frame in enumerate(generated, 1):
+        if count > dwpose_data.shape[1]:
+            raise ValueError(f"more generated frames than the {dwpose_data.shape[1]} pose frames")
+        yield comparison_panels(reference, dwpose_data[:, count - 1:count], [frame])[0]
+    expected = (dwpose_data.shape[1] - 1) // 4 * 4 + 1
+    if count != expected:
+        raise ValueError(f"{count} generated frames for {expected} pose frames")
 
 
 def output_name(prefix: str, ref_image: str, pose_dir: str) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+import itertools
+from typing import Iterable, List, Optional, Sequence, Union
 
 import imageio.v2 as imageio
 import numpy as np
@@ -15,6 +16,7 @@ from .safe_write import atomic_output, check_output_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 Frame = Union[Image.Image, np.ndarray]
+_NO_FRAME = object()
 
 
 def _to_uint8_rgb(frame: Frame) -> np.ndarray:
@@ -26,35 +28,54 @@ def _to_uint8_rgb(frame: Frame) -> np.ndarray:
     return array
 
 
-def save_video(frames: Sequence[Frame], save_path: Union[str, os.PathLike], fps: float = 15, quality: int = 9,
-               ffmpeg_params: Optional[List[str]] = None, progress: bool = True, *, overwrite: bool = False) -> str:
+def save_video(frames: Union[Sequence[Frame], Iterable[Frame]], save_path: Union[str, os.PathLike], fps: float = 15,
+               quality: int = 9, ffmpeg_params: Optional[List[str]] = None, progress: bool = True, *,
+               overwrite: bool = False) -> str:
     """Write frames (PIL images or HxWx3 uint8 arrays) to an H.264 mp4 with the ffmpeg bundled by imageio-ffmpeg.
+
+    `frames` may be a list or any iterable, e.g. a generator that decodes the video chunk by chunk
+    (`pipe.decode_iter`, `pipe(..., output_type="iterator")`): each frame is encoded as soon as it arrives, so the
+    whole video is never held in memory. The path is checked before the first frame is asked for.
 
     Frame sizes must be even (yuv420p); odd sizes are padded by one black row/column rather than rescaled.
     An existing file is refused (FileExistsError) unless `overwrite=True`; a folder, or a path whose parent is a
     file or not writable, is refused before encoding. The video is encoded into a hidden temporary file next to
-    `save_path` and renamed at the end, so a failure never leaves a partial file and a symlink at `save_path` is
-    replaced, never written through. Returns the path, with `~` expanded.
+    `save_path` and renamed at the end, so a failure (also one raised by a frame generator) never leaves a partial
+    file and a symlink at `save_path` is replaced, never written through. Returns the path, with `~` expanded.
     """
-    if len(frames) == 0:
+    sized = hasattr(frames, "__len__")
+    if sized and len(frames) == 0:
         raise ValueError("save_video got no frames")
     save_path = check_output_file(save_path, overwrite=overwrite, flag="overwrite=True")
-    save_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(save_path, replace=overwrite) as partial:
-        writer = imageio.get_writer(partial, fps=fps, quality=quality, ffmpeg_params=ffmpeg_params,
-                                    macro_block_size=1, format="FFMPEG", codec="libx264", pixelformat="yuv420p")
-        try:
-            for frame in tqdm(frames, desc="Saving video", disable=not progress):
-                array = _to_uint8_rgb(frame)
-                pad_h, pad_w = array.shape[0] % 2, array.shape[1] % 2
-                if pad_h or pad_w:
-                    array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)))
-                writer.append_data(array)
-        except BaseException:
-            with contextlib.suppress(Exception):  # keep the original error; the temporary file is deleted
-                writer.close()
-            raise
-        writer.close()
+    source = frames
+    try:
+        if not sized:                  # peek, so an empty stream is refused before a file is created
+            frames = iter(frames)
+            first = next(frames, _NO_FRAME)
+            if first is _NO_FRAME:
+                raise ValueError("save_video got no frames")
+            frames = itertools.chain([first], frames)
+        save_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(save_path, replace=overwrite) as partial:
+            writer = imageio.get_writer(partial, fps=fps, quality=quality, ffmpeg_params=ffmpeg_params,
+                                        macro_block_size=1, format="FFMPEG", codec="libx264",
+                                        pixelformat="yuv420p")
+            try:
+                for frame in tqdm(frames, desc="Saving video", disable=not progress,
+                                  total=len(source) if sized else None):
+                    array = _to_uint8_rgb(frame)
+                    pad_h, pad_w = array.shape[0] % 2, array.shape[1] % 2
+                    if pad_h or pad_w:
+                        array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)))
+                    writer.append_data(array)
+            except BaseException:
+                with contextlib.suppress(Exception):  # keep the original error; the temporary file is deleted
+                    writer.close()
+                raise
+            writer.close()
+    finally:
+        if not sized and hasattr(source, "close"):   # stop a generator left part-way (runs its clean-up)
+            source.close()
     return str(save_path)
 
 

@@ -7,6 +7,8 @@ Layer indices match the released `UniAnimate-Wan2.1-14B-Lora-12000.ckpt` keys (`
 """
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
+
 import torch
 import torch.nn as nn
 
@@ -34,10 +36,13 @@ class PoseGuider(nn.Module):
         image = _conv_stack(nn.Conv2d, [3, c, c, c, c, c, cfg.ref_dim], [1, 1, 1, 2, 2, 2])
         self.randomref_embedding_pose = nn.Sequential(*image[:-1])   # no activation after the last conv
 
-    def embed_pose_video(self, pose_video: torch.Tensor) -> torch.Tensor:
+    def embed_pose_video(self, pose_video: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
         """Pose frames [B, 3, F, H, W] in [0, 1] (F = 4k+1) -> [B, d, (F-1)/4+1, H/16, W/16].
 
         Frame 0 is repeated 3 more times so the temporal /4 lines up with the VAE's causal "first frame alone" rule.
+        `chunk_size` (output frames) runs the convolutions on that many output frames at a time, with enough
+        neighbouring input frames that every kept output sees exactly the inputs of the one-shot pass (see
+        `_chunk_spans`); this bounds the full-resolution activations by the chunk instead of the clip.
         """
         if pose_video.ndim != 5 or pose_video.shape[1] != 3:
             raise ValueError(f"pose video must be [B, 3, F, H, W]; got {tuple(pose_video.shape)}")
@@ -47,10 +52,35 @@ class PoseGuider(nn.Module):
         if height % 16 or width % 16:
             raise ValueError(f"pose video size {height}x{width} must be a multiple of 16 in both axes; resize the "
                              f"poses to the generation size, e.g. {round(height / 16) * 16}x{round(width / 16) * 16}")
-        first = pose_video[:, :, :1].expand(-1, -1, 3, -1, -1)
-        x = torch.cat([first, pose_video], dim=2).to(self.dwpose_embedding[0].weight.dtype)
-        return self.dwpose_embedding(x)
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive number of output frames or None; got {chunk_size!r}")
+        dtype = self.dwpose_embedding[0].weight.dtype
+        out_frames = (frames - 1) // 4 + 1
+        if chunk_size is None or chunk_size >= out_frames:
+            first = pose_video[:, :, :1].expand(-1, -1, 3, -1, -1)
+            return self.dwpose_embedding(torch.cat([first, pose_video], dim=2).to(dtype))
+        chunks = []
+        for k0, k1, a, b in self._chunk_spans(out_frames, chunk_size):
+            # input frames a..b-1 of [frame 0 x 3, frames...]: index i is pose frame max(i - 3, 0)
+            index = (torch.arange(a, b, device=pose_video.device) - 3).clamp_(min=0)
+            out = self.dwpose_embedding(pose_video.index_select(2, index).to(dtype))
+            chunks.append(out[:, :, k0 - a // 4:k1 - a // 4])
+        return torch.cat(chunks, dim=2)
 
+    @staticmethod
+    def _chunk_spans(out_frames: int, chunk_size: int) -> List[Tuple[int, int, int, int]]:
+        """(k0, k1, a, b): output frames [k0, k1) computed from input frames [a, b) of the 4*T-frame input.
+
+        Output k reads input frames 4k-7 .. 4k+7 (four stride-1 kernel-3 convs, then two stride-2 kernel-3 convs,
+        each padded by 1). A slice's zero padding makes its first 2 and its last 1 outputs differ from the one-shot
+        pass unless the slice starts / ends at the clip's own border, so slices reach 2 outputs (8 frames) back and
+        1 output (4 frames) forward; starting at a multiple of 4 keeps the stride-2 phases of the one-shot pass.
+        """
+        spans = []
+        for k0 in range(0, out_frames, chunk_size):
+            k1 = min(k0 + chunk_size, out_frames)
+            spans.append((k0, k1, 4 * max(k0 - 2, 0), 4 * min(k1 + 1, out_frames)))
+        return spans
     def embed_reference_pose(self, ref_pose: torch.Tensor) -> torch.Tensor:
         """Reference pose image [B, 3, H, W] in [0, 1] -> [B, 20, 1, H/8, W/8] (broadcast over latent frames)."""
         if ref_pose.ndim != 4 or ref_pose.shape[1] != 3:

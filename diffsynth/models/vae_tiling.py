@@ -6,7 +6,7 @@ time), so the tiles only split height and width. Blending is done in fp32 whatev
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -82,4 +82,59 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], in_
     return (values / weights).to(x.dtype)
 
 
-__all__ = ["tile_starts", "blend_mask", "check_tiling", "tiled_apply"]
+def tiled_apply_iter(x: torch.Tensor, fn_iter: Callable[[torch.Tensor], Iterable[torch.Tensor]], in_unit: int,
+                     out_unit: int, out_channels: int, tile_size: Tuple[int, int], tile_stride: Tuple[int, int],
+                     progress: bool = False, desc: Optional[str] = None) -> Iterator[torch.Tensor]:
+    """`tiled_apply` streamed along time: `fn_iter(tile)` yields a tile's output chunk by chunk (e.g. one latent
+    frame's pixels at a time, with that tile's own causal cache); every tile's stream is advanced by one chunk, the
+    chunks are blended exactly as `tiled_apply` blends whole outputs, and the blended chunk is yielded.
+
+    Every tile keeps its stream (and so its temporal cache) alive for the whole call, so memory is that of all the
+    tiles' caches plus one chunk, instead of one tile's cache plus the whole output. The values and weights are
+    the same element by element as `tiled_apply`'s (same tile order, fp32), so the concatenated chunks equal it.
+    """
+    check_tiling(tile_size, tile_stride)
+    size_h, size_w = tile_size[0] * in_unit, tile_size[1] * in_unit
+    stride_h, stride_w = tile_stride[0] * in_unit, tile_stride[1] * in_unit
+    border = ((tile_size[0] - tile_stride[0]) * out_unit, (tile_size[1] - tile_stride[1]) * out_unit)
+
+    b, _, frames, height, width = x.shape
+    out_h, out_w = height // in_unit * out_unit, width // in_unit * out_unit
+    tiles = [(h0, w0) for h0 in tile_starts(height, size_h, stride_h) for w0 in tile_starts(width, size_w, stride_w)]
+    streams = [iter(fn_iter(x[:, :, :, h0:h0 + size_h, w0:w0 + size_w])) for h0, w0 in tiles]
+    masks: List[Optional[torch.Tensor]] = [None] * len(tiles)
+    weights = None
+    bar = tqdm(total=frames, desc=desc, disable=not progress)
+    try:
+        while True:
+            values = None
+            for i, ((h0, w0), stream) in enumerate(zip(tiles, streams)):
+                out = next(stream, None)
+                if out is None:
+                    if i:
+                        raise RuntimeError("tiled_apply_iter: the tiles' streams ended at different chunks")
+                    return
+                out = out.float()
+                if masks[i] is None:
+                    bounds = (h0 == 0, h0 + size_h >= height, w0 == 0, w0 + size_w >= width)
+                    masks[i] = blend_mask(out.shape[3], out.shape[4], bounds, border, device=x.device)
+                if values is None:
+                    values = torch.zeros(b, out_channels, out.shape[2], out_h, out_w, device=x.device,
+                                         dtype=torch.float32)
+                th, tw = h0 // in_unit * out_unit, w0 // in_unit * out_unit
+                values[:, :, :, th:th + out.shape[3], tw:tw + out.shape[4]] += out * masks[i]
+            if weights is None:
+                weights = torch.zeros(1, 1, 1, out_h, out_w, device=x.device, dtype=torch.float32)
+                for (h0, w0), mask in zip(tiles, masks):
+                    th, tw = h0 // in_unit * out_unit, w0 // in_unit * out_unit
+                    weights[:, :, :, th:th + mask.shape[0], tw:tw + mask.shape[1]] += mask
+            bar.update(1)
+            yield (values / weights).to(x.dtype)
+    finally:
+        bar.close()
+        for stream in streams:
+            if hasattr(stream, "close"):
+                stream.close()
+
+
+__all__ = ["tile_starts", "blend_mask", "check_tiling", "tiled_apply", "tiled_apply_iter"]

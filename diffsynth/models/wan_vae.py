@@ -15,14 +15,14 @@ next. That state lives here in an explicit `CausalCache` object, created per enc
 from __future__ import annotations
 
 import enum
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from diffsynth.configs import WanVAEConfig
-from diffsynth.models.vae_tiling import blend_mask, tile_starts, tiled_apply
+from diffsynth.models.vae_tiling import blend_mask, tile_starts, tiled_apply, tiled_apply_iter
 
 CACHE_T = 2  # frames of past input a kernel-3 causal conv needs
 
@@ -423,6 +423,40 @@ class WanVideoVAE(nn.Module):
                             out_frames=4 * latents.shape[2] - 3, tile_size=tile_size, tile_stride=tile_stride,
                             progress=progress, desc="VAE decoding")
         return video.clamp_(-1, 1)
+
+
+    # ------------------------------------------------------------------------------------ streamed decode
+    def _decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Normalised latents -> unclamped pixel chunks, one per latent frame (1 frame, then 4 each), with one
+        causal cache for the stream: the same operations as `_decode_unclamped`, yielded instead of concatenated."""
+        self._check_latents(latents)
+        mean, inv_std = self._stats(latents)
+        x = self.conv2(latents / inv_std + mean)   # kernel-1 conv on the (small) latents, as in `decode_raw`
+        cache = CausalCache()
+        for i in range(x.shape[2]):
+            cache.start_chunk()
+            yield self.decoder(x[:, :, i:i + 1], cache)
+
+    def decode_iter(self, latents: torch.Tensor, tiled: bool = False, tile_size: Tuple[int, int] = (30, 52),
+                    tile_stride: Tuple[int, int] = (15, 26), progress: bool = False) -> Iterator[torch.Tensor]:
+        """`decode`, streamed: yields video chunks [B, 3, f, 8h, 8w] clamped to [-1, 1], one per latent frame
+        (f = 1 for the first, 4 after); their concatenation along time equals `decode(...)` with the same arguments,
+        bit for bit. Memory is one chunk plus the causal cache, whatever the length.
+
+        With `tiled=True` every spatial tile keeps its own causal cache for the whole stream: each latent frame is
+        decoded tile by tile and the tiles' chunks are blended with the masks of `decode(tiled=True)`. That holds
+        all the tiles' caches at once (about the tiles' total area, x2.25 the frame for UniAnimate's 30x52 / 15x26
+        tiles at 480p) instead of one tile's cache plus the whole float video. Wrap the iteration in
+        `torch.no_grad()`.
+        """
+        self._check_latents(latents)
+        if tiled:
+            chunks = tiled_apply_iter(latents, self._decode_chunks, in_unit=1, out_unit=8, out_channels=3,
+                                      tile_size=tile_size, tile_stride=tile_stride, progress=progress,
+                                      desc="VAE decoding")
+        else:
+            chunks = self._decode_chunks(latents)
+        return (chunk.clamp_(-1, 1) for chunk in chunks)
 
 
 __all__ = ["WanVideoVAE", "CausalCache", "CacheMarker", "CausalConv3d", "RMS_norm", "ResidualBlock",

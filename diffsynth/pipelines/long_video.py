@@ -14,21 +14,36 @@ Better than upstream: the private frames start from noise drawn from the seeded 
 unseeded global GPU RNG, so a fixed seed did not reproduce), videos shorter than one window work (one window of
 T frames; upstream wraps indices for T < 21), and the frame count is rounded *down* to 4k+1 with a message that
 says so (upstream's message said "up").
+
+Memory does not grow with the video's length beyond the latents themselves (`window_state`, `output_type`):
+- pose tokens (~335 MB per window at 480p in bf16) are computed one window at a time and parked on the CPU until
+  their window runs ("offload", the default), or recomputed each time their window runs ("recompute": nothing kept
+  anywhere, one pose-CNN pass per window and step);
+- each window's TeaCache residual (full-size, ~671 MB per window and branch at 480p) is parked on the CPU while
+  the other windows run; pose tokens and TeaCache state are dropped before decoding;
+- decoding streams (`output_type="iterator"` or `generate_to_file`): one latent frame at a time with the VAE's
+  causal cache, each chunk converted to uint8 at once.
+`window_state="device"` keeps the former placement (every window's tokens and residuals on the compute device).
+Every mode gives the same frames, bit for bit (moves and recomputation do not change values).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
 from .unianimate import WanUniAnimateVideoPipeline
+from .units import encode_pose_video
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 logger = logging.getLogger(__name__)
+
+WINDOW_STATES = ("offload", "recompute", "device")
+OUTPUT_TYPES = ("pil", "iterator")
 
 
 def context_windows(num_latent_frames: int, context_size: int = 21, context_overlap: int = 4) -> List[Tuple[int, int]]:
@@ -61,7 +76,8 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
                  tile_stride: Tuple[int, int] = (15, 26), tea_cache_l1_thresh: Optional[float] = None,
                  tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
                  random_ref_dwpose: Optional[torch.Tensor] = None, context_size: int = 21,
-                 context_overlap: int = 4, **unused) -> List["Image"]:
+                 context_overlap: int = 4, window_state: str = "offload", pose_chunk_size: Optional[int] = None,
+                 output_type: str = "pil", **unused) -> Union[List["Image"], Iterator["Image"]]:
         """Like `WanUniAnimateVideoPipeline.__call__`, for any number of pose frames.
 
         `num_frames` is rounded down to 4k+1 (the pose frames after it are dropped); `context_size` and
@@ -69,9 +85,21 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         `input_video` (video-to-video, as upstream) is encoded whole with the call's tiling and noised to the first
         timestep of the `denoising_strength` schedule; each window's private frames are its slice of the noised
         input (upstream drew them as pure noise, so the input never reached them).
+
+        Memory (module docstring): `window_state` is "offload" (default: per-window pose tokens and TeaCache
+        residuals wait on the CPU while other windows run), "recompute" (pose tokens recomputed whenever their window
+        runs; keeps the pose guider on the device next to the DiT) or "device" (all on the compute device, as
+        before). `pose_chunk_size` runs the pose CNN on that many latent frames at a time (bounds its full-resolution
+        activations; equal to the one-shot pass up to the convolution backend's rounding, see
+        `PoseGuider.embed_pose_video`). `output_type="iterator"` returns a generator of the frames, decoded chunk
+        by chunk as it is consumed (give it to `save_video`); "pil" returns the list.
         """
         if unused:
             raise TypeError(f"unexpected arguments for the long-video pipeline: {sorted(unused)}")
+        if window_state not in WINDOW_STATES:
+            raise ValueError(f"window_state must be one of {WINDOW_STATES}; got {window_state!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}; got {output_type!r}")
         rounded = (num_frames - 1) // 4 * 4 + 1
         if rounded != num_frames:
             logger.warning("num_frames=%d is not 4k+1: using the first %d frames (rounded down)", num_frames, rounded)
@@ -106,11 +134,20 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
         clip_feature, y = self.encode_reference(input_image, height, width, 4 * window_len - 3, random_ref_dwpose)
         # 3. Per window: its pose slice (pixel frames 4s .. 4(e-1), inclusive) and its own TeaCache pair.
-        pose_tokens = [self.encode_pose_video(dwpose_data[:, 4 * s: 4 * (e - 1) + 1]) for s, e in windows]
+        park = self.device if window_state == "device" else self.offload_device
+        pose_of = lambda s, e: dwpose_data[:, 4 * s: 4 * (e - 1) + 1]  # noqa: E731
+        if window_state == "recompute":
+            pose_tokens = None
+            dit = self._onload("dit", "pose_guider")
+            first_tokens = self._window_pose_tokens(pose_of(*windows[0]), pose_chunk_size)
+        else:
+            pose_tokens = [self._window_pose_tokens(pose_of(s, e), pose_chunk_size).to(park) for s, e in windows]
+            dit = self._onload("dit")
+            first_tokens = pose_tokens[0].to(self.device)
         caches = [self.new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id) for _ in windows]
-        dit = self._onload("dit")
         dit.check_inputs(latents[:, :, :window_len], self.scheduler.timesteps[:1], context, clip_feature, y,
-                         pose_tokens[0])
+                         first_tokens)
+        del first_tokens
         # 4. Denoise: every window one Euler step, then average the overlapping updated latents.
         for timestep in progress_bar_cmd(self.scheduler.timesteps):
             total = torch.zeros_like(latents, dtype=torch.float32)
@@ -118,15 +155,34 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
             for k, (start, end) in enumerate(windows):
                 window = latents[:, :, start:end].clone()
                 window[:, :, :private[k].shape[2]] = private[k]
-                velocity = self.predict(dit, window, timestep, context, context_neg, clip_feature, y, pose_tokens[k],
+                tokens = self._window_pose_tokens(pose_of(start, end), pose_chunk_size) if pose_tokens is None \
+                    else pose_tokens[k].to(self.device)
+                _move_tea_caches(caches[k], self.device)
+                velocity = self.predict(dit, window, timestep, context, context_neg, clip_feature, y, tokens,
                                         cfg_scale, caches[k])
+                _move_tea_caches(caches[k], park)
+                del tokens
                 updated = self.scheduler.step(velocity, timestep, window)
                 keep = 0 if k == 0 else private[k].shape[2]        # later windows never write their private frames
                 total[:, :, start + keep:end] += updated[:, :, keep:].float()
                 count[:, :, start + keep:end] += 1
                 private[k] = updated[:, :, :private[k].shape[2]]
             latents = (total / count).to(self.torch_dtype)
+        del pose_tokens, caches, total, count, private, window, velocity, updated
+        if output_type == "iterator":
+            return self.decode_iter(latents, tiled, tile_size, tile_stride)
         return self.decode(latents, tiled, tile_size, tile_stride)
 
+    def _window_pose_tokens(self, pose_video: torch.Tensor, chunk_size: Optional[int]) -> torch.Tensor:
+        """Pose tokens of one window's frames, in the pipeline dtype on the compute device."""
+        pose_guider = self._onload("pose_guider") if "pose_guider" not in self._on_device else self.pose_guider
+        return encode_pose_video(pose_guider, pose_video, self.device, chunk_size).to(self.torch_dtype)
 
-__all__ = ["WanUniAnimateLongVideoPipeline", "context_windows"]
+
+def _move_tea_caches(caches, device) -> None:
+    """Move a window's TeaCache residuals (full-size) to `device`; values are unchanged."""
+    for cache in caches:
+        if cache is not None and cache.previous_residual is not None:
+            cache.previous_residual = cache.previous_residual.to(device)
+
+__all__ = ["WanUniAnimateLongVideoPipeline", "context_windows", "WINDOW_STATES", "OUTPUT_TYPES"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 import torch
 from tqdm import tqdm
@@ -100,8 +100,41 @@ class WanUniAnimateVideoPipeline:
         """Keep models on the CPU and move each to `device` only while it runs (lower GPU memory, slower)."""
         self.cpu_offload = True
 
+    def enable_vram_management(self, num_persistent_param_in_dit: Optional[float] = None,
+                               prefetch: bool = True) -> None:
+        """Layer streaming, as the upstream scripts call it (`pipe.enable_vram_management(num_persistent_param_in_dit=
+        6e9)`); see `diffsynth.acceleration.vram` and docs/memory.md.
+
+        - DiT: leaf modules in upstream order stay resident on `device` until the running parameter count passes
+          `num_persistent_param_in_dit`; every later one streams from (pinned) CPU memory, one copy per block, the
+          next block prefetched on a side stream. None keeps the whole DiT resident, 0 streams all of it. Bare
+          parameters (`modulation`) are always resident.
+        - umT5 and CLIP: everything streams (CLIP's small patch embedding stays resident: it says where CLIP runs).
+        - VAE and pose guider: moved to `device` for their stage only (as with `enable_cpu_offload`).
+        Results are bit-identical to a run without it. Call again to change the budget.
+        """
+        from ..acceleration.vram import enable_layer_streaming  # noqa: PLC0415
+
+        self.cpu_offload = True
+        streamers = self._vram_streamers()
+        for name, budget, resident in (("dit", num_persistent_param_in_dit, ()), ("text_encoder", 0, ()),
+                                       ("image_encoder", 0, ("visual.patch_embedding",))):
+            model = getattr(self, name)
+            if model is None:
+                continue
+            # A placed model keeps its resident part on the device; the streamed part goes to CPU memory.
+            streamers[name] = enable_layer_streaming(
+                model, budget, compute_device=self.device, storage_device=self.offload_device,
+                always_resident=resident, prefetch=prefetch, onload=name in self._on_device)
+
+    def _vram_streamers(self) -> dict:
+        if not hasattr(self, "_streamers"):
+            self._streamers = {}
+        return self._streamers
+
     def models_on_device(self) -> List[str]:
-        """Names of the models this pipeline has placed on the compute device (and not moved back since)."""
+        """Names of the models this pipeline has placed on the compute device (and not moved back since). With VRAM
+        management a placed DiT/umT5/CLIP has its resident part there; its streamed weights stay in CPU memory."""
         return [name for name in MODEL_NAMES if name in self._on_device]
 
     def _onload(self, *names: str) -> torch.nn.Module:
@@ -111,17 +144,25 @@ class WanUniAnimateVideoPipeline:
             for other in MODEL_NAMES:
                 if other not in names and getattr(self, other) is not None and other in self._on_device:
                     self._offload(other)
+        streamers = self._vram_streamers()
         for name in names:
             model = getattr(self, name)
             if model is None:
                 raise ValueError(f"the pipeline has no {name}")
             if name not in self._on_device:
-                model.to(self.device)
+                if name in streamers:
+                    streamers[name].onload()
+                else:
+                    model.to(self.device)
                 self._on_device.add(name)
         return getattr(self, names[0])
 
     def _offload(self, name: str) -> None:
-        getattr(self, name).to(self.offload_device)
+        streamer = self._vram_streamers().get(name)
+        if streamer is not None:
+            streamer.offload()
+        else:
+            getattr(self, name).to(self.offload_device)
         self._on_device.discard(name)
 
     @property
@@ -274,12 +315,52 @@ class WanUniAnimateVideoPipeline:
             velocity = velocity_neg + cfg_scale * (velocity - velocity_neg)
         return velocity
 
-    def decode(self, latents, tiled, tile_size, tile_stride) -> List["Image"]:
+    def decode(self, latents, tiled, tile_size, tile_stride, stream: Optional[bool] = None
+               ) -> Union[List["Image"], Iterator["Image"]]:
+        """Latents -> the list of PIL frames; or, with `stream=True` (or inside `generate_to_file`), the iterator
+        of `decode_iter` (same frames, decoded chunk by chunk as they are consumed)."""
+        if stream or (stream is None and getattr(self, "_stream_decode", False)):
+            return self.decode_iter(latents, tiled, tile_size, tile_stride)
         vae = self._onload("vae")
         frames = decode_video(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
         if self.cpu_offload:
             self._offload("vae")
         return frames
+
+    # ------------------------------------------------------------------------------------- streamed output
+    def decode_iter(self, latents, tiled, tile_size, tile_stride) -> Iterator["Image"]:
+        """The frames of `decode`, yielded chunk by chunk (1, then 4 per latent frame) while the VAE decodes with
+        its causal cache (one per spatial tile when tiled); no float copy of the whole video is ever held. The VAE
+        is placed on the device at the first frame asked for, and (with CPU offload) moved back when the stream
+        ends or is closed."""
+        from .units import decode_video_iter  # noqa: PLC0415
+
+        vae = self._onload("vae")
+        try:
+            yield from decode_video_iter(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
+        finally:
+            if self.cpu_offload:
+                self._offload("vae")
+
+    def generate_to_file(self, path, *, fps: float = 15, quality: int = 9,
+                         overwrite: bool = False, progress: bool = False, **call_kwargs) -> str:
+        """Run `self(**call_kwargs)` and write the video to `path` (mp4) while it is decoded, chunk by chunk: each
+        decoded chunk becomes uint8 frames that go straight to the encoder, so memory does not grow with the
+        number of frames after denoising. Same frames as `save_video(self(...), path)`.
+
+        The path is checked before anything runs (an existing file is refused unless `overwrite=True`), and the
+        file is written atomically (`save_video`). Returns the path.
+        """
+        from ..data.safe_write import check_output_file  # noqa: PLC0415
+        from ..data.video import save_video  # noqa: PLC0415
+
+        check_output_file(path, overwrite=overwrite, flag="overwrite=True")
+        self._stream_decode = True
+        try:
+            frames = self(**call_kwargs)
+        finally:
+            self._stream_decode = False
+        return save_video(frames, path, fps=fps, quality=quality, progress=progress, overwrite=overwrite)
 
 
 def load_pose_data(pose_images, reference_pose, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ boundary (a model's inputs take its parameter dtype), so the models themselves s
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -64,10 +64,12 @@ def encode_reference_image(image_encoder: WanImageEncoder, vae: WanVideoVAE, ima
 
 
 @torch.no_grad()
-def encode_pose_video(pose_guider: PoseGuider, pose_video: torch.Tensor, device) -> torch.Tensor:
-    """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, d, T, h', w']. Scaling is /255, no normalisation."""
+def encode_pose_video(pose_guider: PoseGuider, pose_video: torch.Tensor, device,
+                      chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, d, T, h', w']. Scaling is /255, no normalisation.
+    `chunk_size`: run the pose CNN on that many latent frames at a time (see `PoseGuider.embed_pose_video`)."""
     video = pose_video[None].to(device=device, dtype=param_dtype(pose_guider)) / 255
-    return pose_guider.embed_pose_video(video)
+    return pose_guider.embed_pose_video(video, chunk_size=chunk_size)
 
 
 @torch.no_grad()
@@ -113,6 +115,16 @@ def decode_video(vae: WanVideoVAE, latents: torch.Tensor, tiled: bool = True, ti
 
 
 @torch.no_grad()
+def decode_video_iter(vae: WanVideoVAE, latents: torch.Tensor, tiled: bool = True, tile_size=(30, 52),
+                      tile_stride=(15, 26)) -> Iterator:
+    """`decode_video`, streamed: yields the same F = 4T-3 PIL frames chunk by chunk (1 frame, then 4 per latent
+    frame), each chunk converted to uint8 as soon as it is decoded, so no float copy of the whole video exists."""
+    for chunk in vae.decode_iter(latents.to(param_dtype(vae)), tiled=tiled, tile_size=tile_size,
+                                 tile_stride=tile_stride):
+        yield from tensor_to_frames(chunk[0])
+
+
+@torch.no_grad()
 def encode_video(vae: WanVideoVAE, frames: Sequence, height: int, width: int, device, tiled: bool = True,
                  tile_size=(30, 52), tile_stride=(15, 26)) -> torch.Tensor:
     """Input video frames (video-to-video) -> latents [1, 16, T, h, w], with the call's tiling settings."""
@@ -121,5 +133,6 @@ def encode_video(vae: WanVideoVAE, frames: Sequence, height: int, width: int, de
 
 
 __all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "image_to_tensor", "encode_reference_image",
-           "encode_pose_video", "encode_reference_pose", "dit_step", "decode_video", "encode_video",
+           "encode_pose_video", "encode_reference_pose", "dit_step", "decode_video",
+           "decode_video_iter", "encode_video",
            "video_to_tensor", "param_dtype"]

@@ -160,3 +160,51 @@ def test_save_frames_refuses_existing_names_and_replaces_links_only_with_overwri
 
 def test_set_shape_is_gone():
     assert not hasattr(VideoData, "set_shape")
+
+
+def test_a_generator_is_written_frame_by_frame_with_the_same_guarantees(tmp_path):
+    consumed = []
+
+    def stream(n=5):
+        for i, frame in enumerate(color_frames(n)):
+            consumed.append(i)
+            yield Image.fromarray(frame) if i % 2 else frame
+    path = tmp_path / "clip.mp4"
+    save_video(stream(), path, progress=False)
+    video = VideoData(video_file=str(path))
+    assert len(video) == 5 and np.asarray(video[1]).reshape(-1, 3).mean(0).argmax() == 1
+    consumed.clear()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_video(stream(), path, progress=False)
+    assert consumed == []                                   # refused before the first frame was asked for
+    with pytest.raises(ValueError, match="no frames"):
+        save_video(iter([]), tmp_path / "empty.mp4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_a_generator_failing_mid_stream_leaves_the_old_file_and_is_closed(tmp_path):
+    closed = []
+
+    def failing():
+        try:
+            yield color_frames(1)[0]
+            raise RuntimeError("decode failed")
+        finally:
+            closed.append(True)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"old video")
+    with pytest.raises(RuntimeError, match="decode failed"):
+        save_video(failing(), path, progress=False, overwrite=True)
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == b"old video" and closed
+
+    def bad_second_frame():
+        try:
+            yield color_frames(1)[0]
+            yield np.zeros((48, 64, 3), np.float32)
+            yield color_frames(1)[0]
+        finally:
+            closed.append("second")
+    stream = bad_second_frame()                              # held here, so only save_video can close it
+    with pytest.raises(ValueError, match="uint8"):
+        save_video(stream, tmp_path / "b.mp4", progress=False)
+    assert closed[-1] == "second" and list(tmp_path.iterdir()) == [path]   # the writer's error closes the source

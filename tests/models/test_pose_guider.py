@@ -65,3 +65,43 @@ def test_first_frame_is_repeated_three_times():
 def test_bad_pose_video(shape, message):
     with pytest.raises(ValueError, match=message):
         PoseGuider(PoseGuiderConfig(out_dim=8)).embed_pose_video(torch.zeros(shape))
+
+
+def chunk_guider():
+    return randomize_(PoseGuider(PoseGuiderConfig(out_dim=8)), std=0.3)
+
+
+@pytest.mark.parametrize("frames", [1, 5, 29, 41])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_chunked_pose_video_is_bit_equal_on_one_conv_backend(frames, chunk):
+    """Chunks reach 2 latent frames back and 1 forward (the receptive field, see `_chunk_spans`), so every kept
+    output reads the same inputs as the one-shot pass. Compared on PyTorch's native conv (oneDNN disabled): the
+    one-shot 41-frame clip would otherwise switch to oneDNN, whose different summation order alone changes the
+    last bits (an off-by-one halo changes outputs by whole units, see the float64 test)."""
+    guider = chunk_guider()
+    video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(frames))
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(guider.embed_pose_video(video, chunk_size=chunk), guider.embed_pose_video(video))
+
+
+def test_chunked_pose_video_matches_in_float64_on_the_default_backend():
+    guider = chunk_guider().double()
+    video = torch.rand(1, 3, 45, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        whole = guider.embed_pose_video(video)
+        for chunk in (1, 4):
+            # values are O(1e3-1e4); a wrong halo or stride phase is off by O(1)
+            torch.testing.assert_close(guider.embed_pose_video(video, chunk_size=chunk), whole, rtol=1e-12,
+                                       atol=1e-9)
+
+
+def test_chunk_spans_cover_every_output_once_with_aligned_halos():
+    for frames in range(1, 30):
+        for chunk in range(1, 8):
+            spans = PoseGuider._chunk_spans(frames, chunk)
+            assert [k for k0, k1, _, _ in spans for k in range(k0, k1)] == list(range(frames))
+            for k0, k1, a, b in spans:
+                assert a % 4 == 0 and a == 4 * max(k0 - 2, 0) and b == 4 * min(k1 + 1, frames)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_guider().embed_pose_video(torch.zeros(1, 3, 5, 16, 16), chunk_size=0)

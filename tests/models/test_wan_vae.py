@@ -430,3 +430,26 @@ def test_unsupported_layout_raises():
 def test_bad_tiling_raises(vae):
     with pytest.raises(ValueError, match="tile_stride"):
         vae.decode(torch.zeros(1, 16, 1, 4, 4), tiled=True, tile_size=(2, 2), tile_stride=(3, 2), progress=False)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tiled, size, stride", [(False, None, None), (True, (4, 4), (2, 2)), (True, (3, 5), (2, 3)),
+                                                 (True, (30, 52), (15, 26))])
+def test_decode_iter_streams_the_one_shot_decode(vae, tiled, size, stride):
+    """Chunks of 1, then 4 frames per latent frame; concatenated they are the one-shot decode, bit for bit (tiled:
+    one causal cache per tile, blended per chunk)."""
+    z = random_video((1, 16, 4, 6, 8), seed=11)
+    kwargs = dict(tiled=True, tile_size=size, tile_stride=stride) if tiled else {}
+    chunks = list(vae.decode_iter(z, **kwargs))
+    assert [c.shape[2] for c in chunks] == [1, 4, 4, 4]
+    assert torch.equal(torch.cat(chunks, dim=2), vae.decode(z, progress=False, **kwargs))
+
+
+def test_decode_iter_is_lazy_and_checks_its_input(vae):
+    with pytest.raises(ValueError, match="z_dim"):
+        vae.decode_iter(torch.zeros(1, 4, 2, 4, 4))
+    stream = vae.decode_iter(random_video((1, 16, 3, 4, 4), seed=1), tiled=True, tile_size=(2, 2),
+                             tile_stride=(1, 1))
+    with torch.no_grad():
+        assert next(stream).shape == (1, 3, 1, 32, 32)
+    stream.close()

@@ -121,3 +121,95 @@ def test_seed_reproduces_and_frames_round_down(models, caplog):
     assert a.shape[0] == 13 and np.array_equal(a, b)
     assert a.std() > 5                                # a real picture (an unwritten frame would be NaN -> 0)
     assert "rounded down" in caplog.text
+
+
+# ------------------------------------------------------------------- memory that does not grow with length
+import diffsynth.pipelines.long_video as long_video  # noqa: E402
+
+
+def stress_args():
+    """Three windows, CFG, TeaCache skipping every middle step (reused residuals), tiled decode."""
+    args = inputs(17)                                  # T = 5: windows (0,3) (1,4) (2,5)
+    args.update(num_inference_steps=3, tiled=True, tile_size=(2, 2), tile_stride=(1, 1), tea_cache_l1_thresh=1e9,
+                tea_cache_model_id="Wan2.1-I2V-14B-720P", context_size=3, context_overlap=2)
+    return args
+
+
+@pytest.fixture(scope="module")
+def former_output(models):
+    """The former placement: every window's pose tokens and TeaCache state on the device, one-shot decode."""
+    return frames_of(make(WanUniAnimateLongVideoPipeline, models)(**stress_args(), window_state="device"))
+
+
+@pytest.mark.parametrize("window_state", ["offload", "recompute"])
+def test_parked_or_recomputed_window_state_gives_the_same_frames(models, former_output, window_state):
+    pipe = make(WanUniAnimateLongVideoPipeline, models)
+    assert former_output.shape == (17, H, W, 3) and former_output.std() > 5
+    assert np.array_equal(frames_of(pipe(**stress_args(), window_state=window_state)), former_output)
+
+
+def test_streamed_output_gives_the_same_frames(models, former_output, tmp_path):
+    pipe = make(WanUniAnimateLongVideoPipeline, models)
+    stream = pipe(**stress_args(), output_type="iterator")
+    assert not isinstance(stream, list)
+    assert np.array_equal(frames_of(stream), former_output)
+    path = pipe.generate_to_file(tmp_path / "long.mp4", **stress_args())
+    from diffsynth.data import VideoData
+    assert len(VideoData(video_file=path)) == 17
+    with pytest.raises(FileExistsError):
+        pipe.generate_to_file(path, **stress_args())
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(**stress_args(), output_type="numpy")
+
+
+def test_generate_to_file_streams_the_short_pipeline_too(models, tmp_path, monkeypatch):
+    short = make(WanUniAnimateVideoPipeline, models)
+    args = inputs(9)
+    expected = frames_of(short(**args))
+    streamed = []
+    real = short.decode_iter
+
+    def spy(*a):
+        for frame in real(*a):
+            streamed.append(np.asarray(frame))
+            yield frame
+    monkeypatch.setattr(short, "decode_iter", spy)
+    path = short.generate_to_file(tmp_path / "short.mp4", **args)
+    from diffsynth.data import VideoData
+    assert len(VideoData(video_file=path)) == 9
+    assert np.array_equal(np.stack(streamed), expected)      # the written frames came from the stream
+    assert not short._stream_decode                          # the flag does not outlive the call
+
+
+def test_window_state_is_parked_while_other_windows_run(models, monkeypatch):
+    """TeaCache residuals go to `offload_device` after their window's step and come back for the next one; pose
+    tokens are computed once per window ("offload") or at every window step ("recompute")."""
+    pipe = make(WanUniAnimateLongVideoPipeline, models)
+    seen, moves, made = [], [], []
+    real_move, real_tokens, real_predict = long_video._move_tea_caches, pipe._window_pose_tokens, pipe.predict
+
+    def move(caches, device):
+        real_move(caches, device)
+        for cache in caches:
+            if cache is not None and cache.previous_residual is not None:
+                cache.previous_residual.where = device      # tag: where the pipeline asked for it to be
+        moves.append(device)
+
+    def predict(dit, window, timestep, *rest):
+        caches = rest[-1]
+        seen.append(getattr(caches[0].previous_residual, "where", None))
+        return real_predict(dit, window, timestep, *rest)
+    monkeypatch.setattr(long_video, "_move_tea_caches", move)
+    monkeypatch.setattr(pipe, "predict", predict)
+    monkeypatch.setattr(pipe, "_window_pose_tokens", lambda *a: made.append(1) or real_tokens(*a))
+    pipe.offload_device = torch.device("cpu", 0)             # a device object distinct from pipe.device
+    pipe(**stress_args())
+    assert len(made) == 3                                    # one pose-token pass per window, before the loop
+    assert moves == [pipe.device, pipe.offload_device] * 9   # 3 steps x 3 windows: onto the device, then parked
+    assert seen == [None] * 3 + [pipe.device] * 6            # the running window's residual is on the device
+    made.clear()
+    pipe(**stress_args(), window_state="recompute")
+    assert len(made) == 1 + 9
+    moves.clear()
+    pipe(**stress_args(), window_state="device")
+    assert set(moves) == {pipe.device}

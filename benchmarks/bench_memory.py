@@ -1,0 +1,152 @@
+"""Long-video memory vs length: peak RSS of a WanUniAnimateLongVideoPipeline call for 1, 2, 4 and 8 DiT windows.
+
+    .venv/bin/python benchmarks/bench_memory.py                 # 96x96, tiny models, 1 step, CPU
+    .venv/bin/python benchmarks/bench_memory.py --windows 1 2   # fewer points
+
+Each point runs in a fresh process (`subprocess`): it builds the tiny models of `diffsynth.tiny`, then generates a
+video of 81 / 149 / 285 / 557 frames (21-latent-frame windows overlapping by 4) and writes it to an mp4. The peak is
+VmHWM from /proc/self/status (reset with /proc/self/clear_refs just before the call where the kernel allows it),
+reported over the RSS before the call (after a 5-frame warm-up call in the same process). Two variants per length:
+
+- before: the former path, `window_state="device"` (every window's pose tokens and TeaCache state kept) and the
+  one-shot decode to a list of frames, then `save_video(list)`;
+- after: `pipe.generate_to_file(..., pose_chunk_size=4)`: per-window state parked (on CPU the compute device
+  *is* the CPU, so only the decode changes what RSS sees), decode streamed chunk by chunk into the encoder.
+
+Prints a table and writes benchmarks/results/bench_memory.json and .md. TeaCache is on (threshold 0.3) so its
+state exists. A few minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).parent / "results"
+SIZE, STEPS, CONTEXT, OVERLAP = 96, 1, 21, 4
+
+
+def frames_for(windows: int) -> int:
+    """Pixel frames whose latent length gives exactly `windows` windows of CONTEXT with OVERLAP."""
+    latent = CONTEXT + (windows - 1) * (CONTEXT - OVERLAP)
+    return 4 * (latent - 1) + 1
+
+
+def status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def point(variant: str, windows: int, threads: int) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from diffsynth.data.video import save_video
+    from diffsynth.pipelines import WanUniAnimateLongVideoPipeline, context_windows
+    from diffsynth.tiny import build_tiny_models
+
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix="bench_memory_"))
+    models = build_tiny_models(str(work / "tok"), seed=0)
+    pipe = WanUniAnimateLongVideoPipeline.from_models(**vars(models), device="cpu", torch_dtype=torch.float32)
+    frames = frames_for(windows)
+    rng = np.random.default_rng(0)
+    args = dict(prompt="a person is dancing", negative_prompt="", seed=0, height=SIZE, width=SIZE,
+                num_frames=frames, cfg_scale=1.5, num_inference_steps=STEPS, tiled=True, tile_size=(4, 4),
+                tile_stride=(2, 2), tea_cache_l1_thresh=0.3, tea_cache_model_id="Wan2.1-I2V-14B-720P",
+                progress_bar_cmd=lambda x: x, context_size=CONTEXT, context_overlap=OVERLAP,
+                input_image=Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)),
+                dwpose_data=torch.from_numpy(rng.integers(0, 255, (3, frames, SIZE, SIZE))).float(),
+                random_ref_dwpose=torch.from_numpy(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)))
+    assert len(context_windows((frames - 1) // 4 + 1, CONTEXT, OVERLAP)) == windows
+    out = work / "video.mp4"
+
+    def generate(path, **kwargs):
+        if variant == "before":
+            save_video(pipe(**kwargs, window_state="device"), path, progress=False)
+        else:
+            pipe.generate_to_file(path, **kwargs, pose_chunk_size=4)
+    # warm-up on 5 frames: libraries and kernels loaded on first use are resident before the measured call
+    generate(work / "warmup.mp4", **{**args, "num_frames": 5, "dwpose_data": args["dwpose_data"][:, :5]})
+    rss_before = status_mb("VmRSS")
+    reset = reset_peak()
+    start = time.perf_counter()
+    generate(out, **args)
+    seconds = time.perf_counter() - start
+    peak = status_mb("VmHWM")
+    return {"variant": variant, "windows": windows, "frames": frames, "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(peak, 1), "peak_over_before_mb": round(peak - rss_before, 1),
+            "peak_reset": reset, "seconds": round(seconds, 2)}
+
+
+def run_point(variant: str, windows: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--point", variant, "--window-count", str(windows),
+                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--point", choices=["before", "after"], help=argparse.SUPPRESS)
+    parser.add_argument("--window-count", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.point:
+        print(json.dumps(point(args.point, args.window_count, args.threads)))
+        return
+    rows = []
+    for windows in args.windows:
+        for variant in ("before", "after"):
+            row = run_point(variant, windows, args.threads)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    header = (f"# bench_memory ({time.strftime('%Y-%m-%d')}, {args.threads} torch thread(s), {SIZE}x{SIZE}, tiny "
+              f"models (diffsynth.tiny), {STEPS} steps, CFG 1.5, TeaCache 0.3, tiled decode 4x4/2x2, float32, CPU)\n\n"
+              "Peak RSS (VmHWM, fresh process per point, peak reset before the call) over the RSS before the call. "
+              "before: window_state=\"device\", one-shot decode to a list, save_video(list); after: "
+              "generate_to_file with pose_chunk_size=4 (streamed decode and write, pose CNN 4 latent frames at a "
+              "time). Command: `python benchmarks/bench_memory.py`.\n\n")
+    table = ["| windows / frames | " + " | ".join(f"{w} / {frames_for(w)}" for w in args.windows) + " |",
+             "|---" * (len(args.windows) + 1) + "|"]
+    for variant in ("before", "after"):
+        cells = [next(r for r in rows if r["variant"] == variant and r["windows"] == w) for w in args.windows]
+        table.append(f"| {variant}: call peak over RSS before, MB | "
+                     + " | ".join(f"{c['peak_over_before_mb']:.0f}" for c in cells) + " |")
+    for variant in ("before", "after"):
+        cells = [next(r for r in rows if r["variant"] == variant and r["windows"] == w) for w in args.windows]
+        table.append(f"| {variant}: seconds | " + " | ".join(f"{c['seconds']:.1f}" for c in cells) + " |")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = header + "\n".join(table) + f"\n\nLoad average after the run: {load}.\n"
+    print("\n" + text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_memory.md").write_text(text)
+    (RESULTS / "bench_memory.json").write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "threads": args.threads},
+        "size": SIZE, "steps": STEPS, "context_size": CONTEXT, "context_overlap": OVERLAP, "points": rows},
+        indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
