@@ -48,20 +48,43 @@ def _require(path: Union[str, Path], what: str, hint: str = "") -> str:
     return str(path)
 
 
+def dit_shards(wan_dir: str) -> List[str]:
+    """The DiT shards of a release folder (`diffusion_pytorch_model-0000i-of-0000n.safetensors`, all n of them)."""
+    shards = sorted(Path(wan_dir).glob("diffusion_pytorch_model-*-of-*.safetensors"))
+    counts = {p.stem.rsplit("-of-", 1)[1] for p in shards}
+    if not shards:
+        raise FileNotFoundError(f"no DiT shards (diffusion_pytorch_model-*-of-*.safetensors) in {wan_dir}. "
+                                f"{DOWNLOAD_HINT}")
+    if len(counts) != 1 or len(shards) != int(counts.pop()):
+        raise FileNotFoundError(f"the DiT shards in {wan_dir} are incomplete or mixed: "
+                                f"{', '.join(p.name for p in shards)}. {DOWNLOAD_HINT}")
+    return [str(p) for p in shards]
+
+
 def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
                              torch_dtype: torch.dtype = torch.bfloat16, long_video: bool = False,
-                             cpu_offload: bool = False) -> WanUniAnimateVideoPipeline:
-    """Load the Wan2.1-I2V-14B-720P release (CLIP in fp32, the rest in `torch_dtype`) and the UniAnimate checkpoint."""
-    files = {name: ([_require(os.path.join(wan_dir, f), "DiT shard", DOWNLOAD_HINT) for f in spec]
-                    if isinstance(spec, list) else _require(os.path.join(wan_dir, spec), name, DOWNLOAD_HINT))
-             for name, spec in WAN_I2V_FILES.items()}
+                             cpu_offload: bool = False, vram_management: bool = False,
+                             num_persistent_param_in_dit: Optional[float] = None,
+                             dit_dtype: Optional[torch.dtype] = None) -> WanUniAnimateVideoPipeline:
+    """Load the Wan2.1-I2V-14B-720P release (CLIP in fp32, the rest in `torch_dtype`) and the UniAnimate checkpoint.
+
+    Memory options (docs/memory.md): `cpu_offload` moves whole models; `vram_management` streams the DiT layers past
+    `num_persistent_param_in_dit` resident parameters (None: all resident, 0: all stream; the upstream scripts use
+    6e9), and umT5/CLIP; `dit_dtype=torch.float8_e4m3fn` stores the DiT's Linear weights in fp8 (compute stays in
+    `torch_dtype`).
+    """
+    files = {name: _require(os.path.join(wan_dir, spec), name, DOWNLOAD_HINT)
+             for name, spec in WAN_I2V_FILES.items() if name != "dit"}
     model_manager = ModelManager(device="cpu")
     model_manager.load_models([files["image_encoder"]], torch_dtype=torch.float32)
-    model_manager.load_models([files["dit"], files["text_encoder"], files["vae"]], torch_dtype=torch_dtype)
+    model_manager.load_models([dit_shards(wan_dir)], torch_dtype=dit_dtype or torch_dtype)
+    model_manager.load_models([files["text_encoder"], files["vae"]], torch_dtype=torch_dtype)
     model_manager.load_lora_v2(_require(lora_path, "UniAnimate checkpoint", DOWNLOAD_HINT), lora_alpha=1.0)
     cls: Type[WanUniAnimateVideoPipeline] = WanUniAnimateLongVideoPipeline if long_video else WanUniAnimateVideoPipeline
     pipe = cls.from_model_manager(model_manager, torch_dtype=torch_dtype, device=device)
-    if cpu_offload:
+    if vram_management:
+        pipe.enable_vram_management(num_persistent_param_in_dit=num_persistent_param_in_dit)
+    elif cpu_offload:
         pipe.enable_cpu_offload()
     return pipe
 
@@ -140,4 +163,4 @@ def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs
 
 
 __all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "read_pose_folder", "animate_item",
-           "output_name", "run_items"]
+           "output_name", "run_items", "dit_shards"]

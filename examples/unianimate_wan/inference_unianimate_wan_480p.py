@@ -25,6 +25,9 @@ USE_TEACACHE = False             # about 4x faster, slightly lower quality
 CFG_SCALE = 1.5                  # 1.0 halves the time (no negative branch)
 NUM_INFERENCE_STEPS = 50
 CPU_OFFLOAD = False              # keep one model at a time on the GPU (less GPU memory, slower)
+VRAM_MANAGEMENT = False          # stream DiT layers from CPU memory (docs/memory.md); True overrides CPU_OFFLOAD
+NUM_PERSISTENT_PARAM_IN_DIT = 6 * 10**9  # with VRAM_MANAGEMENT: DiT parameters kept on the GPU (0: least memory)
+FP8_DIT = False                  # store the DiT's Linear weights in fp8 (16.4 GB instead of 32.8 GB)
 OVERWRITE = False                # replace an existing output video (otherwise that item is skipped)
 TEST_LIST = [                    # [frame_interval, reference image, pose folder]
     [1, "data/images/WOMEN-Blouses_Shirts-id_00004955-01_4_full.jpg",
@@ -40,7 +43,10 @@ TEST_LIST = [                    # [frame_interval, reference image, pose folder
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pipe = load_unianimate_pipeline(WAN_DIR, LORA_PATH, device="cuda", torch_dtype=torch.bfloat16,
-                                    long_video=False, cpu_offload=CPU_OFFLOAD)
+                                    vram_management=VRAM_MANAGEMENT,
+                                    num_persistent_param_in_dit=NUM_PERSISTENT_PARAM_IN_DIT,
+                                    dit_dtype=torch.float8_e4m3fn if FP8_DIT else None, long_video=False,
+                                    cpu_offload=CPU_OFFLOAD)
     run_items(pipe, TEST_LIST, "video_480P", height=HEIGHT, width=WIDTH, max_frames=MAX_FRAMES, seed=SEED,
               cfg_scale=CFG_SCALE, num_inference_steps=NUM_INFERENCE_STEPS, use_teacache=USE_TEACACHE,
               overwrite=OVERWRITE)

@@ -80,3 +80,31 @@ def test_an_existing_output_is_refused_before_generating(workspace, tmp_path, ca
     animate_item(pipeline, str(root / "ref.png"), str(root / "saved_pose/ref"), str(out), height=32, width=32,
                  max_frames=5, overwrite=True)
     assert len(calls) == 1 and len(VideoData(video_file=str(out))) == 5
+
+
+def test_load_unianimate_pipeline_memory_options(tmp_path, workspace):
+    """The scripts' loader on a release-layout folder: VRAM management gives the same frames, fp8 stores fp8."""
+    from training.training_helpers import save_structural_checkpoints
+
+    from diffsynth.models.fp8 import Fp8Linear
+
+    root, _ = workspace
+    ckpt = save_structural_checkpoints(tmp_path)
+    folder = str(tmp_path / "ckpt")
+    kwargs = dict(height=32, width=32, max_frames=5, num_inference_steps=1, tiled=False, overwrite=True)
+
+    def frames(pipe, name):
+        out = animate_item(pipe, str(root / "ref.png"), str(root / "saved_pose/ref"), str(tmp_path / name), **kwargs)
+        return np.stack(VideoData(video_file=out).raw_data())
+
+    plain = load_unianimate_pipeline(folder, ckpt.unianimate, device="cpu", torch_dtype=torch.float32)
+    streamed = load_unianimate_pipeline(folder, ckpt.unianimate, device="cpu", torch_dtype=torch.float32,
+                                        vram_management=True, num_persistent_param_in_dit=0)
+    assert np.array_equal(frames(plain, "a.mp4"), frames(streamed, "b.mp4"))
+    report = streamed.dit._vram_streamer.report()
+    assert report["streamed_params"] > 0 and report["stats"]["copies"] > 0     # the DiT really streamed
+    fp8 = load_unianimate_pipeline(folder, ckpt.unianimate, device="cpu", torch_dtype=torch.bfloat16,
+                                   dit_dtype=torch.float8_e4m3fn)
+    assert any(isinstance(m, Fp8Linear) for m in fp8.dit.modules())
+    assert fp8.torch_dtype == torch.bfloat16
+    assert len(frames(fp8, "c.mp4")) == 5
