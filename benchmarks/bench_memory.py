@@ -11,7 +11,9 @@ reported over the RSS before the call (after a 5-frame warm-up call in the same 
 - before: the former path, `window_state="device"` (every window's pose tokens and TeaCache state kept) and the
   one-shot decode to a list of frames, then `save_video(list)`;
 - after: `pipe.generate_to_file(..., pose_chunk_size=4)`: per-window state parked (on CPU the compute device
-  *is* the CPU, so only the decode changes what RSS sees), decode streamed chunk by chunk into the encoder.
+  *is* the CPU, so only the decode changes what RSS sees), decode streamed chunk by chunk into the encoder;
+- recompute: `pipe.generate_to_file(..., window_state="recompute")`: per-window pose tokens recomputed when the
+  window runs, nothing kept per window (on a GPU, "after" keeps device memory flat; on the host only this does).
 
 Prints a table and writes benchmarks/results/bench_memory.json and .md. TeaCache is on (threshold 0.3) so its
 state exists. A few minutes on 2 cores.
@@ -31,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("before", "after", "recompute")
 SIZE, STEPS, CONTEXT, OVERLAP = 96, 1, 21, 4
 
 
@@ -85,6 +88,8 @@ def point(variant: str, windows: int, threads: int) -> dict:
     def generate(path, **kwargs):
         if variant == "before":
             save_video(pipe(**kwargs, window_state="device"), path, progress=False)
+        elif variant == "recompute":
+            pipe.generate_to_file(path, **kwargs, window_state="recompute")
         else:
             pipe.generate_to_file(path, **kwargs, pose_chunk_size=4)
     # warm-up on 5 frames: libraries and kernels loaded on first use are resident before the measured call
@@ -110,7 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--point", choices=["before", "after"], help=argparse.SUPPRESS)
+    parser.add_argument("--point", choices=["before", "after", "recompute"], help=argparse.SUPPRESS)
     parser.add_argument("--window-count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
@@ -118,7 +123,7 @@ def main():
         return
     rows = []
     for windows in args.windows:
-        for variant in ("before", "after"):
+        for variant in VARIANTS:
             row = run_point(variant, windows, args.threads)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -127,14 +132,17 @@ def main():
               "Peak RSS (VmHWM, fresh process per point, peak reset before the call) over the RSS before the call. "
               "before: window_state=\"device\", one-shot decode to a list, save_video(list); after: "
               "generate_to_file with pose_chunk_size=4 (streamed decode and write, pose CNN 4 latent frames at a "
-              "time). Command: `python benchmarks/bench_memory.py`.\n\n")
+              "time; per-window state parked on the offload device, which on a CPU-only run is the same memory, so "
+              "RSS still holds every window's pose tokens and TeaCache state); recompute: generate_to_file with "
+              "window_state=\"recompute\" (pose tokens recomputed per window, nothing per window kept), meant to "
+              "keep host memory flat. Command: `python benchmarks/bench_memory.py`.\n\n")
     table = ["| windows / frames | " + " | ".join(f"{w} / {frames_for(w)}" for w in args.windows) + " |",
              "|---" * (len(args.windows) + 1) + "|"]
-    for variant in ("before", "after"):
+    for variant in VARIANTS:
         cells = [next(r for r in rows if r["variant"] == variant and r["windows"] == w) for w in args.windows]
         table.append(f"| {variant}: call peak over RSS before, MB | "
                      + " | ".join(f"{c['peak_over_before_mb']:.0f}" for c in cells) + " |")
-    for variant in ("before", "after"):
+    for variant in VARIANTS:
         cells = [next(r for r in rows if r["variant"] == variant and r["windows"] == w) for w in args.windows]
         table.append(f"| {variant}: seconds | " + " | ".join(f"{c['seconds']:.1f}" for c in cells) + " |")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
