@@ -52,6 +52,18 @@ def check_tiling(tile_size: Tuple[int, int], tile_stride: Tuple[int, int]) -> No
                              f"{tuple(tile_size)} on each axis (otherwise tiles leave gaps)")
 
 
+def _tile_grid(x: torch.Tensor, in_unit: int, out_unit: int, tile_size: Tuple[int, int],
+               tile_stride: Tuple[int, int]):
+    """Tile size (input pixels), blend border and output size (output pixels), and the tiles' (h0, w0) starts."""
+    check_tiling(tile_size, tile_stride)
+    size_h, size_w = tile_size[0] * in_unit, tile_size[1] * in_unit
+    stride_h, stride_w = tile_stride[0] * in_unit, tile_stride[1] * in_unit
+    border = ((tile_size[0] - tile_stride[0]) * out_unit, (tile_size[1] - tile_stride[1]) * out_unit)
+    height, width = x.shape[3], x.shape[4]
+    tiles = [(h0, w0) for h0 in tile_starts(height, size_h, stride_h) for w0 in tile_starts(width, size_w, stride_w)]
+    return size_h, size_w, border, height // in_unit * out_unit, width // in_unit * out_unit, tiles
+
+
 def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], in_unit: int, out_unit: int,
                 out_channels: int, out_frames: int, tile_size: Tuple[int, int], tile_stride: Tuple[int, int],
                 progress: bool = False, desc: Optional[str] = None) -> torch.Tensor:
@@ -62,16 +74,10 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], in_
     x's device (upstream accumulates on the CPU in x's dtype, bf16 in UniAnimate); the result is cast back to
     x's dtype.
     """
-    check_tiling(tile_size, tile_stride)
-    size_h, size_w = tile_size[0] * in_unit, tile_size[1] * in_unit
-    stride_h, stride_w = tile_stride[0] * in_unit, tile_stride[1] * in_unit
-    border = ((tile_size[0] - tile_stride[0]) * out_unit, (tile_size[1] - tile_stride[1]) * out_unit)
-
+    size_h, size_w, border, out_h, out_w, tiles = _tile_grid(x, in_unit, out_unit, tile_size, tile_stride)
     b, _, _, height, width = x.shape
-    out_h, out_w = height // in_unit * out_unit, width // in_unit * out_unit
     values = torch.zeros(b, out_channels, out_frames, out_h, out_w, device=x.device, dtype=torch.float32)
     weights = torch.zeros(1, 1, 1, out_h, out_w, device=x.device, dtype=torch.float32)
-    tiles = [(h0, w0) for h0 in tile_starts(height, size_h, stride_h) for w0 in tile_starts(width, size_w, stride_w)]
     for h0, w0 in tqdm(tiles, desc=desc, disable=not progress):
         out = fn(x[:, :, :, h0:h0 + size_h, w0:w0 + size_w]).float()
         bounds = (h0 == 0, h0 + size_h >= height, w0 == 0, w0 + size_w >= width)
@@ -93,14 +99,8 @@ def tiled_apply_iter(x: torch.Tensor, fn_iter: Callable[[torch.Tensor], Iterable
     tiles' caches plus one chunk, instead of one tile's cache plus the whole output. The values and weights are
     the same element by element as `tiled_apply`'s (same tile order, fp32), so the concatenated chunks equal it.
     """
-    check_tiling(tile_size, tile_stride)
-    size_h, size_w = tile_size[0] * in_unit, tile_size[1] * in_unit
-    stride_h, stride_w = tile_stride[0] * in_unit, tile_stride[1] * in_unit
-    border = ((tile_size[0] - tile_stride[0]) * out_unit, (tile_size[1] - tile_stride[1]) * out_unit)
-
+    size_h, size_w, border, out_h, out_w, tiles = _tile_grid(x, in_unit, out_unit, tile_size, tile_stride)
     b, _, frames, height, width = x.shape
-    out_h, out_w = height // in_unit * out_unit, width // in_unit * out_unit
-    tiles = [(h0, w0) for h0 in tile_starts(height, size_h, stride_h) for w0 in tile_starts(width, size_w, stride_w)]
     streams = [iter(fn_iter(x[:, :, :, h0:h0 + size_h, w0:w0 + size_w])) for h0, w0 in tiles]
     masks: List[Optional[torch.Tensor]] = [None] * len(tiles)
     weights = None
