@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from proc_memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402  (benchmarks/ is the script's folder)
+
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("before", "after", "recompute")
 SIZE, STEPS, CONTEXT, OVERLAP = 96, 1, 21, 4
@@ -41,23 +43,6 @@ def frames_for(windows: int) -> int:
     """Pixel frames whose latent length gives exactly `windows` windows of CONTEXT with OVERLAP."""
     latent = CONTEXT + (windows - 1) * (CONTEXT - OVERLAP)
     return 4 * (latent - 1) + 1
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def point(variant: str, windows: int, threads: int) -> dict:
@@ -94,12 +79,12 @@ def point(variant: str, windows: int, threads: int) -> dict:
             pipe.generate_to_file(path, **kwargs, pose_chunk_size=4)
     # warm-up on 5 frames: libraries and kernels loaded on first use are resident before the measured call
     generate(work / "warmup.mp4", **{**args, "num_frames": 5, "dwpose_data": args["dwpose_data"][:, :5]})
-    rss_before = status_mb("VmRSS")
-    reset = reset_peak()
+    rss_before = rss_mb()
+    reset = reset_peak_rss()
     start = time.perf_counter()
     generate(out, **args)
     seconds = time.perf_counter() - start
-    peak = status_mb("VmHWM")
+    peak = peak_rss_mb()
     return {"variant": variant, "windows": windows, "frames": frames, "rss_before_mb": round(rss_before, 1),
             "peak_rss_mb": round(peak, 1), "peak_over_before_mb": round(peak - rss_before, 1),
             "peak_reset": reset, "seconds": round(seconds, 2)}

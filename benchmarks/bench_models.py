@@ -15,7 +15,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from proc_memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: E402  (benchmarks/ is the script's folder)
 
 # Medium config: width 512 (4 heads of 128), 8 layers, 17 frames at 128x128 -> latent 5x16x16, 320 tokens.
 DIT = dict(dim=512, num_heads=4, num_layers=8, ffn_dim=2048, text_dim=4096, image_dim=1280)
@@ -31,11 +31,6 @@ VAE = dict(dim=96, z_dim=16)   # the real VAE architecture (it is small: 127M pa
 # RoPE precision rows: the same DiT in fp32 and bf16 weights, at 128x128 (320 tokens) and 256x256 (1280 tokens).
 ROPE_CASES = {f"rope_{dtype}_{size}": (dtype, size) for dtype in ("float32", "bfloat16") for size in (128, 256)}
 CASES = ["dit", "vae", *ROPE_CASES]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _medium_dit_config():
@@ -119,24 +114,6 @@ def _time_case(kind: str, repeats: int, threads: int, queue):
     queue.put({impl: dict(median_s=statistics.median(v), min_s=min(v)) for impl, v in times.items()})
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux: VmHWM); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _memory_case(kind: str, impl: str, threads: int, queue):
     """Peak RSS growth during one call of one implementation (both models are resident, so only the call's own
     allocations count: the high-water mark is reset right before it)."""
@@ -147,11 +124,11 @@ def _memory_case(kind: str, impl: str, threads: int, queue):
     torch.set_num_threads(threads)
     fn = _build(kind)[impl]
     gc.collect()
-    rss_before = _rss_mb()
-    exact = _reset_peak_rss()
+    rss_before = rss_mb()
+    exact = reset_peak_rss()
     with torch.no_grad():
         fn()
-    peak = _peak_rss_mb()
+    peak = peak_rss_mb()
     queue.put(dict(peak_rss_mb=peak, activation_peak_mb=peak - rss_before, peak_reset=exact))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from proc_memory import peak_rss_mb  # noqa: E402  (benchmarks/ is the script's folder)
 
 FRAMES, SIZE, ITEMS = 5, 64, 4     # 5 frames at 64x64 -> latents 16 x 2 x 8 x 8
 LORA_RANK = 16
@@ -58,14 +59,6 @@ def write_sample(folder: Path, count: int, size=(96, 128)) -> None:
             Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / sub / name)
     (folder / "meta.json").write_text(json.dumps({"format": "diffsynth.training_sample/1", "width": size[0],
                                                   "height": size[1], "num_frames": count, "files": names}))
-
-
-def rss_peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -151,7 +144,7 @@ def point(kind: str, spec: dict, steps: int, threads: int) -> dict:
     return dict(kind=kind, step_median_s=statistics.median(step_times), step_min_s=min(step_times),
                 data_median_s=statistics.median(data_times),
                 encode_median_s=min(encode_times) if encode_times else 0.0,
-                build_s=build_s, peak_rss_mb=rss_peak_mb(), steps=steps, threads=threads,
+                build_s=build_s, peak_rss_mb=peak_rss_mb(), steps=steps, threads=threads,
                 trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
                 frozen_params=sum(p.numel() for p in module.parameters() if not p.requires_grad))
 
