@@ -43,9 +43,6 @@ def encode_prompt(prompter: WanPrompter, text_encoder: WanTextEncoder, prompt: s
     return prompter.encode_prompt(text_encoder, prompt, device=device)
 
 
-pil_to_tensor = image_to_tensor   # the former name, kept for callers
-
-
 @torch.no_grad()
 def encode_reference_image(image_encoder: WanImageEncoder, vae: WanVideoVAE, image: torch.Tensor, num_frames: int,
                            device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +129,7 @@ def encode_video(vae: WanVideoVAE, frames: Sequence, height: int, width: int, de
     return vae.encode(video, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride, progress=False)
 
 
-__all__ = ["check_sizes", "encode_prompt", "pil_to_tensor", "image_to_tensor", "encode_reference_image",
+__all__ = ["check_sizes", "encode_prompt", "image_to_tensor", "encode_reference_image",
            "encode_pose_video", "encode_reference_pose", "dit_step", "decode_video",
            "decode_video_iter", "encode_video",
            "video_to_tensor", "param_dtype"]

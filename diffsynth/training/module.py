@@ -27,14 +27,14 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
 
 from ..configs import PoseGuiderConfig
 from ..loading.files import WEIGHT_SUFFIXES, Checkpoint, describe
 from ..loading.lora import is_pose_key, pose_guider_state_dict, strip_lora_prefix
 from ..loading.manager import load_wan_dit, load_wan_image_encoder, load_wan_text_encoder, load_wan_vae
 from ..models.pose_guider import PoseGuider
-from ..pipelines.units import encode_prompt, encode_reference_image, pil_to_tensor
+from ..data.images import image_to_tensor
+from ..pipelines.units import encode_prompt, encode_reference_image
 from ..prompters import WanPrompter, resolve_tokenizer_path
 from ..schedulers import FlowMatchScheduler
 
@@ -104,7 +104,7 @@ class FrozenEncoders(nn.Module):
         context = encode_prompt(self.prompter, self.text_encoder, text, device)
         vae_dtype = next(self.vae.parameters()).dtype
         latents = self.vae.encode(video.to(vae_dtype), progress=False, **self.tiler)
-        image = pil_to_tensor(Image.fromarray(first_frame[0].cpu().numpy().astype(np.uint8)), height, width)
+        image = image_to_tensor(first_frame[0].cpu().numpy().astype(np.uint8), height, width)
         clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, device)
         return {"context": context, "latents": latents, "clip_feature": clip_feature, "y": y}
 
