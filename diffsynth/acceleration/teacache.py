@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .block_cache import BlockCache, check_choice, check_number, check_schedule_length
+
 # Rescale polynomials, highest degree first (numpy.poly1d order), from the upstream TeaCache tables.
 TEACACHE_COEFFICIENTS = {
     "Wan2.1-T2V-1.3B": (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02),
@@ -21,46 +23,59 @@ TEACACHE_COEFFICIENTS = {
 }
 
 
-class TeaCache:
-    """State of one CFG branch (and window): step counter, accumulated change, last modulation and residual."""
+class TeaCache(BlockCache):
+    """State of one CFG branch (and window): step counter, accumulated change, last modulation and residual.
+
+    `TeaCache(num_inference_steps, rel_l1_thresh, model_id)`; rel_l1_thresh >= 0 (0 computes every step), model_id
+    one of `TEACACHE_COEFFICIENTS`. `should_compute` needs the block modulation e0 of every call.
+    """
 
     def __init__(self, num_inference_steps: int, rel_l1_thresh: float, model_id: str):
-        if model_id not in TEACACHE_COEFFICIENTS:
-            raise ValueError(f"TeaCache has no coefficients for model_id {model_id!r}; "
-                             f"choose one of {sorted(TEACACHE_COEFFICIENTS)}")
-        self.num_inference_steps = num_inference_steps
-        self.rel_l1_thresh = rel_l1_thresh
+        super().__init__(num_inference_steps)
+        check_choice("TeaCache model_id", model_id, sorted(TEACACHE_COEFFICIENTS))
+        self.rel_l1_thresh = check_number("rel_l1_thresh", rel_l1_thresh, minimum=0.0)
+        self.model_id = model_id
         self.rescale = np.poly1d(TEACACHE_COEFFICIENTS[model_id])
-        self.step = 0
         self.accumulated = 0.0
         self.previous_modulation: Optional[torch.Tensor] = None
-        self.previous_residual: Optional[torch.Tensor] = None
-        self.skipped_steps: list = []
 
     def should_compute(self, modulation: torch.Tensor) -> bool:
         """Decide for this call from the block modulation e0; advances the step counter."""
-        if self.step in (0, self.num_inference_steps - 1) or self.previous_residual is None:
-            compute, self.accumulated = True, 0.0
-        else:
-            prev = self.previous_modulation
-            rel = ((modulation - prev).abs().mean() / prev.abs().mean()).item()
-            self.accumulated += float(self.rescale(rel))
-            compute = self.accumulated >= self.rel_l1_thresh
-            if compute:
-                self.accumulated = 0.0
-        if not compute:
-            self.skipped_steps.append(self.step)
+        if modulation is None:
+            raise ValueError("TeaCache.should_compute needs the block modulation e0, got None")
+        compute = self._decide(modulation)
         self.previous_modulation = modulation.detach().clone()
-        self.step = (self.step + 1) % self.num_inference_steps
+        self._advance(compute)
         return compute
 
-    def store(self, blocks_in: torch.Tensor, blocks_out: torch.Tensor) -> None:
-        """Remember what the blocks added on a computed step."""
-        self.previous_residual = blocks_out - blocks_in
+    def _decide(self, modulation: torch.Tensor) -> bool:
+        """The rule: first and last steps compute; otherwise accumulate the rescaled relative L1 change of e0 and
+        compute (resetting the sum) once it reaches the threshold."""
+        if self.step in (0, self.num_inference_steps - 1) or self.previous_residual is None:
+            self.accumulated = 0.0
+            return True
+        prev = self.previous_modulation
+        rel = ((modulation - prev).abs().mean() / prev.abs().mean()).item()
+        self.accumulated += float(self.rescale(rel))
+        if self.accumulated >= self.rel_l1_thresh:
+            self.accumulated = 0.0
+            return True
+        return False
 
-    def reuse(self, blocks_in: torch.Tensor) -> torch.Tensor:
-        """A skipped step: the block input plus the last computed residual."""
-        return blocks_in + self.previous_residual
+    def _fresh(self) -> "TeaCache":
+        return TeaCache(self.num_inference_steps, self.rel_l1_thresh, self.model_id)
+
+    def _plan_inputs(self, modulations):
+        if modulations is None:
+            raise ValueError("TeaCache.plan needs the block modulation e0 of every step (modulations=None given)")
+        return check_schedule_length(modulations, self.num_inference_steps)
+
+    def to(self, device) -> "TeaCache":
+        """Move the residual and the last modulation to `device`, values unchanged; returns self."""
+        super().to(device)
+        if self.previous_modulation is not None:
+            self.previous_modulation = self.previous_modulation.to(device)
+        return self
 
 
 __all__ = ["TeaCache", "TEACACHE_COEFFICIENTS"]

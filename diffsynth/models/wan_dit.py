@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,57 @@ from .attention import attention
 from .layers import ROPE_PRECISIONS, RMSNorm, apply_rope, rope_freqs, rope_table, sinusoidal_embedding
 
 Grid = Tuple[int, int, int]
+
+
+@dataclass
+class EmbeddedContext:
+    """Text (and I2V image) tokens already through `text_embedding` / `img_emb`: a per-generation invariant that the
+    pipelines compute once and pass as `context` to every step (`WanModel.embed_context` makes one)."""
+
+    text: torch.Tensor                   # [B, Lt, d]
+    image: Optional[torch.Tensor] = None  # [B, Li, d], I2V only
+
+    @property
+    def batch_size(self) -> int:
+        return self.text.shape[0]
+
+    def __iter__(self):   # `ctx, ctx_img = model.embed_context(...)`
+        return iter((self.text, self.image))
+
+    def select(self, indices: Optional[Sequence[int]]) -> "EmbeddedContext":
+        """The batch items `indices` (None: all)."""
+        if indices is None:
+            return self
+        pick = lambda t: None if t is None else t[list(indices)]  # noqa: E731
+        return EmbeddedContext(pick(self.text), pick(self.image))
+
+
+def run_cached_blocks(caches: Sequence, tokens: torch.Tensor, modulation: torch.Tensor,
+                      compute: Callable[[Optional[List[int]]], torch.Tensor]) -> torch.Tensor:
+    """The block-cache hook: per batch item, ask its cache (TeaCache, MagCache, ... or None = always compute) whether
+    to run the blocks; run them once for every item that computes (`compute(indices)`, None = the whole batch), let
+    those caches store the residual, and let the others reuse theirs. Items keep their order.
+
+    `caches` has one entry per batch item (batched CFG: [conditional, unconditional]); each cache sees its own
+    item's modulation `[1, 6, d]`, exactly what it sees when the branches run one at a time.
+    """
+    if len(caches) != tokens.shape[0]:
+        raise ValueError(f"block_cache needs one cache (or None) per batch item: got {len(caches)} for batch "
+                         f"{tokens.shape[0]}")
+    run = [cache is None or cache.should_compute(modulation[i:i + 1]) for i, cache in enumerate(caches)]
+    computed = [i for i, r in enumerate(run) if r]
+    whole = len(computed) == len(caches)
+    out = compute(None if whole else computed) if computed else None
+    outputs = {i: out[j:j + 1] for j, i in enumerate(computed)}
+    items = []
+    for i, cache in enumerate(caches):
+        if run[i]:
+            if cache is not None:
+                cache.store(tokens[i:i + 1], outputs[i])
+            items.append(outputs[i])
+        else:
+            items.append(cache.reuse(tokens[i:i + 1]))
+    return out if whole else torch.cat(items)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -137,7 +189,8 @@ class WanModel(nn.Module):
     """The Wan2.1 DiT. Build with `WanModel(WanDiTConfig.from_preset("wan2.1-i2v-14b"))` or any tiny config.
 
     `forward` is composed of public steps (`embed_timestep`, `embed_context`, `patchify`, `forward_blocks`,
-    `unpatchify_head`) so pipelines can insert caching (TeaCache) between them.
+    `unpatchify_head`); step caches (TeaCache, MagCache) plug in through its `block_cache` hook, and per-generation
+    invariants (the embedded context, the RoPE table) are computed once (`EmbeddedContext`, `rope_for`).
 
     Args:
         attention_backend: None picks `$DIFFSYNTH_ATTENTION` or the best importable kernel (see `attention.py`).
@@ -177,15 +230,22 @@ class WanModel(nn.Module):
         self._rope_precision = value
 
     def rope_for(self, grid: Grid, x: torch.Tensor) -> torch.Tensor:
-        """The RoPE table of a token grid for activations like x, at `rope_precision` (see `layers.rope_table`)."""
+        """The RoPE table of a token grid for activations like x, at `rope_precision` (see `layers.rope_table`).
+        The last table is kept (a per-generation invariant: every step and window of a video has the same grid)."""
         precision = self.rope_precision
         if precision == "float64" and x.device.type == "mps":
             warnings.warn("MPS has no float64: rotating q/k with rope_precision='float32' (may differ from upstream "
                           "in the last bf16 bit)", stacklevel=3)
             precision = "float32"
+        key = (tuple(grid), precision, x.dtype, x.device, self.config.head_dim, self.config.rope_max_len)
+        cached = self.__dict__.get("_rope_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         freqs = rope_freqs(grid, self.config.head_dim, device="cpu" if x.device.type == "mps" else x.device,
                            max_len=self.config.rope_max_len)
-        return rope_table(freqs, precision, x.dtype).to(x.device)
+        table = rope_table(freqs, precision, x.dtype).to(x.device)
+        self.__dict__["_rope_cache"] = (key, table)   # plain attribute: not a buffer, not in the state dict
+        return table
 
     # ----------------------------------------------------------------------------------------------- steps
     def embed_timestep(self, timestep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -200,11 +260,12 @@ class WanModel(nn.Module):
         e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
         return e, e0
 
-    def embed_context(self, context: torch.Tensor, clip_feature: Optional[torch.Tensor] = None):
-        """Text [B, Lt, text_dim] (and CLIP tokens [B, 257, image_dim]) -> (text tokens, image tokens or None)."""
+    def embed_context(self, context: torch.Tensor, clip_feature: Optional[torch.Tensor] = None) -> EmbeddedContext:
+        """Text [B, Lt, text_dim] (and CLIP tokens [B, 257, image_dim]) -> `EmbeddedContext` (text tokens, image
+        tokens or None). Unpacks as a pair: `ctx, ctx_img = model.embed_context(...)`."""
         ctx = self.text_embedding(context)
         ctx_img = self.img_emb(clip_feature) if self.config.has_image_input else None
-        return ctx, ctx_img
+        return EmbeddedContext(ctx, ctx_img)
 
     def patchify(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Grid]:
         """Latents [B, 16, T, h, w] (+ I2V y [B, 20, T, h, w], concatenated after) -> tokens [B, L, d], grid."""
@@ -239,31 +300,43 @@ class WanModel(nn.Module):
         return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
 
     # --------------------------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Union[torch.Tensor, EmbeddedContext],
                 clip_feature: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
                 add_condition: Optional[torch.Tensor] = None, use_gradient_checkpointing: bool = False,
-                use_gradient_checkpointing_offload: bool = False) -> torch.Tensor:
-        """Predict the flow-matching velocity.
+                use_gradient_checkpointing_offload: bool = False,
+                block_cache: Optional[Sequence] = None) -> torch.Tensor:
+        """Predict the flow-matching velocity. The one DiT forward: training, the pipelines and the step caches all
+        run through it.
 
         Args:
             x: noisy latents [B, 16, T, h, w] (h, w even).
             timestep: [B] or scalar, on the 0..1000 scale.
-            context: umT5 features [B, Lt, 4096] (512 rows, zero after the prompt's length).
+            context: umT5 features [B, Lt, 4096] (512 rows, zero after the prompt's length), or an
+                `EmbeddedContext` computed once per generation with `embed_context` (then clip_feature is unused).
             clip_feature: I2V only, CLIP tokens [B, 257, 1280].
             y: I2V only, [B, 20, T, h, w]: 4 mask channels then 16 reference-latent channels.
-            add_condition: UniAnimate pose tokens, [B, d, T, h', w'] or [B, L, d], added after patch embedding.
+            add_condition: UniAnimate pose tokens, [B', d, T, h', w'] or [B', L, d] with B' <= B, added after patch
+                embedding to the first B' items (batched CFG puts the conditional item first).
+            block_cache: one step cache (`diffsynth.acceleration.BlockCache`, e.g. TeaCache) or None per batch
+                item; see `run_cached_blocks`.
         Returns:
             velocity [B, 16, T, h, w].
         """
         self.check_inputs(x, timestep, context, clip_feature, y, add_condition)
         timestep = timestep.reshape(-1).expand(x.shape[0]) if timestep.numel() == 1 else timestep
         e, e0 = self.embed_timestep(timestep)
-        context, context_img = self.embed_context(context, clip_feature)
+        ctx = context if isinstance(context, EmbeddedContext) else self.embed_context(context, clip_feature)
         tokens, grid = self.patchify(x, y)
         if add_condition is not None:
-            tokens = tokens + condition_tokens(add_condition).to(tokens.dtype)
-        tokens = self.forward_blocks(tokens, context, context_img, e0, grid,
-                                     use_gradient_checkpointing, use_gradient_checkpointing_offload)
+            tokens = add_condition_tokens(tokens, add_condition)
+
+        def blocks(indices: Optional[List[int]]) -> torch.Tensor:
+            pick = (lambda t: t) if indices is None else (lambda t: t[indices])  # noqa: E731
+            sub = ctx.select(indices)
+            return self.forward_blocks(pick(tokens), sub.text, sub.image, pick(e0), grid,
+                                       use_gradient_checkpointing, use_gradient_checkpointing_offload)
+
+        tokens = blocks(None) if block_cache is None else run_cached_blocks(block_cache, tokens, e0, blocks)
         return self.unpatchify_head(tokens, e, grid)
 
     def check_inputs(self, x, timestep, context, clip_feature=None, y=None, add_condition=None):
@@ -288,9 +361,16 @@ class WanModel(nn.Module):
                              "use pixel sizes that are multiples of 16")
         if timestep.numel() not in (1, x.shape[0]):
             raise ValueError(f"timestep must be a scalar or have batch size {x.shape[0]}; got {tuple(timestep.shape)}")
-        if context.ndim != 3 or context.shape[-1] != cfg.text_dim:
+        if isinstance(context, EmbeddedContext):
+            if context.text.ndim != 3 or context.text.shape[-1] != cfg.dim:
+                raise ValueError(f"an EmbeddedContext holds [B, L, {cfg.dim}] tokens (from embed_context); got "
+                                 f"{tuple(context.text.shape)}")
+            if cfg.has_image_input and context.image is None:
+                raise ValueError("this is an I2V DiT: the EmbeddedContext needs its image tokens "
+                                 "(embed_context(context, clip_feature))")
+        elif context.ndim != 3 or context.shape[-1] != cfg.text_dim:
             raise ValueError(f"context must be [B, L, {cfg.text_dim}] text-encoder features; got {tuple(context.shape)}")
-        if cfg.has_image_input:
+        elif cfg.has_image_input:
             if clip_feature is None:
                 raise ValueError("this is an I2V DiT: pass clip_feature [B, 257, 1280] from the CLIP image encoder")
             if clip_feature.ndim != 3 or clip_feature.shape[-1] != cfg.image_dim:
@@ -298,8 +378,9 @@ class WanModel(nn.Module):
         if add_condition is not None:
             f, h, w = x.shape[2] // cfg.patch_size[0], x.shape[3] // ph, x.shape[4] // pw
             expected = (x.shape[0], cfg.dim, f, h, w)
-            ok = tuple(add_condition.shape) == expected if add_condition.ndim == 5 else \
-                tuple(add_condition.shape) == (x.shape[0], f * h * w, cfg.dim)
+            items = add_condition.shape[0]
+            ok = 1 <= items <= x.shape[0] and (tuple(add_condition.shape[1:]) == expected[1:] if add_condition.ndim == 5
+                                               else tuple(add_condition.shape[1:]) == (f * h * w, cfg.dim))
             if not ok:
                 raise ValueError(f"add_condition must be {expected} (pose-guider output) or "
                                  f"{(x.shape[0], f * h * w, cfg.dim)} tokens; got {tuple(add_condition.shape)}. "
@@ -311,4 +392,13 @@ def condition_tokens(condition: torch.Tensor) -> torch.Tensor:
     return condition.flatten(2).transpose(1, 2) if condition.ndim == 5 else condition
 
 
-__all__ = ["WanModel", "DiTBlock", "SelfAttention", "CrossAttention", "Head", "ImageEmbedding", "condition_tokens"]
+def add_condition_tokens(tokens: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """tokens [B, L, d] + condition ([B', d, T, h', w'] or [B', L, d]) on the first B' <= B items."""
+    condition = condition_tokens(condition).to(tokens.dtype)
+    if condition.shape[0] == tokens.shape[0]:
+        return tokens + condition
+    return torch.cat([tokens[:condition.shape[0]] + condition, tokens[condition.shape[0]:]])
+
+
+__all__ = ["WanModel", "DiTBlock", "SelfAttention", "CrossAttention", "Head", "ImageEmbedding", "condition_tokens",
+           "add_condition_tokens", "EmbeddedContext", "run_cached_blocks"]

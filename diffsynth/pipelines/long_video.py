@@ -29,13 +29,14 @@ Every mode gives the same frames, bit for bit (moves and recomputation do not ch
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
+from .base import NoiseSource
+from .timing import StageTimer
 from .unianimate import WanUniAnimateVideoPipeline
-from .units import encode_pose_video
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -77,7 +78,9 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
                  tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
                  random_ref_dwpose: Optional[torch.Tensor] = None, context_size: int = 21,
                  context_overlap: int = 4, window_state: str = "offload", pose_chunk_size: Optional[int] = None,
-                 output_type: str = "pil", **unused) -> Union[List["Image"], Iterator["Image"]]:
+                 output_type: str = "pil", step_cache=None, preset: Optional[str] = None,
+                 denoising_step_list: Optional[Sequence[int]] = None, sampler: str = "euler",
+                 cfg_batch: Optional[bool] = None, **unused) -> Union[List["Image"], Iterator["Image"]]:
         """Like `WanUniAnimateVideoPipeline.__call__`, for any number of pose frames.
 
         `num_frames` is rounded down to 4k+1 (the pose frames after it are dropped); `context_size` and
@@ -93,6 +96,10 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         activations; equal to the one-shot pass up to the convolution backend's rounding, see
         `PoseGuider.embed_pose_video`). `output_type="iterator"` returns a generator of the frames, decoded chunk
         by chunk as it is consumed (give it to `save_video`); "pil" returns the list.
+
+        `step_cache`, `preset`, `denoising_step_list`, `sampler`, `cfg_batch`: as in the short pipeline. With the
+        renoise sampler one noise draw per step covers the whole video, so averaging the overlapping windows'
+        re-noised latents averages their x0 predictions and keeps the noise at full strength.
         """
         if unused:
             raise TypeError(f"unexpected arguments for the long-video pipeline: {sorted(unused)}")
@@ -108,20 +115,25 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
                 dwpose_data = dwpose_data[:, :num_frames]
             if input_video is not None:
                 input_video = input_video[:num_frames]
+        settings = self.resolve_preset(preset, dict(cfg_scale=cfg_scale, sigma_shift=sigma_shift, sampler=sampler,
+                                                    num_inference_steps=num_inference_steps,
+                                                    denoising_step_list=denoising_step_list))
+        cfg_scale, num_inference_steps = settings["cfg_scale"], settings["num_inference_steps"]
         self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
                           negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
-        self.scheduler.shift = sigma_shift
-        self.scheduler.set_timesteps(num_inference_steps, denoising_strength)
+        timer = StageTimer(self.device)
+        steps = self.configure_scheduler(num_inference_steps, denoising_strength, settings["sigma_shift"],
+                                         settings["denoising_step_list"], settings["sampler"])
+        cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
         T = (num_frames - 1) // 4 + 1
         windows = context_windows(T, context_size, context_overlap)
         window_len = windows[0][1] - windows[0][0]
 
         # 1. Seeded noise for the whole video, then (same generator) each window's two private frames.
-        generator = None if seed is None else torch.Generator(rand_device).manual_seed(seed)
-        draw = lambda shape: torch.randn(shape, generator=generator, device=rand_device,  # noqa: E731
-                                         dtype=torch.float32).to(self.device, self.torch_dtype)
+        draw = NoiseSource(seed, rand_device, self.device, self.torch_dtype)
         latents = draw((1, 16, T, height // 8, width // 8))
         private = [draw((1, 16, min(2, window_len), height // 8, width // 8)) for _ in windows]
+        timer.start("encode")
         if input_video is not None:
             # The private frames start from the noised input too (upstream: pure noise, which discards the input
             # video in every window's first two latent frames).
@@ -133,56 +145,67 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         # 2. Shared conditioning: prompts, and the reference encoded once for one window's length.
         context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
         clip_feature, y = self.encode_reference(input_image, height, width, 4 * window_len - 3, random_ref_dwpose)
+        timer.stop("encode")
         # 3. Per window: its pose slice (pixel frames 4s .. 4(e-1), inclusive) and its own TeaCache pair.
         park = self.device if window_state == "device" else self.offload_device
         pose_of = lambda s, e: dwpose_data[:, 4 * s: 4 * (e - 1) + 1]  # noqa: E731
-        if window_state == "recompute":
-            pose_tokens = None
-            dit = self._onload("dit", "pose_guider")
-            first_tokens = self._window_pose_tokens(pose_of(*windows[0]), pose_chunk_size)
-        else:
-            pose_tokens = [self._window_pose_tokens(pose_of(s, e), pose_chunk_size).to(park) for s, e in windows]
-            dit = self._onload("dit")
-            first_tokens = pose_tokens[0].to(self.device)
-        caches = [self.new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id) for _ in windows]
+        with timer("pose"):
+            if window_state == "recompute":
+                pose_tokens = None
+                dit = self._onload("dit", "pose_guider")
+                first_tokens = self._window_pose_tokens(pose_of(*windows[0]), pose_chunk_size)
+            else:
+                pose_tokens = [self._window_pose_tokens(pose_of(s, e), pose_chunk_size).to(park) for s, e in windows]
+                dit = self._onload("dit")
+                first_tokens = pose_tokens[0].to(self.device)
+        caches = [self.new_step_caches(steps, cache_config) for _ in windows]
         dit.check_inputs(latents[:, :, :window_len], self.scheduler.timesteps[:1], context, clip_feature, y,
                          first_tokens)
         del first_tokens
-        # 4. Denoise: every window one Euler step, then average the overlapping updated latents.
+        with timer("encode"):
+            guidance = self.prepare_guidance(dit, context, context_neg, clip_feature, y, cfg_scale, cfg_batch,
+                                             (1, 16, window_len, height // 8, width // 8))
+        # 4. Denoise: every window one step, then average the overlapping updated latents.
+        timer.start("denoise")
         for timestep in progress_bar_cmd(self.scheduler.timesteps):
             total = torch.zeros_like(latents, dtype=torch.float32)
             count = torch.zeros(1, 1, T, 1, 1, device=self.device)
+            fresh = draw(latents.shape) if self.scheduler.needs_noise(timestep) else None
             for k, (start, end) in enumerate(windows):
                 window = latents[:, :, start:end].clone()
                 window[:, :, :private[k].shape[2]] = private[k]
                 tokens = self._window_pose_tokens(pose_of(start, end), pose_chunk_size) if pose_tokens is None \
                     else pose_tokens[k].to(self.device)
-                _move_tea_caches(caches[k], self.device)
-                velocity = self.predict(dit, window, timestep, context, context_neg, clip_feature, y, tokens,
-                                        cfg_scale, caches[k])
-                _move_tea_caches(caches[k], park)
+                _move_caches(caches[k], self.device)
+                velocity = self.predict(dit, window, timestep, guidance, tokens, caches[k])
+                _move_caches(caches[k], park)
                 del tokens
-                updated = self.scheduler.step(velocity, timestep, window)
+                window_noise = None
+                if fresh is not None:
+                    window_noise = fresh[:, :, start:end].clone()
+                    if k > 0:   # the private frames follow their own trajectory: their own noise
+                        window_noise[:, :, :private[k].shape[2]] = draw(private[k].shape)
+                updated = self.scheduler.step(velocity, timestep, window, window_noise)
                 keep = 0 if k == 0 else private[k].shape[2]        # later windows never write their private frames
                 total[:, :, start + keep:end] += updated[:, :, keep:].float()
                 count[:, :, start + keep:end] += 1
                 private[k] = updated[:, :, :private[k].shape[2]]
             latents = (total / count).to(self.torch_dtype)
-        del pose_tokens, caches, total, count, private, window, velocity, updated
-        if output_type == "iterator":
-            return self.decode_iter(latents, tiled, tile_size, tile_stride)
-        return self.decode(latents, tiled, tile_size, tile_stride)
+            timer.steps += 1
+        timer.stop("denoise")
+        del pose_tokens, caches, total, count, private, window, velocity, updated, guidance
+        return self.finish(latents, tiled, tile_size, tile_stride, timer, num_frames,
+                           stream=True if output_type == "iterator" else None)
 
     def _window_pose_tokens(self, pose_video: torch.Tensor, chunk_size: Optional[int]) -> torch.Tensor:
         """Pose tokens of one window's frames, in the pipeline dtype on the compute device."""
-        pose_guider = self._onload("pose_guider") if "pose_guider" not in self._on_device else self.pose_guider
-        return encode_pose_video(pose_guider, pose_video, self.device, chunk_size).to(self.torch_dtype)
+        return self.encode_pose_video(pose_video, chunk_size)
 
 
-def _move_tea_caches(caches, device) -> None:
-    """Move a window's TeaCache residuals (full-size) to `device`; values are unchanged."""
+def _move_caches(caches, device) -> None:
+    """Move a window's step-cache residuals (full-size) to `device`; values are unchanged."""
     for cache in caches:
-        if cache is not None and cache.previous_residual is not None:
-            cache.previous_residual = cache.previous_residual.to(device)
+        if cache is not None:
+            cache.to(device)
 
 __all__ = ["WanUniAnimateLongVideoPipeline", "context_windows", "WINDOW_STATES", "OUTPUT_TYPES"]

@@ -15,19 +15,18 @@ flow-matching Euler with CFG (optionally TeaCache); tiled VAE decode.
 from __future__ import annotations
 
 import logging
-import math
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
-from ..acceleration.teacache import TeaCache
 from ..data.images import check_pil_image, image_to_tensor
 from ..data.pose_folder import pose_tensors
+from ..models.wan_dit import condition_tokens
 from ..prompters import WanPrompter, resolve_tokenizer_path
-from ..schedulers import FlowMatchScheduler
-from .units import (check_sizes, decode_video, dit_step, encode_pose_video, encode_prompt, encode_reference_image,
-                    encode_reference_pose, encode_video)
+from .base import NoiseSource, WanPipelineBase, lora_files_of
+from .timing import StageTimer
+from .units import check_sizes, encode_pose_video, encode_reference_image, encode_reference_pose
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -37,23 +36,10 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = ("text_encoder", "image_encoder", "vae", "dit", "pose_guider")
 
 
-class WanUniAnimateVideoPipeline:
-    """Holds the five models and runs one generation per call.
+class WanUniAnimateVideoPipeline(WanPipelineBase):
+    """Holds the five models and runs one generation per call (placement, caching, schedule: `WanPipelineBase`)."""
 
-    Models are used where they are (the ModelManager's device) unless `device` differs: then each model is moved to
-    `device` when first needed and stays there, or, after `enable_cpu_offload()`, is moved back to the CPU as soon
-    as the next model is needed (one model on the GPU at a time).
-    """
-
-    def __init__(self, device: Union[str, torch.device] = "cuda", torch_dtype: torch.dtype = torch.bfloat16):
-        self.device = torch.device(device)
-        self.torch_dtype = torch_dtype
-        self.scheduler = FlowMatchScheduler(shift=5.0, sigma_min=0.0, extra_one_step=True)
-        self.prompter = WanPrompter()
-        self.text_encoder = self.image_encoder = self.vae = self.dit = self.pose_guider = None
-        self.cpu_offload = False
-        self.offload_device = torch.device("cpu")
-        self._placed: Optional[set] = None     # see `_on_device`
+    MODEL_NAMES = MODEL_NAMES
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -73,6 +59,7 @@ class WanUniAnimateVideoPipeline:
         pipe.dit = model_manager.fetch_model("wan_video_dit")
         # The pose CNNs are small: kept in fp32 like upstream (their output is cast to the DiT dtype).
         pipe.pose_guider = model_manager.fetch_pose_guider(torch_dtype=torch.float32, device="cpu")
+        pipe.step_distilled = pipe.detect_step_distilled(lora_files_of(model_manager))
         missing = [name for name in MODEL_NAMES if getattr(pipe, name) is None]
         if missing:
             raise ValueError(f"the model manager lacks {', '.join(missing)}: load the Wan2.1-I2V DiT shards, the T5 "
@@ -96,104 +83,16 @@ class WanUniAnimateVideoPipeline:
             raise ValueError("pass prompter= or tokenizer_path= (the Wan release's google/umt5-xxl folder)")
         return pipe
 
-    def enable_cpu_offload(self) -> None:
-        """Keep models on the CPU and move each to `device` only while it runs (lower GPU memory, slower)."""
-        self.cpu_offload = True
-
-    def enable_vram_management(self, num_persistent_param_in_dit: Optional[float] = None,
-                               prefetch: bool = True) -> None:
-        """Layer streaming, as the upstream scripts call it (`pipe.enable_vram_management(num_persistent_param_in_dit=
-        6e9)`); see `diffsynth.acceleration.vram` and docs/memory.md.
-
-        - DiT: leaf modules in upstream order stay resident on `device` until the running parameter count passes
-          `num_persistent_param_in_dit`; every later one streams from (pinned) CPU memory, one copy per block, the
-          next block prefetched on a side stream. None keeps the whole DiT resident, 0 streams all of it. Bare
-          parameters (`modulation`) are always resident.
-        - umT5 and CLIP: everything streams (CLIP's small patch embedding stays resident: it says where CLIP runs).
-        - VAE and pose guider: moved to `device` for their stage only (as with `enable_cpu_offload`).
-        Results are bit-identical to a run without it. Call again to change the budget.
-        """
-        from ..acceleration.vram import enable_layer_streaming  # noqa: PLC0415
-
-        self.cpu_offload = True
-        streamers = self._vram_streamers()
-        for name, budget, resident in (("dit", num_persistent_param_in_dit, ()), ("text_encoder", 0, ()),
-                                       ("image_encoder", 0, ("visual.patch_embedding",))):
-            model = getattr(self, name)
-            if model is None:
-                continue
-            # A placed model keeps its resident part on the device; the streamed part goes to CPU memory.
-            streamers[name] = enable_layer_streaming(
-                model, budget, compute_device=self.device, storage_device=self.offload_device,
-                always_resident=resident, prefetch=prefetch, onload=name in self._on_device)
-
-    def _vram_streamers(self) -> dict:
-        if not hasattr(self, "_streamers"):
-            self._streamers = {}
-        return self._streamers
-
-    def models_on_device(self) -> List[str]:
-        """Names of the models this pipeline has placed on the compute device (and not moved back since). With VRAM
-        management a placed DiT/umT5/CLIP has its resident part there; its streamed weights stay in CPU memory."""
-        return [name for name in MODEL_NAMES if name in self._on_device]
-
-    def _onload(self, *names: str) -> torch.nn.Module:
-        """Move the models `names` to the compute device (and, with CPU offload, every other model back to the
-        CPU). Returns the first one."""
-        if self.cpu_offload:
-            for other in MODEL_NAMES:
-                if other not in names and getattr(self, other) is not None and other in self._on_device:
-                    self._offload(other)
-        streamers = self._vram_streamers()
-        for name in names:
-            model = getattr(self, name)
-            if model is None:
-                raise ValueError(f"the pipeline has no {name}")
-            if name not in self._on_device:
-                if name in streamers:
-                    streamers[name].onload()
-                else:
-                    model.to(self.device)
-                self._on_device.add(name)
-        return getattr(self, names[0])
-
-    def _offload(self, name: str) -> None:
-        streamer = self._vram_streamers().get(name)
-        if streamer is not None:
-            streamer.offload()
-        else:
-            getattr(self, name).to(self.offload_device)
-        self._on_device.discard(name)
-
-    @property
-    def _on_device(self) -> set:
-        # Tracked by name, not read from parameter devices: a model loaded straight onto the GPU counts as placed,
-        # and the bookkeeping stays testable on a CPU-only machine.
-        if self._placed is None:
-            self._placed = {name for name in MODEL_NAMES if getattr(self, name) is not None
-                            and next(getattr(self, name).parameters()).device == self.device}
-        return self._placed
-
     # -------------------------------------------------------------------------------------------------- call
     def check_inputs(self, input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt="",
                      negative_prompt="", cfg_scale=1.0, num_inference_steps=1, input_video=None,
                      denoising_strength=1.0) -> None:
         """Every argument checked before any model runs; each error names the argument and the fix."""
-        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if not isinstance(text, str):
-                raise ValueError(f"{name} must be a string (use \"\" for none); got {type(text).__name__}")
+        self.check_common(prompt, negative_prompt, height, width, num_frames, cfg_scale, num_inference_steps,
+                          denoising_strength)
         if input_image is None:
             raise ValueError("input_image is required: the reference photo (PIL image) of the person to animate")
         check_pil_image(input_image, "input_image")
-        for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if not isinstance(cfg_scale, (int, float)) or not math.isfinite(cfg_scale):
-            raise ValueError(f"cfg_scale must be a finite number (1.5 in the UniAnimate scripts); got {cfg_scale!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}")
-        if not (isinstance(denoising_strength, (int, float)) and 0 < denoising_strength <= 1):
-            raise ValueError(f"denoising_strength must be in (0, 1]; got {denoising_strength!r}")
         if input_video is not None:
             if len(input_video) != num_frames:
                 raise ValueError(f"input_video has {len(input_video)} frames; num_frames is {num_frames}")
@@ -214,11 +113,9 @@ class WanUniAnimateVideoPipeline:
             raise ValueError(f"random_ref_dwpose has shape {tuple(random_ref_dwpose.shape)}; expected "
                              f"[height, width, 3] = {[height, width, 3]}")
 
-    def generate_noise(self, shape, seed: Optional[int], rand_device: str = "cpu") -> torch.Tensor:
-        """fp32 Gaussian noise drawn on `rand_device` (CPU by default, so a seed gives the same video on any GPU)."""
-        generator = None if seed is None else torch.Generator(rand_device).manual_seed(seed)
-        noise = torch.randn(shape, generator=generator, device=rand_device, dtype=torch.float32)
-        return noise.to(device=self.device, dtype=self.torch_dtype)
+    def generate_noise(self, shape, noise: NoiseSource) -> torch.Tensor:
+        """The initial latents: fp32 Gaussian noise from the call's seeded source, in the pipeline dtype."""
+        return noise(shape)
 
     @torch.no_grad()
     def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional["Image"] = None,
@@ -228,7 +125,9 @@ class WanUniAnimateVideoPipeline:
                  sigma_shift: float = 5.0, tiled: bool = True, tile_size: Tuple[int, int] = (30, 52),
                  tile_stride: Tuple[int, int] = (15, 26), tea_cache_l1_thresh: Optional[float] = None,
                  tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
-                 random_ref_dwpose: Optional[torch.Tensor] = None) -> List["Image"]:
+                 random_ref_dwpose: Optional[torch.Tensor] = None, *, step_cache=None, preset: Optional[str] = None,
+                 denoising_step_list: Optional[Sequence[int]] = None, sampler: str = "euler",
+                 cfg_batch: Optional[bool] = None) -> List["Image"]:
         """Generate `num_frames` frames of the reference person following the poses.
 
         Args:
@@ -238,52 +137,53 @@ class WanUniAnimateVideoPipeline:
             height, width: multiples of 16; num_frames: 4k+1. Checked, never silently changed.
             cfg_scale: classifier-free guidance (1.5 in the UniAnimate scripts; 1.0 skips the negative branch).
             tea_cache_l1_thresh, tea_cache_model_id: enable TeaCache (e.g. 0.3, "Wan2.1-I2V-14B-720P").
+            step_cache: a `TeaCacheConfig` or `MagCacheConfig` (diffsynth.acceleration); see `cache_plan`.
+            preset: "fast" = 4 steps [1000, 750, 500, 250] at shift 5, cfg 1, the renoise sampler (no negative
+                prompt encoded). Needs a step-distillation LoRA (e.g. LightX2V's) merged; refuses otherwise.
+            denoising_step_list, sampler: an explicit step-distill schedule and "euler" / "renoise" (see
+                `FlowMatchScheduler`); with a step list `num_inference_steps` is ignored.
+            cfg_batch: run both CFG branches as one batch of 2 (True), one at a time (False, bit-identical to
+                upstream's order of operations), or None: batched when memory allows (`batched_cfg_fits`).
             input_video, denoising_strength: video-to-video; the input is encoded (with the call's tiling settings)
                 and noised part-way.
         Returns:
-            a list of F PIL images.
+            a list of F PIL images. A one-line summary (time per stage, s/step, peak GPU memory) is printed to
+            stderr unless `pipe.show_summary = False`; the figures stay in `pipe.last_timings`.
         """
+        settings = self.resolve_preset(preset, dict(cfg_scale=cfg_scale, sigma_shift=sigma_shift, sampler=sampler,
+                                                    num_inference_steps=num_inference_steps,
+                                                    denoising_step_list=denoising_step_list))
+        cfg_scale, num_inference_steps = settings["cfg_scale"], settings["num_inference_steps"]
         self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
                           negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
-        self.scheduler.shift = sigma_shift
-        self.scheduler.set_timesteps(num_inference_steps, denoising_strength)
+        timer = StageTimer(self.device)
+        steps = self.configure_scheduler(num_inference_steps, denoising_strength, settings["sigma_shift"],
+                                         settings["denoising_step_list"], settings["sampler"])
+        cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
         latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+        noise = NoiseSource(seed, rand_device, self.device, self.torch_dtype)
 
-        # 1. Noise, or the noised input video.
-        latents = self.generate_noise(latent_shape, seed, rand_device)
-        if input_video is not None:
-            encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
-            latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
-        context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
-        clip_feature, y = self.encode_reference(input_image, height, width, num_frames, random_ref_dwpose)
-        pose_tokens = self.encode_pose_video(dwpose_data)
-        # 5. Denoising loop.
+        with timer("encode"):
+            # 1. Noise, or the noised input video; 2-3. prompts and the reference.
+            latents = self.generate_noise(latent_shape, noise)
+            if input_video is not None:
+                encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
+                latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
+            context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
+            clip_feature, y = self.encode_reference(input_image, height, width, num_frames, random_ref_dwpose)
+        with timer("pose"):
+            pose_tokens = self.encode_pose_video(dwpose_data)
+        # 4. Per-generation invariants once (embedded contexts), then the denoising loop.
         dit = self._onload("dit")
         dit.check_inputs(latents, self.scheduler.timesteps[:1], context, clip_feature, y, pose_tokens)
-        caches = self.new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id)
-        for timestep in progress_bar_cmd(self.scheduler.timesteps):
-            velocity = self.predict(dit, latents, timestep, context, context_neg, clip_feature, y, pose_tokens,
-                                    cfg_scale, caches)
-            latents = self.scheduler.step(velocity, timestep, latents)
-        if caches[0] is not None:
-            logger.info("TeaCache skipped %d of %d steps", len(caches[0].skipped_steps), num_inference_steps)
-        return self.decode(latents, tiled, tile_size, tile_stride)
+        with timer("encode"):
+            guidance = self.prepare_guidance(dit, context, context_neg, clip_feature, y, cfg_scale, cfg_batch,
+                                             latent_shape)
+        caches = self.new_step_caches(steps, cache_config)
+        latents = self.denoise(dit, latents, guidance, pose_tokens, caches, noise, progress_bar_cmd, timer)
+        return self.finish(latents, tiled, tile_size, tile_stride, timer, num_frames)
 
     # ------------------------------------------------------------------------------- steps shared with long video
-    def encode_input_video(self, input_video, height, width, tiled, tile_size, tile_stride) -> torch.Tensor:
-        """Video-to-video: the input frames as latents, encoded with the call's tiling settings (as upstream)."""
-        vae = self._onload("vae")
-        encoded = encode_video(vae, input_video, height, width, self.device, tiled, tile_size, tile_stride)
-        return encoded.to(self.torch_dtype)
-
-    def encode_prompts(self, prompt: str, negative_prompt: str, cfg_scale: float):
-        """umT5 contexts for both CFG branches (the negative one only when cfg_scale != 1)."""
-        text_encoder = self._onload("text_encoder")
-        context = encode_prompt(self.prompter, text_encoder, prompt, self.device)
-        context_neg = encode_prompt(self.prompter, text_encoder, negative_prompt, self.device) \
-            if cfg_scale != 1.0 else None
-        return context, context_neg
-
     def encode_reference(self, input_image: "Image", height: int, width: int, num_frames: int,
                          random_ref_dwpose: torch.Tensor):
         """CLIP tokens and y = [mask; VAE latent] + reference-pose embedding (on all 20 channels)."""
@@ -294,73 +194,12 @@ class WanUniAnimateVideoPipeline:
         ref_pose_emb = encode_reference_pose(pose_guider, random_ref_dwpose, self.device)
         return clip_feature, y.to(self.torch_dtype) + ref_pose_emb.to(self.torch_dtype)
 
-    def encode_pose_video(self, dwpose_data: torch.Tensor) -> torch.Tensor:
-        """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, d, T, h', w'] in the pipeline dtype."""
-        pose_guider = self._onload("pose_guider")
-        return encode_pose_video(pose_guider, dwpose_data, self.device).to(self.torch_dtype)
-
-    @staticmethod
-    def new_tea_caches(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id):
-        """One TeaCache per CFG branch (positive, negative), or (None, None)."""
-        if tea_cache_l1_thresh is None:
-            return [None, None]
-        return [TeaCache(num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id) for _ in range(2)]
-
-    def predict(self, dit, latents, timestep, context, context_neg, clip_feature, y, pose_tokens, cfg_scale, caches):
-        """The guided velocity: pose tokens on the conditional branch only, `neg + cfg * (pos - neg)`."""
-        t = timestep[None].to(self.device)
-        velocity = dit_step(dit, latents, t, context, clip_feature, y, pose_tokens, caches[0])
-        if cfg_scale != 1.0:
-            velocity_neg = dit_step(dit, latents, t, context_neg, clip_feature, y, None, caches[1])
-            velocity = velocity_neg + cfg_scale * (velocity - velocity_neg)
-        return velocity
-
-    def decode(self, latents, tiled, tile_size, tile_stride, stream: Optional[bool] = None
-               ) -> Union[List["Image"], Iterator["Image"]]:
-        """Latents -> the list of PIL frames; or, with `stream=True` (or inside `generate_to_file`), the iterator
-        of `decode_iter` (same frames, decoded chunk by chunk as they are consumed)."""
-        if stream or (stream is None and getattr(self, "_stream_decode", False)):
-            return self.decode_iter(latents, tiled, tile_size, tile_stride)
-        vae = self._onload("vae")
-        frames = decode_video(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
-        if self.cpu_offload:
-            self._offload("vae")
-        return frames
-
-    # ------------------------------------------------------------------------------------- streamed output
-    def decode_iter(self, latents, tiled, tile_size, tile_stride) -> Iterator["Image"]:
-        """The frames of `decode`, yielded chunk by chunk (1, then 4 per latent frame) while the VAE decodes with
-        its causal cache (one per spatial tile when tiled); no float copy of the whole video is ever held. The VAE
-        is placed on the device at the first frame asked for, and (with CPU offload) moved back when the stream
-        ends or is closed."""
-        from .units import decode_video_iter  # noqa: PLC0415
-
-        vae = self._onload("vae")
-        try:
-            yield from decode_video_iter(vae, latents, tiled=tiled, tile_size=tile_size, tile_stride=tile_stride)
-        finally:
-            if self.cpu_offload:
-                self._offload("vae")
-
-    def generate_to_file(self, path, *, fps: float = 15, quality: int = 9,
-                         overwrite: bool = False, progress: bool = False, **call_kwargs) -> str:
-        """Run `self(**call_kwargs)` and write the video to `path` (mp4) while it is decoded, chunk by chunk: each
-        decoded chunk becomes uint8 frames that go straight to the encoder, so memory does not grow with the
-        number of frames after denoising. Same frames as `save_video(self(...), path)`.
-
-        The path is checked before anything runs (an existing file is refused unless `overwrite=True`), and the
-        file is written atomically (`save_video`). Returns the path.
-        """
-        from ..data.safe_write import check_output_file  # noqa: PLC0415
-        from ..data.video import save_video  # noqa: PLC0415
-
-        check_output_file(path, overwrite=overwrite, flag="overwrite=True")
-        self._stream_decode = True
-        try:
-            frames = self(**call_kwargs)
-        finally:
-            self._stream_decode = False
-        return save_video(frames, path, fps=fps, quality=quality, progress=progress, overwrite=overwrite)
+    def encode_pose_video(self, dwpose_data: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
+        """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, L, d] in the pipeline dtype (flattened once here,
+        not at every step)."""
+        pose_guider = self._onload("pose_guider") if "pose_guider" not in self._on_device else self.pose_guider
+        tokens = encode_pose_video(pose_guider, dwpose_data, self.device, chunk_size)
+        return condition_tokens(tokens).to(self.torch_dtype).contiguous()
 
 
 def load_pose_data(pose_images, reference_pose, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:

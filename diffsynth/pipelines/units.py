@@ -5,14 +5,14 @@ boundary (a model's inputs take its parameter dtype), so the models themselves s
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..acceleration.teacache import TeaCache
+from ..acceleration.block_cache import BlockCache
 from ..data.images import image_to_tensor, tensor_to_frames, video_to_tensor
 from ..models.pose_guider import PoseGuider
-from ..models.wan_dit import WanModel, condition_tokens
+from ..models.wan_dit import EmbeddedContext, WanModel
 from ..models.wan_image_encoder import WanImageEncoder
 from ..models.wan_text_encoder import WanTextEncoder
 from ..models.wan_vae import WanVideoVAE
@@ -76,30 +76,32 @@ def encode_reference_pose(pose_guider: PoseGuider, reference_pose: torch.Tensor,
     return pose_guider.embed_reference_pose(ref)
 
 
-def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-             clip_feature: Optional[torch.Tensor], y: Optional[torch.Tensor],
-             add_condition: Optional[torch.Tensor] = None, tea_cache: Optional[TeaCache] = None) -> torch.Tensor:
-    """One DiT velocity prediction, composed from the model's steps so TeaCache can skip the blocks.
+def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor,
+             context: Union[torch.Tensor, EmbeddedContext], clip_feature: Optional[torch.Tensor],
+             y: Optional[torch.Tensor], add_condition: Optional[torch.Tensor] = None,
+             tea_cache: Optional[BlockCache] = None, block_cache: Optional[Sequence] = None) -> torch.Tensor:
+    """One DiT velocity prediction through `WanModel.forward`, inputs cast to the DiT's parameter dtype first: with
+    bf16 weights the timestep is rounded to bf16 before the sinusoid, as upstream (995.93 -> 996).
 
-    Every tensor is cast to the DiT's parameter dtype first: with bf16 weights the timestep is rounded to bf16
-    before the sinusoid, as upstream (995.93 -> 996).
+    `block_cache`: one step cache (or None) per batch item; `tea_cache` is the one-item shorthand.
     """
     dtype = param_dtype(dit)
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    latents, timestep, context, clip_feature, y = map(cast, (latents, timestep, context, clip_feature, y))
-    e, e0 = dit.embed_timestep(timestep)
-    ctx, ctx_img = dit.embed_context(context, clip_feature)
-    tokens, grid = dit.patchify(latents, y)
-    if add_condition is not None:
-        tokens = tokens + condition_tokens(add_condition).to(tokens.dtype)
-    if tea_cache is not None and not tea_cache.should_compute(e0):
-        tokens = tea_cache.reuse(tokens)
-    else:
-        out = dit.forward_blocks(tokens, ctx, ctx_img, e0, grid)
-        if tea_cache is not None:
-            tea_cache.store(tokens, out)
-        tokens = out
-    return dit.unpatchify_head(tokens, e, grid)
+    latents, timestep, clip_feature, y = map(cast, (latents, timestep, clip_feature, y))
+    if not isinstance(context, EmbeddedContext):
+        context = cast(context)
+    if tea_cache is not None:
+        block_cache = [tea_cache]
+    if block_cache is not None and all(cache is None for cache in block_cache):
+        block_cache = None
+    return dit(latents, timestep, context, clip_feature, y, add_condition, block_cache=block_cache)
+
+
+@torch.no_grad()
+def embed_context(dit: WanModel, context: torch.Tensor, clip_feature: Optional[torch.Tensor]) -> EmbeddedContext:
+    """umT5 context (and CLIP tokens) through the DiT's text/image embeddings, once per generation."""
+    dtype = param_dtype(dit)
+    return dit.embed_context(context.to(dtype), None if clip_feature is None else clip_feature.to(dtype))
 
 
 @torch.no_grad()
@@ -130,6 +132,6 @@ def encode_video(vae: WanVideoVAE, frames: Sequence, height: int, width: int, de
 
 
 __all__ = ["check_sizes", "encode_prompt", "image_to_tensor", "encode_reference_image",
-           "encode_pose_video", "encode_reference_pose", "dit_step", "decode_video",
+           "encode_pose_video", "encode_reference_pose", "dit_step", "embed_context", "decode_video",
            "decode_video_iter", "encode_video",
            "video_to_tensor", "param_dtype"]

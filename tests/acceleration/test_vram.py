@@ -326,8 +326,13 @@ def test_pipeline_vram_management_is_bit_identical_and_streams_dit_t5_clip(model
         dit, t5, clip = (getattr(models, n)._vram_streamer for n in ("dit", "text_encoder", "image_encoder"))
         assert 0 < len(dit.plan.streamed_groups) < len(dit.plan.groups)
         assert dit.plan.persistent_leaves == upstream_persistent(models.dit, budget)
-        # 2 steps x 2 CFG branches, every streamed DiT group once per forward (+1 prefetch of the next call)
-        assert dit.stats["copies"] in (4 * len(dit.plan.streamed_groups), 4 * len(dit.plan.streamed_groups) + 1)
+        # The context embeddings run once per generation and branch (2), every other streamed group once per
+        # forward: 2 steps x 1 forward (batched CFG); a prefetch guessed wrong costs at most one copy per step.
+        per_generation = [g for g in dit.plan.streamed_groups if g in ("text_embedding", "img_emb")]
+        per_forward = len(dit.plan.streamed_groups) - len(per_generation)
+        needed = 2 * len(per_generation) + 2 * per_forward
+        assert per_forward > 0 and needed <= dit.stats["copies"] <= needed + 2
+        assert dit.stats["copies"] - dit.stats["wasted"] <= needed + 1
         assert t5.stats["copies"] >= 2 * len(t5.plan.streamed_groups) > 0      # two prompts
         assert clip.stats["copies"] > 0 and "visual.patch_embedding" in clip.plan.persistent_leaves
         placement = {}
@@ -351,7 +356,8 @@ def test_long_video_pipeline_streams_bit_identically(models):
     try:
         pipe, frames = pipeline_call(models, lambda p: p.enable_vram_management(0), WanUniAnimateLongVideoPipeline)
         assert np.array_equal(frames, expected)
-        assert models.dit._vram_streamer.stats["copies"] >= 4 * len(models.dit._vram_streamer.plan.groups)
+        groups = len(models.dit._vram_streamer.plan.groups)   # 2 of them (the context embeddings) once per branch
+        assert models.dit._vram_streamer.stats["copies"] >= 2 * (groups - 2) + 2 * 2
         assert pipe.models_on_device() == []
     finally:
         for name in ("dit", "text_encoder", "image_encoder"):

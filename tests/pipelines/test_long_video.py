@@ -186,7 +186,7 @@ def test_window_state_is_parked_while_other_windows_run(models, monkeypatch):
     tokens are computed once per window ("offload") or at every window step ("recompute")."""
     pipe = make(WanUniAnimateLongVideoPipeline, models)
     seen, moves, made = [], [], []
-    real_move, real_tokens, real_predict = long_video._move_tea_caches, pipe._window_pose_tokens, pipe.predict
+    real_move, real_tokens, real_predict = long_video._move_caches, pipe._window_pose_tokens, pipe.predict
 
     def move(caches, device):
         real_move(caches, device)
@@ -199,7 +199,7 @@ def test_window_state_is_parked_while_other_windows_run(models, monkeypatch):
         caches = rest[-1]
         seen.append(getattr(caches[0].previous_residual, "where", None))
         return real_predict(dit, window, timestep, *rest)
-    monkeypatch.setattr(long_video, "_move_tea_caches", move)
+    monkeypatch.setattr(long_video, "_move_caches", move)
     monkeypatch.setattr(pipe, "predict", predict)
     monkeypatch.setattr(pipe, "_window_pose_tokens", lambda *a: made.append(1) or real_tokens(*a))
     pipe.offload_device = torch.device("cpu", 0)             # a device object distinct from pipe.device
