@@ -65,13 +65,17 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
                              torch_dtype: torch.dtype = torch.bfloat16, long_video: bool = False,
                              cpu_offload: bool = False, vram_management: bool = False,
                              num_persistent_param_in_dit: Optional[float] = None,
-                             dit_dtype: Optional[torch.dtype] = None) -> WanUniAnimateVideoPipeline:
+                             dit_dtype: Optional[torch.dtype] = None,
+                             extra_loras: Sequence = ()) -> WanUniAnimateVideoPipeline:
     """Load the Wan2.1-I2V-14B-720P release (CLIP in fp32, the rest in `torch_dtype`) and the UniAnimate checkpoint.
 
     Memory options (docs/memory.md): `cpu_offload` moves whole models; `vram_management` streams the DiT layers past
     `num_persistent_param_in_dit` resident parameters (None: all resident, 0: all stream; the upstream scripts use
     6e9), and umT5/CLIP; `dit_dtype=torch.float8_e4m3fn` stores the DiT's Linear weights in fp8 (compute stays in
     `torch_dtype`).
+
+    `extra_loras`: more LoRA files (or `(path, strength)` pairs) merged after the UniAnimate one, e.g. a step-
+    distillation LoRA for `preset="fast"` (recognised by its file name, see `WanPipelineBase.resolve_preset`).
     """
     files = {name: _require(os.path.join(wan_dir, spec), name, DOWNLOAD_HINT)
              for name, spec in WAN_I2V_FILES.items() if name != "dit"}
@@ -80,6 +84,10 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
     model_manager.load_models([dit_shards(wan_dir)], torch_dtype=dit_dtype or torch_dtype)
     model_manager.load_models([files["text_encoder"], files["vae"]], torch_dtype=torch_dtype)
     model_manager.load_lora_v2(_require(lora_path, "UniAnimate checkpoint", DOWNLOAD_HINT), lora_alpha=1.0)
+    for extra in extra_loras:
+        path, strength = extra if isinstance(extra, (tuple, list)) else (extra, 1.0)
+        model_manager.load_lora_v2(_require(path, "LoRA", "check the path in the script's settings"),
+                                   lora_alpha=strength)
     cls: Type[WanUniAnimateVideoPipeline] = WanUniAnimateLongVideoPipeline if long_video else WanUniAnimateVideoPipeline
     pipe = cls.from_model_manager(model_manager, torch_dtype=torch_dtype, device=device)
     if vram_management:

@@ -22,6 +22,8 @@ HEIGHT, WIDTH = 1280, 720           # portrait; swap for landscape (multiples of
 SEED = 11
 MAX_FRAMES = None                # 4k+1 pose frames per video; None = all of them (long-video pipeline)
 USE_TEACACHE = False             # about 4x faster, slightly lower quality
+FAST = False                     # 4 steps at cfg 1 (preset="fast"); needs DISTILL_LORA, ignores CFG_SCALE and steps
+DISTILL_LORA = None              # e.g. "checkpoints/Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors"
 CFG_SCALE = 1.5                  # 1.0 halves the time (no negative branch)
 NUM_INFERENCE_STEPS = 50
 CPU_OFFLOAD = False              # keep one model at a time on the GPU (less GPU memory, slower)
@@ -45,8 +47,10 @@ if __name__ == "__main__":
     pipe = load_unianimate_pipeline(WAN_DIR, LORA_PATH, device="cuda", torch_dtype=torch.bfloat16,
                                     vram_management=VRAM_MANAGEMENT,
                                     num_persistent_param_in_dit=NUM_PERSISTENT_PARAM_IN_DIT,
-                                    dit_dtype=torch.float8_e4m3fn if FP8_DIT else None, long_video=True,
+                                    dit_dtype=torch.float8_e4m3fn if FP8_DIT else None,
+                                    extra_loras=[DISTILL_LORA] if DISTILL_LORA else (), long_video=True,
                                     cpu_offload=CPU_OFFLOAD)
     run_items(pipe, TEST_LIST, "video_720P_long", height=HEIGHT, width=WIDTH, max_frames=MAX_FRAMES, seed=SEED,
               cfg_scale=CFG_SCALE, num_inference_steps=NUM_INFERENCE_STEPS, use_teacache=USE_TEACACHE,
+              preset="fast" if FAST else None,
               context_size=21, context_overlap=4, overwrite=OVERWRITE)

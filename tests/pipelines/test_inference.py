@@ -108,3 +108,31 @@ def test_load_unianimate_pipeline_memory_options(tmp_path, workspace):
     assert any(isinstance(m, Fp8Linear) for m in fp8.dit.modules())
     assert fp8.torch_dtype == torch.bfloat16
     assert len(frames(fp8, "c.mp4")) == 5
+
+
+def test_scripts_fast_setting_loads_the_distill_lora_and_runs_four_steps(tmp_path, workspace):
+    """FAST + DISTILL_LORA in the scripts: the extra LoRA is merged (at its strength) and preset="fast" runs."""
+    import shutil
+
+    from training.training_helpers import save_structural_checkpoints
+
+    root, _ = workspace
+    ckpt = save_structural_checkpoints(tmp_path)
+    folder = str(tmp_path / "ckpt")
+    distill = tmp_path / "Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.ckpt"
+    shutil.copy(ckpt.unianimate, distill)          # any LoRA named like a distill one (the name is what counts)
+    plain = load_unianimate_pipeline(folder, ckpt.unianimate, device="cpu", torch_dtype=torch.float32)
+    assert not plain.step_distilled
+    with pytest.raises(ValueError, match="step-distillation LoRA"):
+        animate_item(plain, str(root / "ref.png"), str(root / "saved_pose/ref"), str(tmp_path / "x.mp4"),
+                     height=32, width=32, max_frames=5, tiled=False, preset="fast")
+    fast = load_unianimate_pipeline(folder, ckpt.unianimate, device="cpu", torch_dtype=torch.float32,
+                                    extra_loras=[(str(distill), 0.5)])
+    assert fast.step_distilled
+    assert not torch.equal(fast.dit.blocks[0].self_attn.q.weight, plain.dit.blocks[0].self_attn.q.weight)
+    steps = []
+    handle = fast.dit.head.register_forward_hook(lambda *a: steps.append(1))
+    out = animate_item(fast, str(root / "ref.png"), str(root / "saved_pose/ref"), str(tmp_path / "fast.mp4"),
+                       height=32, width=32, max_frames=5, tiled=False, preset="fast")
+    handle.remove()
+    assert len(steps) == 4 and len(VideoData(video_file=out).raw_data()) == 5
