@@ -285,6 +285,9 @@ class LayerStreamer:
         else:
             self._place_resident(self.storage_device)
         model._vram_streamer = self
+        # A trainer moves its module with `.to()` / `.cuda()` (Lightning, DeepSpeed): the streamed weights must stay
+        # in their storage buffers (moving them would put the whole model on the GPU at once).
+        model._apply = self._guarded_apply(type(model)._apply.__get__(model))
 
     # ---------------------------------------------------------------------------------------------- set-up
     def _pack(self, group: _Group) -> None:
@@ -333,12 +336,27 @@ class LayerStreamer:
         self._place_resident(self.storage_device)
         self.on_device = False
 
+    def _guarded_apply(self, original):
+        """`module._apply` (behind `.to()`, `.cuda()`, `.half()`, ...) that leaves the streamed parameters in their
+        storage buffers, so a trainer can move a managed model: resident weights and buffers follow the call."""
+        def _apply(fn, recurse=True):
+            held = [(e.param, e.param.data) for group in self._groups.values() for e in group.entries]
+            for param, data in held:   # a placeholder for `fn` to convert; the storage view comes back after
+                param.data = torch.empty(0, dtype=data.dtype, device=data.device)
+            try:
+                return original(fn, recurse)
+            finally:
+                for param, data in held:
+                    param.data = data
+        return _apply
+
     def remove(self) -> None:
         """Remove the hooks; the streamed parameters stay (as ordinary parameters) on the storage device."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
         self._pending.clear()
+        self.model.__dict__.pop("_apply", None)
         if getattr(self.model, "_vram_streamer", None) is self:
             del self.model._vram_streamer
 

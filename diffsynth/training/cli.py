@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="probability of dropping the CLIP tokens and the reference latent y")
     train.add_argument("--use_gradient_checkpointing", action="store_true")
     train.add_argument("--use_gradient_checkpointing_offload", action="store_true")
+    train.add_argument("--num_persistent_param_in_dit", type=float, default=None,
+                       help="stream the frozen DiT weights past this many resident parameters from CPU memory "
+                            "(e.g. 0 or 6e9; default: all resident). Use with --use_gradient_checkpointing "
+                            "and the default or a DDP strategy (not DeepSpeed stage 3 / offload)")
     train.add_argument("--seed", type=int, default=None, help="seed everything (data, noise, dropout)")
 
     run = p.add_argument_group("hardware and checkpoints")
@@ -309,7 +313,8 @@ def build_module(args, configs=None):
             init_lora_weights=args.init_lora_weights,
             pretrained_lora_path=None if getattr(args, "resume_path", None) else args.pretrained_lora_path,
             use_gradient_checkpointing=args.use_gradient_checkpointing,
-            use_gradient_checkpointing_offload=args.use_gradient_checkpointing_offload, tiled=args.tiled,
+            use_gradient_checkpointing_offload=args.use_gradient_checkpointing_offload,
+            num_persistent_param_in_dit=args.num_persistent_param_in_dit, tiled=args.tiled,
             tile_size=(args.tile_size_height, args.tile_size_width),
             tile_stride=(args.tile_stride_height, args.tile_stride_width),
             pose_dropout=args.pose_dropout, reference_dropout=args.reference_dropout, configs=configs, progress=True)

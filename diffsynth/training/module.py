@@ -127,6 +127,10 @@ class UniAnimateTrainingModule(pl.LightningModule):
         pretrained_lora_path: start from a UniAnimate checkpoint (file, shards, or a folder with one checkpoint or
             the shards of one export); weights only, checked strictly (see `load_pretrained`).
         use_gradient_checkpointing(_offload): recompute (and keep on CPU) the DiT block activations.
+        num_persistent_param_in_dit: stream the frozen DiT weights past this many resident parameters from CPU
+            memory during training (layer streaming, `diffsynth.acceleration.vram`; None: all resident, 0: all
+            stream). LoRA and pose-guider parameters stay resident. Enabled in `setup()`, before the trainer moves
+            the module, so the DiT never lands on the GPU whole. Pair it with gradient checkpointing.
         tiled, tile_size, tile_stride: VAE encode of the training video (latent units).
         pose_dropout: probability of zeroing both pose embeddings (upstream 0.05).
         reference_dropout: probability of zeroing the CLIP tokens and the whole y (upstream 0.1).
@@ -142,7 +146,7 @@ class UniAnimateTrainingModule(pl.LightningModule):
                  lora_target_modules: Union[str, Sequence[str]] = DEFAULT_LORA_TARGETS,
                  init_lora_weights: str = "kaiming", pretrained_lora_path: Optional[PathSpec] = None,
                  use_gradient_checkpointing: bool = False, use_gradient_checkpointing_offload: bool = False,
-                 tiled: bool = True, tile_size: Tuple[int, int] = (34, 34), tile_stride: Tuple[int, int] = (18, 16),
+                 num_persistent_param_in_dit: Optional[float] = None, tiled: bool = True, tile_size: Tuple[int, int] = (34, 34), tile_stride: Tuple[int, int] = (18, 16),
                  pose_dropout: float = 0.05, reference_dropout: float = 0.1, bf16_timestep: bool = True,
                  configs=None, progress: bool = False):
         super().__init__()
@@ -161,6 +165,9 @@ class UniAnimateTrainingModule(pl.LightningModule):
         self.train_architecture = train_architecture
         self.use_gradient_checkpointing = use_gradient_checkpointing
         self.use_gradient_checkpointing_offload = use_gradient_checkpointing_offload
+        if num_persistent_param_in_dit is not None and num_persistent_param_in_dit < 0:
+            raise ValueError(f"num_persistent_param_in_dit must be >= 0 (or None); got {num_persistent_param_in_dit}")
+        self.num_persistent_param_in_dit = num_persistent_param_in_dit
         self.pose_dropout, self.reference_dropout = pose_dropout, reference_dropout
         self.bf16_timestep = bf16_timestep
         self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
@@ -200,6 +207,16 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
         if pretrained_lora_path is not None:
             self.load_pretrained(pretrained_lora_path)
+
+    def setup(self, stage: str) -> None:
+        """Lightning hook, called before the strategy moves the module to its device: start DiT layer streaming
+        towards that device when `num_persistent_param_in_dit` is set."""
+        if self.num_persistent_param_in_dit is not None and getattr(self.dit, "_vram_streamer", None) is None:
+            from ..acceleration.vram import enable_layer_streaming  # noqa: PLC0415
+
+            enable_layer_streaming(self.dit, self.num_persistent_param_in_dit,
+                                   compute_device=self.trainer.strategy.root_device, storage_device="cpu",
+                                   onload=False)
 
     # ----------------------------------------------------------------------------------------------- params
     @property

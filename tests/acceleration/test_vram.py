@@ -364,3 +364,26 @@ def test_long_video_pipeline_streams_bit_identically(models):
             streamer = getattr(getattr(models, name), "_vram_streamer", None)
             if streamer is not None:
                 streamer.remove()
+
+
+def test_moving_a_managed_model_keeps_streamed_weights_in_storage():
+    """A trainer's `.to()` moves the resident weights; the streamed ones stay in their (CPU) buffers, so the model
+    never lands on the device whole, and the forward is unchanged."""
+    inputs = dit_inputs()
+    dit = lora_dit()
+    with torch.no_grad():
+        expected = dit(**inputs)
+    streamer = enable_layer_streaming(dit, budget_for(dit, 1, 0), compute_device="cpu", storage_device="cpu",
+                                      onload=False)
+    streamed = dict(dit.named_parameters())
+    names = [n for n in streamed if n.startswith(tuple(l + "." for l in streamer.plan.streamed_leaves))]
+    ptrs = {n: streamed[n].data_ptr() for n in names}
+    dit.to(torch.float64)                                   # a conversion every parameter would otherwise follow
+    assert names and all(streamed[n].data_ptr() == ptrs[n] and streamed[n].dtype == torch.float32 for n in names)
+    assert dit.patch_embedding.weight.dtype == torch.float64   # resident weights followed the call
+    dit.to(torch.float32)
+    with torch.no_grad():
+        assert torch.equal(dit(**inputs), expected)
+    streamer.remove()
+    dit.to(torch.float64)                                   # unmanaged again: everything follows
+    assert all(p.dtype == torch.float64 for p in dit.parameters())
