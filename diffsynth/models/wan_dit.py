@@ -100,13 +100,15 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)   # over the full width, all heads together
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x, rope, backend=None):
-        """x [B, L, d]; rope: the table from `layers.rope_table` ([L, 1, dh/2] phasors) -> [B, L, d]."""
+    def forward(self, x, rope, backend=None, sequence_parallel=None):
+        """x [B, L, d]; rope: the table from `layers.rope_table` ([L, 1, dh/2] phasors) -> [B, L, d]. Under
+        sequence parallel, x and rope are this rank's token shard and attention spans every rank's tokens."""
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731  [B, L, n, dh]
         q = apply_rope(heads(self.norm_q(self.q(x))), rope)
         k = apply_rope(heads(self.norm_k(self.k(x))), rope)
         v = heads(self.v(x))
-        return self.o(attention(q, k, v, backend).flatten(2))
+        attend = attention if sequence_parallel is None else sequence_parallel.attention
+        return self.o(attend(q, k, v, backend).flatten(2))
 
 
 class CrossAttention(nn.Module):
@@ -147,12 +149,13 @@ class DiTBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, context, context_img, e0, rope, backend=None):
+    def forward(self, x, context, context_img, e0, rope, backend=None, sequence_parallel=None):
         """x [B, L, d]; e0 [B, 6, d] (timestep projection) -> [B, L, d]."""
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = (
             self.modulation.to(e0.dtype) + e0).chunk(6, dim=1)
         # 1. Self-attention, modulated and gated by the timestep.
-        x = gated_add(x, gate_msa, self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, backend))
+        x = gated_add(x, gate_msa, self.self_attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, backend,
+                                                  sequence_parallel))
         # 2. Cross-attention to text (and image) tokens: no modulation, no gate.
         x = x + self.cross_attn(self.norm3(x), context, context_img, backend)
         # 3. Feed-forward, modulated and gated.
@@ -209,6 +212,8 @@ class WanModel(nn.Module):
         self.config = cfg = config
         self.attention_backend = attention_backend
         self.rope_precision = rope_precision
+        # `diffsynth.distributed.SequenceParallel` (set by `pipe.enable_parallel`): tokens sharded across ranks.
+        self.sequence_parallel = None
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -278,10 +283,11 @@ class WanModel(nn.Module):
     def forward_blocks(self, x, context, context_img, e0, grid: Grid,
                        use_gradient_checkpointing: bool = False, use_gradient_checkpointing_offload: bool = False):
         """Run every transformer block on tokens x [B, L, d]."""
-        rope = self.rope_for(grid, x)
+        sp = self.sequence_parallel
+        rope = self.rope_for(grid, x) if sp is None else sp.shard_rope(self.rope_for(grid, x))
         checkpointing = use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            args = (x, context, context_img, e0, rope, self.attention_backend)
+            args = (x, context, context_img, e0, rope, self.attention_backend, sp)
             if not checkpointing:
                 x = block(*args)
                 continue
@@ -292,8 +298,11 @@ class WanModel(nn.Module):
         return x
 
     def unpatchify_head(self, x: torch.Tensor, e: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Tokens [B, L, d] -> head -> latents [B, out_dim, T*pt, h'*ph, w'*pw]."""
+        """Tokens [B, L, d] -> head -> latents [B, out_dim, T*pt, h'*ph, w'*pw]. Under sequence parallel x is this
+        rank's shard: the head runs on it, then the shards are gathered (padding stripped)."""
         x = self.head(x, e)
+        if self.sequence_parallel is not None:
+            x = self.sequence_parallel.gather(x)
         pt, ph, pw = self.config.patch_size
         f, h, w = grid
         x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
@@ -329,6 +338,8 @@ class WanModel(nn.Module):
         tokens, grid = self.patchify(x, y)
         if add_condition is not None:
             tokens = add_condition_tokens(tokens, add_condition)
+        if self.sequence_parallel is not None:     # pose tokens were added above: they are split the same way
+            tokens = self.sequence_parallel.shard(tokens)
 
         def blocks(indices: Optional[List[int]]) -> torch.Tensor:
             pick = (lambda t: t) if indices is None else (lambda t: t[indices])  # noqa: E731

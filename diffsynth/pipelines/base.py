@@ -86,6 +86,7 @@ class WanPipelineBase:
         self.show_summary = True               # print the one-line timing summary after each call
         self.last_timings: Optional[dict] = None
         self._compiled = False
+        self.parallel = None                   # a `diffsynth.distributed.ParallelState` after enable_parallel()
 
     # ------------------------------------------------------------------------------------------- placement
     def enable_cpu_offload(self) -> None:
@@ -168,6 +169,44 @@ class WanPipelineBase:
             self._placed = {name for name in self.MODEL_NAMES if getattr(self, name) is not None
                             and next(getattr(self, name).parameters()).device == self.device}
         return self._placed
+
+    # ------------------------------------------------------------------------------------------- multi-GPU
+    def enable_parallel(self, state) -> None:
+        """Split every generation across the ranks of `state` (`diffsynth.distributed.init_parallel`, under
+        torchrun): the DiT's tokens across each sequence-parallel group (Ulysses), the two CFG branches across the
+        CFG groups. Every rank runs the call with the same arguments; only rank 0 decodes and returns frames (the
+        other ranks return None). See docs/parallel.md."""
+        from ..distributed.sequence_parallel import SequenceParallel  # noqa: PLC0415
+
+        config = state.config
+        if config.ring_size > 1:
+            raise ValueError("ring attention (ring_size > 1) needs xDiT/yunchang, which this package does not call "
+                             "yet: use ulysses_size (a divisor of the DiT's head count, 40 for the 14B model)")
+        if config.sp_size > 1 and self.dit.config.num_heads % config.sp_size:
+            raise ValueError(f"ulysses_size {config.sp_size} must divide the DiT's {self.dit.config.num_heads} heads")
+        if state.world_size > 1 and self._vram_streamers():
+            raise ValueError("enable_parallel with enable_vram_management is not supported yet: each rank would "
+                             "stream the whole DiT; use the GPUs' memory instead, or one process per GPU with "
+                             "item parallel (diffsynth.distributed.item_shard)")
+        self.parallel = state
+        self.device = state.device
+        self._placed = None
+        self.dit.sequence_parallel = SequenceParallel(state.sp_group) if config.sp_size > 1 else None
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.parallel is None or self.parallel.is_main
+
+    def _cfg_parallel(self) -> bool:
+        return self.parallel is not None and self.parallel.config.cfg_parallel
+
+    def _gather_branches(self, velocity: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """CFG parallel: this rank's branch velocity -> (conditional, unconditional) from the CFG group."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        parts = [torch.empty_like(velocity) for _ in range(2)]
+        dist.all_gather(parts, velocity.contiguous(), group=self.parallel.cfg_group)
+        return parts[0], parts[1]
 
     # ---------------------------------------------------------------------------------------------- compile
     def compile(self, mode: Optional[str] = None) -> None:
@@ -312,7 +351,8 @@ class WanPipelineBase:
         positive = embed_context(dit, context, clip_feature)
         negative = embed_context(dit, context_neg, clip_feature) if cfg_scale != 1.0 else None
         guidance = Guidance(positive, negative, None if y is None else y.to(self.torch_dtype), cfg_scale)
-        if negative is not None and (cfg_batch or (cfg_batch is None and self.batched_cfg_fits(latent_shape))):
+        batch = cfg_batch or (cfg_batch is None and self.batched_cfg_fits(latent_shape))
+        if negative is not None and batch and not self._cfg_parallel():
             image = None if positive.image is None else torch.cat([positive.image, negative.image])
             guidance.batched = EmbeddedContext(torch.cat([positive.text, negative.text]), image)
         return guidance
@@ -326,7 +366,12 @@ class WanPipelineBase:
         y = guidance.y
         if guidance.negative is None:
             return dit_step(dit, latents, t, guidance.positive, None, y, pose_tokens, block_cache=caches[:1])
-        if guidance.batched is not None:
+        if self._cfg_parallel():       # this rank's branch only; the other comes from its CFG partner
+            branch = self.parallel.cfg_rank
+            mine = dit_step(dit, latents, t, guidance.negative if branch else guidance.positive, None, y,
+                            None if branch else pose_tokens, block_cache=caches[branch:branch + 1])
+            velocity, velocity_neg = self._gather_branches(mine)
+        elif guidance.batched is not None:
             both = dit_step(dit, latents.expand(2, *latents.shape[1:]), t, guidance.batched, None,
                             None if y is None else y.expand(2, *y.shape[1:]), pose_tokens, block_cache=caches[:2])
             velocity, velocity_neg = both[:1], both[1:]
@@ -378,6 +423,9 @@ class WanPipelineBase:
                stream: Optional[bool] = None):
         """Decode (timed, unless streamed: then the file writer's time includes it) and print the summary."""
         timer.frames = num_frames
+        if not self.is_main_process:   # multi-GPU: rank 0 decodes and writes
+            self.last_timings = timer.report()
+            return None
         streamed = stream or (stream is None and getattr(self, "_stream_decode", False))
         if streamed:
             frames = self.decode_iter(latents, tiled, tile_size, tile_stride)
@@ -408,6 +456,8 @@ class WanPipelineBase:
             frames = self(**call_kwargs)
         finally:
             self._stream_decode = False
+        if frames is None:             # multi-GPU: not rank 0, nothing to write
+            return None
         timer = getattr(self, "_timer", None)
         if timer is None:
             return save_video(frames, path, fps=fps, quality=quality, progress=progress, overwrite=overwrite)
