@@ -1,4 +1,7 @@
-"""CPU benchmark: loading a sharded fp32 DiT as bf16, streamed (ours) vs merge-then-cast (the upstream way).
+"""CPU benchmarks: (1) loading a sharded fp32 DiT as bf16, streamed (ours) vs merge-then-cast (the upstream way);
+(2) merging a rank-64 LoRA into a 537M-parameter DiT, `load_lora_v2` vs a DiffSynth-Studio-style loader.
+
+Section 1 (`--only dit`):
 
 Writes a T2V-1.3B-size fp32 checkpoint (1.42e9 parameters, ~5.7 GB) in 3 safetensors shards to a temporary
 directory, then loads it in a fresh process per method and records peak RSS (VmHWM) and seconds:
@@ -10,7 +13,22 @@ directory, then loads it in a fresh process per method and records peak RSS (VmH
 Target: ours peak RSS <= 1.15 x (bf16 model size + largest shard). Both methods read the shards from the page
 cache (they were just written), so the seconds compare CPU work, not disk speed.
 
-    python benchmarks/bench_loading.py [--preset wan2.1-t2v-1.3b] [--shards 3] [--tmp /tmp] [--keep]
+Section 2 (`--only lora`): a random DiT (T2V layout, dim 1536, ffn 8960, 12 heads, 11 blocks: 536.6M parameters)
+in bf16 and in fp32, and a rank-64 bf16 LoRA (PEFT names) on every Linear of its blocks (110 layers, 64 MB), read
+from the page cache. Timed in one process, methods alternated, best of `--repeats`:
+
+- ours: `ModelManager.load_lora_v2(path, keep_base_weights=True)`: read + NaN/Inf checks + content digest + all
+  checks before the first change + fp32 merge + a CPU copy of each touched weight for `unload_loras` (a fresh
+  manager per run). The ratio is taken on this, the slower of our two.
+- ours-no-backup: the default `load_lora_v2(path)` (no copy for unload_loras).
+- diffsynth-studio-style: an independent minimal peer of DiffSynth-Studio's `GeneralLoRALoader`: read the whole
+  file, cast to the model dtype, and per adapted module `W' = W.to(dtype) + alpha * torch.mm(up, down)` in the
+  model dtype, then `module.load_state_dict`. No checks, no restore.
+
+Target: ours seconds <= diffsynth-studio-style seconds (ratio ours / peer <= 1), for both dtypes.
+
+    python benchmarks/bench_loading.py [--only dit|lora] [--preset wan2.1-t2v-1.3b] [--shards 3] [--tmp /tmp] [--keep]
+                                       [--repeats 3]
 """
 from __future__ import annotations
 
@@ -25,8 +43,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "bench_loading.json"
+REPORT = ROOT / "benchmarks" / "results" / "bench_loading.md"
 TARGET = 1.15
+LORA_RANK = 64
+LORA_DIT = dict(model_type="t2v", in_dim=16, dim=1536, ffn_dim=8960, num_heads=12, num_layers=11, text_dim=4096)
 
 # Runs in its own process: write the shards without keeping more than one shard in memory.
 _WRITE = """
@@ -92,14 +114,8 @@ def _run(code: str, *args: str) -> str:
                           text=True).stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
-    parser.add_argument("--shards", type=int, default=3)
-    parser.add_argument("--tmp", default=tempfile.gettempdir(), help="where the checkpoint is written")
-    parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint")
-    args = parser.parse_args()
-
+def bench_dit(args) -> dict:
+    """Section 1: peak RSS and seconds of the sharded DiT load (see the module doc)."""
     free = shutil.disk_usage(args.tmp).free
     directory = Path(tempfile.mkdtemp(prefix="bench_loading_", dir=args.tmp))
     try:
@@ -128,8 +144,6 @@ def main() -> None:
         "passes": rows["ours"]["peak_bytes"] <= bound,
         "notes": "peak = VmHWM of a fresh process (includes ~0.3 GB of Python/torch); growth = peak minus RSS "
                  "right before loading. Shards are read from the page cache (just written).",
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": __import__("os").cpu_count()},
     }
     print(f"{args.preset}: {sum(sizes) / gib:.2f} GiB fp32 in {len(shards)} shards (largest "
           f"{max(sizes) / gib:.2f} GiB); bf16 model {model_bytes / gib:.2f} GiB; target peak <= {bound / gib:.2f} GiB")
@@ -138,8 +152,202 @@ def main() -> None:
         print(f"{mode:<8}{row['peak_bytes'] / gib:>14.2f}{row['growth_bytes'] / gib:>12.2f}"
               f"{row['peak_over_target']:>13.2f}{row['seconds']:>10.1f}")
     print("PASS" if result["passes"] else "FAIL")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- LoRA merge
+def _lora_dit(dtype):
+    import torch
+    from diffsynth.configs import WanDiTConfig
+    from diffsynth.models.wan_dit import WanModel
+
+    with torch.device("meta"):
+        model = WanModel(WanDiTConfig(**LORA_DIT))
+    model = model.to_empty(device="cpu").to(dtype).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02, generator=gen)
+    return model
+
+
+def _write_lora(model, path: Path) -> int:
+    """A rank-64 bf16 LoRA in the trainer's PEFT names on every Linear of the blocks; returns its layer count."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(1)
+    tensors = {}
+    for name, module in model.named_modules():
+        if name.startswith("blocks.") and isinstance(module, torch.nn.Linear):
+            out_f, in_f = module.weight.shape
+            tensors[f"pipe.dit.{name}.lora_A.default.weight"] = (torch.randn(LORA_RANK, in_f, generator=gen)
+                                                                 * 0.01).to(torch.bfloat16)
+            tensors[f"pipe.dit.{name}.lora_B.default.weight"] = (torch.randn(out_f, LORA_RANK, generator=gen)
+                                                                 * 0.01).to(torch.bfloat16)
+    save_file(tensors, str(path))
+    return len(tensors) // 2
+
+
+def diffsynth_studio_style(model, path: Path, alpha: float = 1.0) -> int:
+    """The peer: DiffSynth-Studio's GeneralLoRALoader algorithm, written independently (see the module doc)."""
+    import torch
+    from safetensors.torch import load_file
+
+    dtype = next(model.parameters()).dtype
+    lora = {k: v.to(dtype) for k, v in load_file(str(path)).items()}
+    targets = {}
+    for key in lora:
+        if ".lora_B." in key:
+            parts = key.split(".")
+            i = parts.index("lora_B")
+            module = parts[:i]
+            targets[".".join(module[2:] if module[:2] == ["pipe", "dit"] else module)] = \
+                (key, key.replace(".lora_B.", ".lora_A."))
+    updated = 0
+    for name, module in model.named_modules():
+        if name in targets:
+            up, down = (lora[k].to(dtype) for k in targets[name])
+            state = module.state_dict()
+            state["weight"] = state["weight"].to(dtype) + alpha * torch.mm(up, down)
+            module.load_state_dict(state)
+            updated += 1
+    return updated
+
+
+def _time_lora_method(method: str, model, path: Path) -> float:
+    from diffsynth.loading import ModelManager
+
+    if method == "diffsynth-studio-style":
+        start = time.perf_counter()
+        count = diffsynth_studio_style(model, path)
+        seconds = time.perf_counter() - start
+    else:
+        manager = ModelManager(progress=False)
+        manager.model.append(model)
+        manager.model_name.append("wan_video_dit")
+        manager.model_path.append("random")
+        manager.model_format.append("random")
+        start = time.perf_counter()
+        count = manager.load_lora_v2(path, keep_base_weights=method == "ours")
+        seconds = time.perf_counter() - start
+        del manager                      # frees the CPU copies kept for unload_loras
+    assert count == 10 * LORA_DIT["num_layers"], count
+    return seconds
+
+
+def bench_lora(args) -> dict:
+    """Section 2: seconds to merge a rank-64 LoRA, ours vs the DiffSynth-Studio-style peer (best of repeats)."""
+    import torch
+
+    methods = ("ours", "ours-no-backup", "diffsynth-studio-style")
+    directory = Path(tempfile.mkdtemp(prefix="bench_lora_", dir=args.tmp))
+    result = {"dit": {**LORA_DIT}, "lora_rank": LORA_RANK, "lora_dtype": "bfloat16", "repeats": args.repeats,
+              "torch_threads": torch.get_num_threads(), "target": "ours seconds <= diffsynth-studio-style seconds",
+              "by_dtype": {}, "load_average_before": __import__("os").getloadavg()[0]}
+    try:
+        for dtype_name in ("bfloat16", "float32"):
+            model = _lora_dit(getattr(torch, dtype_name))
+            path = directory / "lora.safetensors"
+            layers = _write_lora(model, path)
+            result["parameters"] = sum(p.numel() for p in model.parameters())
+            result["lora_layers"], result["lora_bytes"] = layers, path.stat().st_size
+            times = {m: [] for m in methods}
+            for _ in range(args.repeats):
+                for method in methods:         # alternated, so a busy moment of the machine hits every method
+                    times[method].append(_time_lora_method(method, model, path))
+            best = {m: min(t) for m, t in times.items()}
+            result["by_dtype"][dtype_name] = {
+                "seconds": best, "all_seconds": times,
+                "ratio_ours_over_peer": best["ours"] / best["diffsynth-studio-style"],
+                "ratio_ours_no_backup_over_peer": best["ours-no-backup"] / best["diffsynth-studio-style"],
+                "passes": best["ours"] <= best["diffsynth-studio-style"]}
+            del model
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    result["passes"] = all(r["passes"] for r in result["by_dtype"].values())
+    result["load_average_after"] = __import__("os").getloadavg()[0]
+    print(f"LoRA merge: {result['parameters'] / 1e6:.1f}M-parameter DiT, rank {LORA_RANK} on {result['lora_layers']} "
+          f"Linear layers ({result['lora_bytes'] / 2**20:.0f} MiB), best of {args.repeats}, "
+          f"{result['torch_threads']} torch threads")
+    print(f"{'DiT dtype':<10}" + "".join(f"{m:>24}" for m in methods) + f"{'ours/peer':>11}")
+    for dtype_name, row in result["by_dtype"].items():
+        print(f"{dtype_name:<10}" + "".join(f"{row['seconds'][m]:>23.2f}s" for m in methods)
+              + f"{row['ratio_ours_over_peer']:>11.2f}")
+    print("PASS" if result["passes"] else "FAIL")
+    return result
+
+
+def write_report(results: dict) -> None:
+    """benchmarks/results/bench_loading.md from the JSON results."""
+    lines = ["# bench_loading", ""]
+    dit = results if "methods" in results else None
+    if dit:
+        gib = 2 ** 30
+        lines += ["## Sharded DiT load (fp32 shards -> bf16)", "",
+                  f"{dit['preset']}, {len(dit['shard_bytes'])} shards, target: {dit['target']} "
+                  f"({dit['target_bytes'] / gib:.2f} GiB).", "",
+                  "| method | peak RSS GiB | growth GiB | peak / target | seconds |", "|---|---|---|---|---|"]
+        for mode, row in dit["methods"].items():
+            lines.append(f"| {mode} | {row['peak_bytes'] / gib:.2f} | {row['growth_bytes'] / gib:.2f} | "
+                         f"{row['peak_over_target']:.2f} | {row['seconds']:.1f} |")
+        lines += ["", "PASS" if dit["passes"] else "FAIL", ""]
+    lora = results.get("lora_merge")
+    if lora:
+        lines += ["## LoRA merge (`load_lora_v2` vs DiffSynth-Studio-style)", "",
+                  f"{lora['parameters'] / 1e6:.1f}M-parameter DiT ({lora['dit']}), rank-{lora['lora_rank']} "
+                  f"{lora['lora_dtype']} LoRA on {lora['lora_layers']} Linear layers "
+                  f"({lora['lora_bytes'] / 2**20:.0f} MiB), read from the page cache; seconds are the best of "
+                  f"{lora['repeats']} alternated runs on {lora['torch_threads']} torch threads. "
+                  f"Target: {lora['target']}.", "",
+                  "| DiT dtype | ours, keep_base_weights=True | ours, default | diffsynth-studio-style | ours / peer |",
+                  "|---|---|---|---|---|"]
+        for dtype_name, row in lora["by_dtype"].items():
+            sec = row["seconds"]
+            lines.append(f"| {dtype_name} | {sec['ours']:.2f} s | {sec['ours-no-backup']:.2f} s | "
+                         f"{sec['diffsynth-studio-style']:.2f} s | {row['ratio_ours_over_peer']:.2f} |")
+        lines += ["", "PASS" if lora["passes"] else "FAIL", "",
+                  "ours includes reading, NaN/Inf checks, the content digest, every check before the first change, "
+                  "an fp32 merge and a CPU copy of each touched weight (for `unload_loras`); the peer merges in the "
+                  "model dtype without checks.", "",
+                  f"1-minute load average {lora['load_average_before']:.1f} before and "
+                  f"{lora['load_average_after']:.1f} after the run on {results.get('machine', {}).get('cpus')} CPUs: "
+                  "on a shared machine single runs vary several-fold (every run is in the JSON, `all_seconds`), "
+                  "so compare the best runs and rerun on a quiet machine.", ""]
+    machine = results.get("machine")
+    if machine:
+        lines += [f"Machine: Python {machine['python']}, {machine['platform']}, {machine['cpus']} CPUs.", ""]
+    REPORT.write_text("\n".join(lines))
+
+
+def _machine() -> dict:
+    import os
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("dit", "lora"), help="run one section (default: both)")
+    parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
+    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--tmp", default=tempfile.gettempdir(), help="where the checkpoints are written")
+    parser.add_argument("--keep", action="store_true", help="keep the generated DiT checkpoint")
+    parser.add_argument("--repeats", type=int, default=3, help="LoRA section: runs per method (best is kept)")
+    args = parser.parse_args()
+
+    # Section 1 keeps its keys at the top level of the JSON (as before section 2 existed); section 2 is "lora_merge".
+    # Running one section keeps the other's last results.
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if args.only in (None, "dit"):
+        results = {"lora_merge": results["lora_merge"]} if "lora_merge" in results else {}
+        results.update(bench_dit(args))
+    if args.only in (None, "lora"):
+        results["lora_merge"] = bench_lora(args)
+    results["machine"] = _machine()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results)
 
 
 if __name__ == "__main__":

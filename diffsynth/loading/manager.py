@@ -16,6 +16,7 @@ tensor is read, and a model is registered only once it is completely loaded.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from .files import (FP8_DTYPES, FP8_UPCAST, STORED, Checkpoint, CheckpointError,
                     NonFiniteTensorError, PathSpec, all_finite, describe, load_state_dict, target_dtype)
 from .formats import (MODEL_KINDS, ConfigError, Detection, ModelKind, UnknownFormatError, closest_layout, detect,
                       looks_like_lora, read_config_json)
-from .lora import LoraCheckpoint, LoraError, merge_lora, pose_guider_state_dict, read_lora
+from .lora import (BaseWeights, LoraCheckpoint, LoraError, merge_loras, pose_guider_state_dict, read_lora,
+                   with_pose_sidecars)
 
 logger = logging.getLogger(__name__)
 
@@ -459,13 +461,49 @@ def load_pose_guider(state_dict: Dict[str, torch.Tensor], torch_dtype: Optional[
 
 
 # ------------------------------------------------------------------------------------------------- manager
+def _list_sources(sources: Sequence[str]) -> str:
+    return ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+
+
 @dataclass(frozen=True)
 class MergedLora:
-    """One load_lora_v2 call: what was given, the files it resolved to, and the content digest."""
+    """One LoRA merged by load_lora_v2: what was given, the files it resolved to (a pose-guider file found beside
+    it included), the content digest and the strength it was merged with."""
 
     path: Any
     files: Tuple[Path, ...]
     digest: str
+    strength: float = 1.0
+
+
+LoraSpec = Union[PathSpec, Tuple[PathSpec, float], Sequence[Tuple[PathSpec, float]]]
+
+
+def _is_weighted(item: Any) -> bool:
+    """`(spec, strength)`: a 2-tuple whose second item is a real number (a path never is)."""
+    return (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, float))
+            and not isinstance(item[1], bool))
+
+
+def lora_entries(file_path: LoraSpec, lora_alpha: float) -> List[Tuple[PathSpec, float]]:
+    """The (spec, strength) pairs of a load_lora_v2 call. A plain path or list is ONE LoRA (a list: its shards)
+    merged at `lora_alpha`; `(spec, strength)` or a list of such pairs is one LoRA per pair."""
+    if _is_weighted(file_path):
+        pairs = [file_path]
+    elif isinstance(file_path, (list, tuple)) and file_path and all(_is_weighted(x) for x in file_path):
+        pairs = list(file_path)
+    elif isinstance(file_path, (list, tuple)) and any(isinstance(x, tuple) for x in file_path):
+        raise ValueError("load_lora_v2 takes a path, a list of shards of ONE LoRA, or a list of (path, strength) "
+                         f"pairs for several LoRAs; got a mixture: {file_path!r}")
+    else:
+        return [(file_path, float(lora_alpha))]
+    if lora_alpha != 1.0:
+        raise ValueError(f"load_lora_v2 got (path, strength) pairs and lora_alpha={lora_alpha}: give each LoRA's "
+                         "strength in its pair, and leave lora_alpha at 1.0")
+    for spec, strength in pairs:
+        if not math.isfinite(strength):
+            raise ValueError(f"LoRA strength for {describe(spec)} must be a finite number, got {strength}")
+    return [(spec, float(strength)) for spec, strength in pairs]
 
 
 class ModelManager:
@@ -491,6 +529,8 @@ class ModelManager:
         self.model_format: List[str] = []
         self.pose_state_dict: Dict[str, torch.Tensor] = {}
         self.loras: List[MergedLora] = []        # what load_lora_v2 merged, in order
+        self.base_weights = BaseWeights()        # originals of the weights LoRAs changed (for unload_loras)
+        self._unrestorable: List[str] = []       # LoRAs merged with keep_base_weights=False
         if file_path_list:
             self.load_models(file_path_list)
 
@@ -540,49 +580,92 @@ class ModelManager:
             self.model_path.append(entry)
             self.model_format.append(plan.detection.label)
 
-    def load_lora_v2(self, file_path: PathSpec, lora_alpha: float = 1.0, network_alpha: Optional[float] = None
-                     ) -> int:
-        """Merge a UniAnimate/PEFT LoRA into the loaded DiT(s) and collect its pose-guider tensors.
+    def load_lora_v2(self, file_path: LoraSpec, lora_alpha: float = 1.0, network_alpha: Optional[float] = None,
+                     keep_base_weights: bool = False) -> int:
+        """Merge LoRA(s) into the loaded DiT(s) and collect their pose-guider tensors.
 
         Args:
-            file_path: a file or a list of shards (e.g. DeepSpeed `zero_to_fp32` safetensors), read as one.
-            lora_alpha: merge strength (upstream's name for it): W += lora_alpha * scale * B @ A.
+            file_path: one LoRA, as a file or a list of its shards (e.g. DeepSpeed `zero_to_fp32` safetensors,
+                read as one); or several LoRAs as `[(path_a, 1.0), (path_b, 0.5)]`, each merged with its own
+                strength (a path in a pair may be a list of shards too). Layouts are recognised by their keys:
+                diffsynth/PEFT, ComfyUI/Kijai/LightX2V (with `.diff`/`.diff_b`/`.diff_m` deltas), diffusers and
+                kohya. A pose-guider file `X.pose_guider.safetensors` beside `X.safetensors` (written by
+                `python -m diffsynth.convert_lora`) is read with it.
+            lora_alpha: merge strength of a single LoRA (upstream's name for it): W += lora_alpha * scale * B @ A.
+                Leave it at 1.0 with (path, strength) pairs.
             network_alpha: the training `lora_alpha`; scale = network_alpha / rank. When None, an alpha stored
-                in the file is used (`network_alpha` tensor, ...), and without one scale = 1 (upstream behaviour,
-                right when alpha = rank).
+                in the file is used (`network_alpha` tensor, `<module>.alpha`, ...), and without one scale = 1
+                (upstream behaviour, right when alpha = rank). Applies to every LoRA of the call.
+            keep_base_weights: keep the original of each weight the first time a LoRA changes it, so that
+                `unload_loras()` restores the base model bit-exactly. Off by default: it costs CPU memory equal to
+                the touched weights as stored (bf16: ~26 GB for a 14B DiT with a LoRA on every block Linear), which
+                the usual load-merge-generate run does not need. Without it unload_loras refuses.
         Returns:
-            the number of merged Linear layers.
+            the number of weights changed.
 
-        Merging the same LoRA twice (same files by resolved path, or same tensors under another path or name)
-        logs a warning: its update is added a second time. Every tensor is read and checked (NaN/Inf, shapes)
-        before the first weight changes.
+        All LoRAs of a call are summed in fp32 per weight and rounded to the weight's dtype once. Merging the same
+        LoRA twice (same files by resolved path, or same tensors under another path or name) logs a warning: its
+        update is added a second time. Every tensor is read and checked (NaN/Inf, shapes, names) before the first
+        weight changes.
         """
-        source = describe(file_path)
-        lora = read_lora(file_path, progress=self.progress)
-        if lora.modules:
-            self._warn_if_merged_before(source, lora)
+        entries = lora_entries(file_path, lora_alpha)
+        read: List[Tuple[Any, float, LoraCheckpoint, str]] = []
+        for spec, strength in entries:
+            source = describe(spec)
+            to_read, sidecars = with_pose_sidecars(spec)
+            lora = read_lora(to_read, progress=self.progress)
+            for sidecar in sidecars:
+                logger.info("%s: also reading the pose guider beside it, %s", source, sidecar)
+            read.append((spec, strength, lora, source))
+        earlier = list(self.loras)
+        for spec, strength, lora, source in read:
+            if lora.modules:
+                self._warn_if_merged_before(source, lora, earlier)
+            earlier.append(MergedLora(spec, lora.files, lora.digest, strength))
         merged = 0
-        if lora.modules:
+        to_merge = [(lora, strength, network_alpha, source) for _, strength, lora, source in read if lora.modules]
+        if to_merge:
             dits = [m for m, n in zip(self.model, self.model_name) if n == "wan_video_dit"]
             if not dits:
-                raise LoraError(f"{source}: no DiT is loaded to merge the LoRA into; load the DiT first")
-            merged = merge_lora(dits, lora, lora_alpha, network_alpha, source)
-        self.pose_state_dict.update(lora.pose)
-        self.loras.append(MergedLora(file_path, lora.files, lora.digest))
-        ranks = sorted({m.rank for m in lora.modules.values()})
-        logger.info("%s: merged %d LoRA layers (rank %s, strength %s), collected %d pose tensors, skipped %d others",
-                    source, merged, ranks, lora_alpha, len(lora.pose), lora.ignored)
+                raise LoraError(f"{to_merge[0][3]}: no DiT is loaded to merge the LoRA into; load the DiT first")
+            merged = merge_loras(dits, to_merge, self.base_weights if keep_base_weights else None)
+            if not keep_base_weights:
+                self._unrestorable.extend(source for *_, source in to_merge)
+        for spec, strength, lora, source in read:
+            self.pose_state_dict.update(lora.pose)
+            self.loras.append(MergedLora(spec, lora.files, lora.digest, strength))
+            ranks = sorted({m.rank for m in lora.modules.values() if m.has_factors})
+            deltas = sum(len(m.deltas()) for m in lora.modules.values())
+            logger.info("%s (%s layout): merged %d LoRA layers (rank %s) and %d full deltas at strength %s, "
+                        "collected %d pose tensors, skipped %d others", source, lora.layout,
+                        sum(m.has_factors for m in lora.modules.values()), ranks, deltas, strength, len(lora.pose),
+                        lora.ignored)
         return merged
 
-    def _warn_if_merged_before(self, source: str, lora: LoraCheckpoint) -> None:
-        for earlier in self.loras:
-            if earlier.digest == lora.digest:
-                same = "" if earlier.files == lora.files else f" (same tensors as {describe(earlier.path)})"
+    def unload_loras(self) -> int:
+        """Undo every LoRA merged so far: restore the base weights bit-exactly from the CPU copies kept by
+        `load_lora_v2`, and forget the merged LoRAs and the pose-guider tensors they brought (a pose guider built
+        earlier with `fetch_pose_guider` is a separate module and keeps working). Returns the number of weights
+        restored. Refuses (changing nothing) when a LoRA was merged with `keep_base_weights=False`."""
+        if self._unrestorable:
+            raise LoraError(f"cannot restore the base weights: {_list_sources(self._unrestorable)} were merged with "
+                            "keep_base_weights=False; load the DiT again instead")
+        restored = self.base_weights.restore()
+        logger.info("unloaded %d LoRAs: restored %d weights, forgot %d pose tensors", len(self.loras), restored,
+                    len(self.pose_state_dict))
+        self.loras.clear()
+        self.pose_state_dict.clear()
+        return restored
+
+    def _warn_if_merged_before(self, source: str, lora: LoraCheckpoint, earlier: Sequence[MergedLora]) -> None:
+        for before in earlier:
+            if before.digest == lora.digest:
+                same = "" if before.files == lora.files else f" (same tensors as {describe(before.path)})"
                 logger.warning("%s was merged before%s; merging it again adds its update a second time",
                                source, same)
                 return
-        for earlier in self.loras:
-            if earlier.files == lora.files:
+        for before in earlier:
+            if before.files == lora.files:
                 logger.warning("%s was merged before and its content has changed since; both versions are now "
                                "merged into the DiT", source)
                 return
@@ -628,5 +711,5 @@ class ModelManager:
 __all__ = [
     "ModelManager", "load_model", "load_wan_dit", "load_wan_vae", "load_wan_text_encoder", "load_wan_image_encoder",
     "load_pose_guider", "load_state_dict", "plan_load", "execute_plan", "LoadPlan", "expected_tensors", "assign_tensor",
-    "MergedLora",
+    "MergedLora", "lora_entries",
 ]
