@@ -126,6 +126,8 @@ def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str
                      num_inference_steps=num_inference_steps, seed=seed, tiled=tiled,
                      tea_cache_l1_thresh=0.3 if use_teacache else None,
                      tea_cache_model_id="Wan2.1-I2V-14B-720P" if use_teacache else "", **pipe_kwargs)
+    if generated is None:   # multi-GPU, not rank 0: rank 0 writes the video
+        return out_path
     if isinstance(generated, list):
         # The long pipeline rounds the frame count down to 4k+1: pair each generated frame with its pose.
         panels = comparison_panels(reference, clip.dwpose_data[:, :len(generated)], generated)
@@ -155,8 +157,35 @@ def output_name(prefix: str, ref_image: str, pose_dir: str) -> str:
     return os.path.join("outputs", f"{prefix}_{os.path.basename(ref_image)}_{os.path.basename(os.path.normpath(pose_dir))}.mp4")
 
 
+def prepare_processes(ulysses_size: int = 1, cfg_parallel: bool = False):
+    """The scripts' multi-GPU set-up under `torchrun --nproc_per_node=N` (docs/parallel.md); returns
+    (ParallelState or None, device).
+
+    - One process: (None, "cuda" if available else "cpu").
+    - N processes with `ulysses_size` x (2 if `cfg_parallel`) == N: every video is split across all of them
+      (sequence and/or CFG parallel); give the state to `pipe.enable_parallel`.
+    - N processes with the defaults (1, False): item parallel; each process is a full pipeline on its own GPU and
+      `run_items` gives it items r, r + N, ... (no process group needed).
+    """
+    from .distributed import ParallelConfig, env_world, init_parallel  # noqa: PLC0415
+    from .distributed.state import default_device  # noqa: PLC0415
+
+    _, world, local_rank = env_world()
+    if world == 1 or (ulysses_size == 1 and not cfg_parallel):
+        return None, default_device(local_rank)
+    state = init_parallel(ParallelConfig(ulysses_size=ulysses_size, cfg_parallel=cfg_parallel))
+    return state, state.device
+
+
 def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs) -> List[str]:
-    """Animate every (frame_interval, reference image, pose folder) item; one failure does not stop the others."""
+    """Animate every (frame_interval, reference image, pose folder) item; one failure does not stop the others.
+
+    Under torchrun without `pipe.enable_parallel` (item parallel) this process takes items r, r + N, ...; with it,
+    every process works on every item and rank 0 writes the videos."""
+    from .distributed import item_shard  # noqa: PLC0415
+
+    if getattr(pipe, "parallel", None) is None:
+        items = item_shard(items)
     done, failed = [], []
     for frame_interval, ref_image, pose_dir in items:
         try:
@@ -171,4 +200,4 @@ def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs
 
 
 __all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "read_pose_folder", "animate_item",
-           "output_name", "run_items", "dit_shards"]
+           "output_name", "run_items", "dit_shards", "prepare_processes"]

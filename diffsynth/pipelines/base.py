@@ -171,11 +171,13 @@ class WanPipelineBase:
         return self._placed
 
     # ------------------------------------------------------------------------------------------- multi-GPU
-    def enable_parallel(self, state) -> None:
+    def enable_parallel(self, state, dit_fsdp: bool = False, t5_fsdp: bool = False) -> None:
         """Split every generation across the ranks of `state` (`diffsynth.distributed.init_parallel`, under
         torchrun): the DiT's tokens across each sequence-parallel group (Ulysses), the two CFG branches across the
         CFG groups. Every rank runs the call with the same arguments; only rank 0 decodes and returns frames (the
-        other ranks return None). See docs/parallel.md."""
+        other ranks return None). `dit_fsdp` / `t5_fsdp` shard those weights over all ranks (FSDP2, as Wan2.1's
+        flags; `diffsynth.distributed.fsdp`). See docs/parallel.md."""
+        from ..distributed.fsdp import shard_model  # noqa: PLC0415
         from ..distributed.sequence_parallel import SequenceParallel  # noqa: PLC0415
 
         config = state.config
@@ -188,10 +190,18 @@ class WanPipelineBase:
             raise ValueError("enable_parallel with enable_vram_management is not supported yet: each rank would "
                              "stream the whole DiT; use the GPUs' memory instead, or one process per GPU with "
                              "item parallel (diffsynth.distributed.item_shard)")
+        if (dit_fsdp or t5_fsdp) and (state.world_size == 1 or self.cpu_offload):
+            raise ValueError("FSDP sharding needs several processes (torchrun) and no CPU offload / layer streaming "
+                             "(they move the weights the shards live in)")
         self.parallel = state
         self.device = state.device
         self._placed = None
         self.dit.sequence_parallel = SequenceParallel(state.sp_group) if config.sp_size > 1 else None
+        for name, wanted in (("dit", dit_fsdp), ("text_encoder", t5_fsdp)):
+            if wanted:
+                shard_model(getattr(self, name), state)
+                self._on_device.add(name)
+        self._fsdp = bool(dit_fsdp)
 
     @property
     def is_main_process(self) -> bool:
@@ -271,11 +281,14 @@ class WanPipelineBase:
             return TeaCacheConfig(tea_cache_l1_thresh, tea_cache_model_id)
         return step_cache
 
-    @staticmethod
-    def new_step_caches(num_inference_steps: int, config) -> List:
+    def new_step_caches(self, num_inference_steps: int, config) -> List:
         """One cache per CFG branch (conditional, unconditional), or [None, None]."""
         if config is None:
             return [None, None]
+        if getattr(self, "_fsdp", False) and self._cfg_parallel():
+            raise ValueError("a step cache with CFG parallel and a sharded DiT (dit_fsdp) is refused: the two "
+                             "branches may skip different steps, and their ranks would wait on each other's "
+                             "all-gathers. Drop one of the three")
         return [config.new_cache(num_inference_steps, branch) for branch in (0, 1)]
 
     def new_tea_caches(self, num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id):

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default=None,
                      help="Lightning precision; default bf16-mixed on GPU (bf16 weights), 32-true on CPU (fp32)")
     run.add_argument("--devices", default="auto", help="Lightning devices (e.g. 'auto', 1, '0,1')")
+    run.add_argument("--num_nodes", type=int, default=1,
+                     help="machines (Lightning num_nodes; launch one process per GPU with torchrun or SLURM, "
+                          "docs/parallel.md)")
     run.add_argument("--save_every_n_steps", type=int, default=100,
                      help="write a release checkpoint and a resumable one every N optimizer steps")
     run.add_argument("--keep_resume_checkpoints", type=int, default=2,
@@ -263,7 +266,7 @@ def build_trainer(args, stop=None):
                        "optimizer); the release checkpoints are", args.training_strategy)
     return pl.Trainer(
         max_epochs=args.max_epochs, max_steps=args.max_steps,
-        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=args.devices,
+        accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=args.devices, num_nodes=args.num_nodes,
         precision=args.precision, strategy=resolve_strategy(args.training_strategy),
         default_root_dir=args.output_path, accumulate_grad_batches=args.accumulate_grad_batches,
         callbacks=callbacks, logger=build_logger(args), log_every_n_steps=1,

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from diffsynth.inference import load_unianimate_pipeline, run_items  # noqa: E402
+from diffsynth.inference import load_unianimate_pipeline, prepare_processes, run_items  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ settings
 WAN_DIR = "checkpoints/Wan2.1-I2V-14B-720P"
@@ -31,6 +31,9 @@ VRAM_MANAGEMENT = False          # stream DiT layers from CPU memory (docs/memor
 NUM_PERSISTENT_PARAM_IN_DIT = 6 * 10**9  # with VRAM_MANAGEMENT: DiT parameters kept on the GPU (0: least memory)
 FP8_DIT = False                  # store the DiT's Linear weights in fp8 (16.4 GB instead of 32.8 GB)
 OVERWRITE = False                # replace an existing output video (otherwise that item is skipped)
+ULYSSES_SIZE = 1                 # several GPUs, `torchrun --nproc_per_node=N this_script.py`: ULYSSES_SIZE x
+CFG_PARALLEL = False             # (2 if CFG_PARALLEL) = N splits every video; at 1/False each GPU takes its share
+                                 # of TEST_LIST (docs/parallel.md)
 TEST_LIST = [                    # [frame_interval, reference image, pose folder]
     [1, "data/images/WOMEN-Blouses_Shirts-id_00004955-01_4_full.jpg",
      "data/saved_pose/WOMEN-Blouses_Shirts-id_00004955-01_4_full"],
@@ -44,12 +47,15 @@ TEST_LIST = [                    # [frame_interval, reference image, pose folder
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pipe = load_unianimate_pipeline(WAN_DIR, LORA_PATH, device="cuda", torch_dtype=torch.bfloat16,
+    parallel, device = prepare_processes(ULYSSES_SIZE, CFG_PARALLEL)
+    pipe = load_unianimate_pipeline(WAN_DIR, LORA_PATH, device=device, torch_dtype=torch.bfloat16,
                                     vram_management=VRAM_MANAGEMENT,
                                     num_persistent_param_in_dit=NUM_PERSISTENT_PARAM_IN_DIT,
                                     dit_dtype=torch.float8_e4m3fn if FP8_DIT else None,
                                     extra_loras=[DISTILL_LORA] if DISTILL_LORA else (), long_video=False,
                                     cpu_offload=CPU_OFFLOAD)
+    if parallel is not None:
+        pipe.enable_parallel(parallel)
     run_items(pipe, TEST_LIST, "video_720P", height=HEIGHT, width=WIDTH, max_frames=MAX_FRAMES, seed=SEED,
               cfg_scale=CFG_SCALE, num_inference_steps=NUM_INFERENCE_STEPS, use_teacache=USE_TEACACHE,
               preset="fast" if FAST else None,

@@ -1,6 +1,6 @@
 """Run by the tests under `torchrun` (gloo, CPU): tiny pipelines with a parallel layout; rank 0 saves the latents.
 
-    torchrun --nproc_per_node=N parallel_worker.py OUT.pt ULYSSES CFG_PARALLEL(0|1)
+    torchrun --nproc_per_node=N parallel_worker.py OUT.pt ULYSSES CFG_PARALLEL(0|1) [FSDP(0|1)]
 """
 import sys
 import tempfile
@@ -45,7 +45,7 @@ def inputs(frames):
                 progress_bar_cmd=lambda x: x, tea_cache_l1_thresh=1e5, tea_cache_model_id="Wan2.1-I2V-14B-720P")
 
 
-def run(ulysses, cfg_parallel):
+def run(ulysses, cfg_parallel, fsdp=False):
     """The latents of a short and a long generation (TeaCache on) with this layout; None on ranks > 0."""
     state = init_parallel(ParallelConfig(ulysses_size=ulysses, cfg_parallel=cfg_parallel))
     models = build()
@@ -56,7 +56,9 @@ def run(ulysses, cfg_parallel):
         pipe = cls.from_models(**vars(models), device="cpu", torch_dtype=torch.float32)
         pipe.show_summary = False
         if state.world_size > 1:
-            pipe.enable_parallel(state)
+            pipe.enable_parallel(state, dit_fsdp=fsdp, t5_fsdp=fsdp)
+            if fsdp:
+                assert type(pipe.dit.blocks[0].self_attn.q.weight).__name__ == "DTensor"
         captured = {}
         real_finish = pipe.finish
 
@@ -78,7 +80,8 @@ def run(ulysses, cfg_parallel):
 
 if __name__ == "__main__":
     out, ulysses, cfg_parallel = sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3]))
-    state, results = run(ulysses, cfg_parallel)
+    fsdp = len(sys.argv) > 4 and bool(int(sys.argv[4]))
+    state, results = run(ulysses, cfg_parallel, fsdp)
     if state.is_main:
         torch.save(results, out)
     if state.world_size > 1:

@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
 
-def launch(tmp_path, nproc, ulysses, cfg_parallel):
-    out = tmp_path / f"out_{nproc}_{ulysses}_{int(cfg_parallel)}.pt"
+def launch(tmp_path, nproc, ulysses, cfg_parallel, fsdp=False):
+    out = tmp_path / f"out_{nproc}_{ulysses}_{int(cfg_parallel)}_{int(fsdp)}.pt"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER),
-           str(out), str(ulysses), str(int(cfg_parallel))]
+           str(out), str(ulysses), str(int(cfg_parallel)), str(int(fsdp))]
     if nproc == 1:
         cmd = [sys.executable, str(WORKER), str(out), str(ulysses), str(int(cfg_parallel))]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -34,9 +34,11 @@ def single(tmp_path_factory):
     return launch(tmp_path_factory.mktemp("single"), 1, 1, False)
 
 
-@pytest.mark.parametrize("nproc, ulysses, cfg_parallel", [(2, 2, False), (3, 3, False), (2, 1, True)])
-def test_parallel_layouts_match_one_process(single, tmp_path, nproc, ulysses, cfg_parallel):
-    got = launch(tmp_path, nproc, ulysses, cfg_parallel)
+@pytest.mark.parametrize("nproc, ulysses, cfg_parallel, fsdp", [
+    (2, 2, False, False), (3, 3, False, False), (2, 1, True, False),
+    (2, 2, False, True)])                     # + DiT and umT5 weights sharded with FSDP2
+def test_parallel_layouts_match_one_process(single, tmp_path, nproc, ulysses, cfg_parallel, fsdp):
+    got = launch(tmp_path, nproc, ulysses, cfg_parallel, fsdp)
     for name in ("short", "long"):
         assert single[name + "_skipped"].sum() > 0                   # TeaCache really skipped steps
         # The same steps skipped on every layout (under CFG parallel rank 0 runs the conditional caches only).
@@ -45,6 +47,21 @@ def test_parallel_layouts_match_one_process(single, tmp_path, nproc, ulysses, cf
         torch.testing.assert_close(got[name], single[name], rtol=0, atol=1e-5)
         frames = (got[name + "_frames"].int() - single[name + "_frames"].int()).abs()
         assert frames.max() <= 1                                     # uint8 truncation of float noise
+
+
+def test_refused_combinations_say_why():
+    from diffsynth.distributed import ParallelState
+    from diffsynth.pipelines import WanUniAnimateVideoPipeline
+    from diffsynth.acceleration import TeaCacheConfig
+
+    pipe = WanUniAnimateVideoPipeline(device="cpu")
+    pipe.parallel = ParallelState(ParallelConfig(cfg_parallel=True), 0, 2, torch.device("cpu"))
+    pipe._fsdp = True
+    with pytest.raises(ValueError, match="step cache with CFG parallel and a sharded DiT"):
+        pipe.new_step_caches(4, TeaCacheConfig(0.1, "Wan2.1-I2V-14B-480P"))
+    assert pipe.new_step_caches(4, None) == [None, None]
+    with pytest.raises(ValueError, match="ring attention"):
+        pipe.enable_parallel(ParallelState(ParallelConfig(ring_size=2), 0, 2, torch.device("cpu")))
 
 
 def test_layout_groups_and_item_shard():

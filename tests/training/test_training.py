@@ -3,6 +3,7 @@ round trip through `ModelManager.load_lora_v2`, pretrained-LoRA loading and the 
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -406,6 +407,10 @@ def test_cli_defaults_and_flags():
     assert args.text_encoder_path == "t" and cli.parse_args(["--dit_path", "x"]).vae_path is None
     with pytest.raises(SystemExit, match="--dit_path is required"):
         cli.build_module(cli.parse_args(["--dataset_path", "d"]))          # no author paths to fall back on
+    assert args.num_nodes == 1
+    trainer = cli.build_trainer(cli.parse_args(required + ["--num_nodes", "2", "--devices", "1", "--output_path",
+                                                           tempfile.mkdtemp()]))
+    assert trainer.num_nodes == 2                                          # reaches Lightning (several machines)
     with pytest.raises(SystemExit, match="--dataset_path .* is required"):
         cli.build_dataset(cli.parse_args(["--dit_path", "x"]))
 
