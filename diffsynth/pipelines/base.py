@@ -222,7 +222,10 @@ class WanPipelineBase:
     def compile(self, mode: Optional[str] = None) -> None:
         """`torch.compile` every DiT block (`dynamic=False`: one graph per video size). The first call at a new size
         pays the compile time (minutes for the 14B DiT on a GPU); later steps run the fused kernels. Not combinable
-        with `enable_vram_management` (streamed weights are new tensors on every call)."""
+        with `enable_vram_management` (streamed weights are new tensors on every call). Inductor cannot generate code
+        for the float64 complex RoPE multiply (the upstream-exact default), which then runs eagerly inside the
+        graph: set `pipe.dit.rope_precision = "float32"` for a fully compiled block. A step cache that makes the two
+        CFG branches skip different steps runs the blocks on a batch of 1: a second graph, compiled once."""
         if self.dit is None:
             raise ValueError("the pipeline has no DiT to compile")
         if "dit" in self._vram_streamers():
