@@ -126,7 +126,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "bench_parallel.json"))
     args = parser.parse_args(argv)
     steps = 1 if args.smoke else args.steps
+    load_before = os.getloadavg()[0]
     measured = {mode: measure(mode, steps, args.smoke) for mode in ("single", "ulysses", "cfg")}
+    load_after = os.getloadavg()[0]
     base = measured["single"]["s_per_step"]
     for mode in ("ulysses", "cfg"):
         measured[mode]["speedup_vs_single"] = base / measured[mode]["s_per_step"]
@@ -141,7 +143,8 @@ def main(argv=None) -> dict:
                                f"bf16); NVLink {NVLINK_BYTES_PER_S / 1e9:.0f} GB/s per direction; communication not "
                                "overlapped with compute; attention assumed to split perfectly by heads"}
     results = {"measured_cpu": measured, "ulysses_bytes_per_rank_per_step": comm, "estimate_8gpu_480p": estimate,
-               "smoke": args.smoke, "steps": steps,
+               "smoke": args.smoke, "steps": steps, "load_average_before": load_before,
+               "load_average_after": load_after,
                "machine": {"python": platform.python_version(), "platform": platform.platform(),
                            "cpus": os.cpu_count(), "torch_threads_per_process": 1},
                "date": time.strftime("%Y-%m-%d")}
@@ -164,6 +167,9 @@ def report(r: dict) -> str:
              f"| single | 1 | {s['s_per_step']:.3f} | 1.00 |",
              f"| Ulysses 2 | 2 | {m['ulysses']['s_per_step']:.3f} | {m['ulysses']['speedup_vs_single']:.2f} |",
              f"| CFG parallel | 2 | {m['cfg']['s_per_step']:.3f} | {m['cfg']['speedup_vs_single']:.2f} |", "",
+             f"1-minute load average {r.get('load_average_before', 0):.1f} before and "
+             f"{r.get('load_average_after', 0):.1f} after, on {r['machine']['cpus']} CPUs: with other work running, "
+             "two processes do not get a core each and the speedup reads low; rerun on a quiet machine.", "",
              "## Computed: bytes each rank sends per step with Ulysses (14B DiT, bf16, 2 CFG branches)", "",
              "| resolution | tokens | P = 2 | P = 4 | P = 8 |", "|---|---|---|---|---|"]
     for res, per in r["ulysses_bytes_per_rank_per_step"].items():
