@@ -11,6 +11,7 @@ import argparse
 import sys
 import warnings
 
+from diffsynth.data.framing import RESIZE_MODES
 from diffsynth.pose.backends import BACKENDS
 from diffsynth.pose.extract import SmoothingOptions, run_align_pose
 from diffsynth.pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
@@ -32,6 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preview", default=None, metavar="OUT.mp4",
                         help="also write [frame + raw pose | reference + aligned pose] as a video (an existing file "
                              "is refused unless --overwrite)")
+    parser.add_argument("--canvas", default="512x768", metavar="auto|WxH",
+                        help="pose image size: WxH (default 512x768, as upstream) or auto (the reference's aspect at "
+                             "the same area, multiples of 16)")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="stretch",
+                        help="how the reference meets the canvas's aspect: stretch (default, upstream: a photo of "
+                             "another aspect is distorted), pad (border colour) or crop (centre); pad and crop "
+                             "write the prepared reference as reference.png in the output folder: use it as the "
+                             "reference image when generating")
     parser.add_argument("--smooth", action="store_true", help="One-Euro temporal smoothing (off by default)")
     parser.add_argument("--smooth_min_cutoff", type=float, default=SmoothingOptions.min_cutoff)
     parser.add_argument("--smooth_beta", type=float, default=SmoothingOptions.beta)
@@ -48,7 +57,7 @@ def main(argv=None) -> int:
         summary = run_align_pose(
             args.ref_name, args.source_video_paths, args.saved_pose_dir, backend=args.backend,
             det_model=args.det_model, pose_model=args.pose_model, overwrite=args.overwrite, preview=args.preview,
-            smoothing=smoothing, progress=not args.quiet,
+            smoothing=smoothing, progress=not args.quiet, canvas=args.canvas, resize=args.resize,
         )
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
             ImportError) as error:

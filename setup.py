@@ -12,6 +12,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["diffsynth", "diffsynth.*"]),
+    # The trained tiny demo model (diffsynth/demo_model.py): weights, config, tokenizer and card.
+    package_data={"diffsynth": ["assets/demo_model/*.safetensors", "assets/demo_model/*.json",
+                                "assets/demo_model/*.md", "assets/demo_model/google/umt5-xxl/*"]},
+    entry_points={"console_scripts": ["diffsynth=diffsynth.cli:main"]},   # diffsynth animate / download
     install_requires=[
         "torch>=2.4", "safetensors>=0.4", "einops>=0.8", "numpy>=1.24", "pillow>=10",
         "transformers>=4.45", "sentencepiece>=0.2", "ftfy>=6", "imageio>=2.34", "imageio-ffmpeg>=0.5",

@@ -4,6 +4,8 @@
         pose.jpg              the reference pose (drawn from the reference image, unaligned)
         0000.jpg, 0001.jpg …  one aligned pose per driving frame, zero-padded to >= 4 digits
         poses.json            keypoints (see diffsynth/pose/extract.py)
+        reference.png         only with run_align_pose.py --resize pad|crop: the reference image prepared to the
+                              canvas's aspect, on which the poses were measured (give it to the pipeline)
 
 Pose images are written with OpenCV (BGR in memory, so the file holds the colours a viewer shows) and read here with
 PIL as RGB: `[3, F, H, W]` pose tensors are RGB, channel 0 = red, the colours the released model was trained on.
@@ -27,6 +29,7 @@ if TYPE_CHECKING:   # torch and PIL are imported where tensors are made: the pos
     from .images import ImageLike
 
 REFERENCE_POSE_FILE = "pose.jpg"
+REFERENCE_IMAGE_FILE = "reference.png"   # the prepared reference (run_align_pose.py --resize pad|crop)
 POSES_FILE = "poses.json"
 POSES_FORMAT = "diffsynth.pose/1"         # the "format" entry of poses.json
 MANIFEST_FILE = ".run_align_pose.json"    # what the tool wrote there: the only files --overwrite may delete
@@ -166,6 +169,6 @@ def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated
     return panels
 
 
-__all__ = ["REFERENCE_POSE_FILE", "POSES_FILE", "POSES_FORMAT", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
+__all__ = ["REFERENCE_POSE_FILE", "REFERENCE_IMAGE_FILE", "POSES_FILE", "POSES_FORMAT", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
            "reference_pose_file", "select_frames", "read_rgb", "pose_tensors", "PoseClip", "read_pose_clip",
            "comparison_panels"]

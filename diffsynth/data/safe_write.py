@@ -200,6 +200,9 @@ class Manifest:
         self.files: list[str] = []
         self._listed: set[str] = set()
         self._add(files)
+        # What the listed files were made from (e.g. input hashes and settings), for tools that reuse a finished
+        # folder; set it after the files are complete and `save()`. Cleared by `remove_listed`.
+        self.inputs: dict | None = None
 
     @classmethod
     def load(cls, folder: PathLike, name: str) -> "Manifest":
@@ -217,7 +220,10 @@ class Manifest:
                 raise TypeError("'files' is not a list")
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"run manifest {path} is damaged ({error}); move it and the tool's files away") from None
-        return cls(folder, name, files)
+        manifest = cls(folder, name, files)
+        inputs = document.get("inputs")
+        manifest.inputs = inputs if isinstance(inputs, dict) else None
+        return manifest
 
     def __contains__(self, name: str) -> bool:
         return _clean_name(name) in self._listed
@@ -262,6 +268,8 @@ class Manifest:
         """Write the manifest atomically."""
         document = {"format": MANIFEST_FORMAT, "note": "files written by this tool; --overwrite deletes exactly these",
                     "files": self.files}
+        if self.inputs is not None:
+            document["inputs"] = self.inputs
         atomic_write_text(self.path, json.dumps(document, indent=0) + "\n")
 
     def _folder(self, parts: Sequence[str]) -> Path | None:
@@ -294,6 +302,7 @@ class Manifest:
             if folder is not None and not any(folder.iterdir()):
                 folder.rmdir()
         self.files, self._listed = [], set()
+        self.inputs = None
         if self.path.is_symlink() or self.path.is_file():
             self.path.unlink()
         return removed

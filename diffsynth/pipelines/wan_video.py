@@ -10,12 +10,12 @@ with height x width close to `max_area` (480*832), both multiples of 16 (Wan's `
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm import tqdm
 
+from ..data.framing import fit_area
 from ..data.images import check_pil_image, image_to_tensor
 from ..prompters import WanPrompter, resolve_tokenizer_path
 from .base import NoiseSource, WanPipelineBase, lora_files_of
@@ -31,13 +31,8 @@ DEFAULT_MAX_AREA = 480 * 832
 
 def size_for_reference(image_width: int, image_height: int, max_area: int = DEFAULT_MAX_AREA) -> Tuple[int, int]:
     """(height, width) for I2V: the reference's aspect ratio at about `max_area` pixels, each rounded down to a
-    multiple of 16 (the VAE stride 8 times the patch size 2), as Wan2.1's I2V does."""
-    if max_area < 256:
-        raise ValueError(f"max_area must be at least 16*16 pixels; got {max_area}")
-    aspect = image_height / image_width
-    height = int(math.sqrt(max_area * aspect) // 16 * 16)
-    width = int(math.sqrt(max_area / aspect) // 16 * 16)
-    return max(height, 16), max(width, 16)
+    multiple of 16 (the VAE stride 8 times the patch size 2), as Wan2.1's I2V does (`data.framing.fit_area`)."""
+    return fit_area(image_width, image_height, max_area, 16)
 
 
 class WanVideoPipeline(WanPipelineBase):

@@ -4,7 +4,11 @@ Output folder (spec 5.6 plus `poses.json`):
     pose.jpg              the reference pose, drawn unmodified
     0000.jpg, 0001.jpg …  one aligned pose per driving frame (zero-padded to at least 4 digits, wider if needed)
     poses.json            raw and aligned keypoints of every frame, the reference pose and the fitted transform
+    reference.png         with `resize="pad"` or `"crop"` only: the reference image brought to the canvas's aspect
+                          (the poses are measured on it, so use it as the pipeline's reference image)
     .run_align_pose.json  the run manifest: the names of the files above, listed before they are written
+
+The canvas (pose image size) is 512x768 by default, as upstream; `canvas="auto"` follows the reference's aspect.
 
 Every file is written atomically. `--overwrite` deletes exactly the files the previous run's manifest lists; a file
 it does not list (a user's `pose.jpg` or `2023.jpg`) is never deleted or replaced: the run stops and names it.
@@ -21,7 +25,8 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, POSES_FORMAT, frame_file_name
+from ..data.framing import check_mode, plan_framing, prepare_reference, resolve_canvas
+from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, POSES_FORMAT, REFERENCE_IMAGE_FILE, frame_file_name
 from ..data.pose_folder import REFERENCE_POSE_FILE as REFERENCE_FILE
 from ..data.safe_write import Manifest, atomic_output, atomic_write_text, check_output_file, check_output_folder
 from .backends import FramePose, create_backend
@@ -126,6 +131,8 @@ def run_align_pose(
     preview: str | Path | None = None,
     smoothing: SmoothingOptions | None = None,
     progress: bool = True,
+    canvas: tuple[int, int] | str | None = None,
+    resize: str = "stretch",
 ) -> AlignSummary:
     """Extract, align and draw; see the module docstring for what is written.
 
@@ -139,10 +146,20 @@ def run_align_pose(
         preview: optional .mp4: [driving frame + raw pose | reference image + aligned pose] per frame; an existing
             file is refused unless `overwrite`.
         smoothing: One-Euro smoothing of the raw keypoints before alignment; None (default) = off, like upstream.
+        canvas: the pose images' (width, height), "WxH", "auto" (the reference's aspect at 512*768 pixels, in
+            multiples of 16) or None (512x768, upstream).
+        resize: how the reference meets the canvas's aspect (`diffsynth.data.framing`): "stretch" (default,
+            upstream: poses are measured on the original and stretched with it), "pad" or "crop" (the reference is
+            padded / centre-cropped to the canvas's aspect first, written as reference.png, and measured there).
     """
     start = time.perf_counter()
     # 1. Check every input before the slow part.
-    reference_image = read_image(ref_image)
+    check_mode(resize)
+    original_image = read_image(ref_image)
+    canvas_w, canvas_h = resolve_canvas(canvas, original_image.shape[1], original_image.shape[0])
+    reference_image = prepare_reference(original_image, canvas_w, canvas_h, resize)
+    framing = None if resize == "stretch" else plan_framing(
+        original_image.shape[1], original_image.shape[0], reference_image.shape[1], reference_image.shape[0], resize)
     frames = FrameSource.open(source)
     inputs = (ref_image, source)
     output_dir = check_output_dir(output_dir, overwrite, inputs, (REFERENCE_FILE, POSES_FILE))
@@ -172,19 +189,25 @@ def run_align_pose(
     # 3. Align and draw.
     aligned, retargeting = align_poses(reference.pose, raw_poses)
     names = [frame_file_name(i, len(aligned)) for i in range(len(aligned))]
-    output_dir = prepare_output_dir(output_dir, overwrite, [REFERENCE_FILE, *names, POSES_FILE], inputs)
-    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose), replace=False)
+    extra = [] if resize == "stretch" else [REFERENCE_IMAGE_FILE]
+    output_dir = prepare_output_dir(output_dir, overwrite, [REFERENCE_FILE, *names, POSES_FILE, *extra], inputs)
+    if extra:
+        write_image(output_dir / REFERENCE_IMAGE_FILE, reference_image, replace=False)
+    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose, canvas_w, canvas_h), replace=False)
     for name, pose in zip(tqdm(names, unit="frame", desc="drawing", disable=not progress), aligned):
-        write_image(output_dir / name, draw_pose(pose), replace=False)
+        write_image(output_dir / name, draw_pose(pose, canvas_w, canvas_h), replace=False)
 
     # 4. poses.json and the optional preview.
     document = {
         "format": POSES_FORMAT,
         "backend": pose_backend.name,
-        "coordinates": "normalised: x / image width, y / image height; pose images stretch them to "
-                       f"{CANVAS_WIDTH}x{CANVAS_HEIGHT}",
+        "coordinates": "normalised: x / image width, y / image height (the reference's: of the prepared reference "
+                       f"image); pose images stretch them to {canvas_w}x{canvas_h}",
+        "canvas": [canvas_w, canvas_h],
         "layout": {"body": list(BODY_NAMES), "hands": list(HANDS), "hand_points": NUM_HAND, "face_points": NUM_FACE},
         "reference": {"image": str(ref_image), "size": list(reference_image.shape[1::-1]), "file": REFERENCE_FILE,
+                      "prepared_image": extra[0] if extra else None,
+                      "framing": framing.to_dict() if framing else {"mode": "stretch"},
                       "box": _box(reference.box), "pose": reference.pose.to_dict()},
         "source": {"files": [str(f) for f in frames.files], "fps": frames.fps},
         "smoothing": None if smoothing is None else vars(smoothing),
@@ -198,7 +221,8 @@ def run_align_pose(
     }
     atomic_write_text(output_dir / POSES_FILE, _to_json(document), replace=False)
     if preview is not None:
-        write_preview(preview, frames, raw_poses, reference_image, aligned, frames.fps, overwrite=overwrite)
+        write_preview(preview, frames, raw_poses, reference_image, aligned, frames.fps, overwrite=overwrite,
+                      canvas=(canvas_w, canvas_h))
 
     missing = sum(r.pose is None for r in results)
     return AlignSummary(len(results), missing, time.perf_counter() - start, output_dir)
@@ -217,19 +241,21 @@ def _box(box) -> list[float] | None:
     return None if box is None else [float(v) for v in box]
 
 
-def overlay(image_bgr: np.ndarray, pose: Pose) -> np.ndarray:
-    """The image stretched to the pose canvas, darkened, with the pose drawn over it."""
+def overlay(image_bgr: np.ndarray, pose: Pose, canvas: tuple[int, int] = (CANVAS_WIDTH, CANVAS_HEIGHT)
+            ) -> np.ndarray:
+    """The image stretched to the pose canvas (width, height), darkened, with the pose drawn over it."""
     import cv2
 
-    background = cv2.resize(image_bgr, (CANVAS_WIDTH, CANVAS_HEIGHT), interpolation=cv2.INTER_AREA) // 2
-    drawn = draw_pose(pose)
+    background = cv2.resize(image_bgr, tuple(canvas), interpolation=cv2.INTER_AREA) // 2
+    drawn = draw_pose(pose, *canvas)
     return np.where(drawn.any(-1, keepdims=True), drawn, background)
 
 
 def write_preview(path: str | Path, frames: FrameSource, raw_poses: list[Pose], reference_image: np.ndarray,
-                  aligned: list[Pose], fps: float, *, overwrite: bool = False) -> None:
-    """mp4 with [driving frame + raw pose | reference image + aligned pose] side by side, written atomically; an
-    existing file is replaced only if `overwrite`."""
+                  aligned: list[Pose], fps: float, *, overwrite: bool = False,
+                  canvas: tuple[int, int] = (CANVAS_WIDTH, CANVAS_HEIGHT)) -> None:
+    """mp4 with [driving frame + raw pose | reference image + aligned pose] side by side (each panel `canvas`
+    sized), written atomically; an existing file is replaced only if `overwrite`."""
     import imageio.v2 as imageio
 
     path = check_output_file(path, overwrite=overwrite, flag="--overwrite")
@@ -237,7 +263,7 @@ def write_preview(path: str | Path, frames: FrameSource, raw_poses: list[Pose], 
     with atomic_output(path, replace=overwrite) as temp, \
             imageio.get_writer(str(temp), fps=fps, macro_block_size=16) as writer:
         for frame, raw, pose in zip(frames, raw_poses, aligned):
-            panel = np.concatenate([overlay(frame, raw), overlay(reference_image, pose)], axis=1)
+            panel = np.concatenate([overlay(frame, raw, canvas), overlay(reference_image, pose, canvas)], axis=1)
             writer.append_data(np.ascontiguousarray(panel[:, :, ::-1]))
 
 
@@ -262,7 +288,8 @@ def redraw_from_json(poses_json: str | Path, output_dir: str | Path | None = Non
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(output_dir)
     manifest.reserve(names)  # refuses unlisted files first
-    write_image(output_dir / REFERENCE_FILE, draw_pose(Pose.from_dict(document["reference"]["pose"])))
+    canvas = tuple(document.get("canvas") or (CANVAS_WIDTH, CANVAS_HEIGHT))
+    write_image(output_dir / REFERENCE_FILE, draw_pose(Pose.from_dict(document["reference"]["pose"]), *canvas))
     for entry in document["frames"]:
-        write_image(output_dir / entry["file"], draw_pose(Pose.from_dict(entry["aligned"])))
+        write_image(output_dir / entry["file"], draw_pose(Pose.from_dict(entry["aligned"]), *canvas))
     return len(document["frames"])

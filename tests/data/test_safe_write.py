@@ -313,3 +313,16 @@ def test_damaged_manifest_is_an_error_not_a_guess(tmp_path, content):
         (out / ".tool.json").write_text(content)
     with pytest.raises(ValueError, match=r"\.tool\.json"):
         Manifest.load(out, ".tool.json")
+
+
+def test_manifest_inputs_survive_a_reload_and_go_with_the_listed_files(tmp_path):
+    from diffsynth.data.safe_write import Manifest
+
+    manifest = Manifest(tmp_path, ".m.json", ["a.jpg"])
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    manifest.inputs = {"reference_sha256": "0" * 64}
+    manifest.save()
+    loaded = Manifest.load(tmp_path, ".m.json")
+    assert loaded.inputs == {"reference_sha256": "0" * 64} and loaded.files == ["a.jpg"]
+    loaded.remove_listed()
+    assert loaded.inputs is None and not (tmp_path / "a.jpg").exists()

@@ -1,0 +1,122 @@
+"""Poses for one (reference, driving video) pair, cached in a folder next to the output and reused while the inputs
+are unchanged.
+
+The folder is a `run_align_pose` output folder (pose.jpg, 0000.jpg…, poses.json, reference.png) whose manifest
+(`.run_align_pose.json`) also records, once every file is complete, what it was made from: the SHA-256 of the
+reference and of the driving video, the canvas, the resize mode, the backend and its model files, the smoothing.
+A later run with the same record reuses the folder; any difference recomputes it, deleting only the files the
+manifest lists (never a file this tool did not write).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+
+from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, REFERENCE_IMAGE_FILE, list_pose_frames
+from ..data.safe_write import Manifest, check_output_folder
+
+CACHE_FORMAT = "diffsynth.animate.poses/1"
+
+
+@dataclass
+class PoseFolder:
+    """A complete pose folder: where it is, the reference image the poses were measured on (the prepared
+    reference.png, or the original with `resize="stretch"`), the frame count, the driving fps, and whether it was
+    reused from an earlier run."""
+
+    path: Path
+    reference_image: Path
+    frames: int
+    fps: float
+    canvas: Tuple[int, int]
+    reused: bool
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content (a folder: of its files' names and contents, in name order)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(chunk), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_identity(path: str) -> dict:
+    """A pose model file by path, size and modification time (hashing 200 MB per run would be slow)."""
+    stat = Path(path).stat() if Path(path).is_file() else None
+    return {"path": os.path.abspath(path), "size": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None}
+
+
+def cache_key(reference, driving, canvas: Tuple[int, int], resize: str, backend: str, models: Sequence[str],
+              smooth: bool) -> dict:
+    """What a pose folder is made from (see the module docstring); equal keys mean equal folders."""
+    return {"format": CACHE_FORMAT, "reference_sha256": file_sha256(reference), "driving_sha256": file_sha256(driving),
+            "canvas": list(canvas), "resize": resize, "backend": backend,
+            "models": [_model_identity(m) for m in models] if backend == "dwpose" else [], "smooth": bool(smooth)}
+
+
+def _complete(manifest: Manifest) -> bool:
+    return bool(manifest.files) and all((manifest.folder / name).is_file() for name in manifest.files)
+
+
+def prepare_poses(reference, driving, folder, canvas: Tuple[int, int], resize: str = "pad",
+                  backend: str = "dwpose", det_model: Optional[str] = None, pose_model: Optional[str] = None,
+                  smooth: bool = False, progress: bool = False) -> PoseFolder:
+    """Extract and align the poses of `driving` to `reference` into `folder` on a `canvas` (width, height), or
+    reuse the folder when an earlier run recorded the same inputs. A non-empty folder without a manifest (not made
+    by this tool) is refused."""
+    from ..pose.extract import SmoothingOptions, load_manifest, run_align_pose  # noqa: PLC0415
+    from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL  # noqa: PLC0415
+
+    folder = check_output_folder(folder, inputs=[reference, driving])
+    models = (str(det_model or DEFAULT_DET_MODEL), str(pose_model or DEFAULT_POSE_MODEL))
+    key = cache_key(reference, driving, canvas, resize, backend, models, smooth)
+    reused = False
+    if folder.is_dir() and any(folder.iterdir()):
+        manifest = load_manifest(folder)
+        if not manifest.files:
+            raise FileExistsError(f"pose folder {folder} exists and was not written by diffsynth (no "
+                                  f"{MANIFEST_FILE}); move it away or choose another --out")
+        reused = manifest.inputs == key and _complete(manifest)
+    if not reused:
+        run_align_pose(reference, driving, folder, backend=backend, det_model=models[0], pose_model=models[1],
+                       overwrite=True, smoothing=SmoothingOptions() if smooth else None, progress=progress,
+                       canvas=canvas, resize=resize)
+        manifest = Manifest.load(folder, MANIFEST_FILE)
+        manifest.inputs = key            # recorded last: a run that stopped half-way is never reused
+        manifest.save()
+    document = json.loads((folder / POSES_FILE).read_text(encoding="utf-8"))
+    prepared = folder / REFERENCE_IMAGE_FILE if resize != "stretch" else Path(reference)
+    return PoseFolder(folder, prepared, len(list_pose_frames(folder)), float(document["source"]["fps"]),
+                      tuple(document.get("canvas", canvas)), reused)
+
+
+def write_pose_preview(poses: PoseFolder, driving, out, overwrite: bool = False) -> Path:
+    """The aligned-pose check video from a pose folder: [driving frame + raw pose | prepared reference + aligned
+    pose] per frame (written atomically; an existing file is refused unless `overwrite`)."""
+    from ..pose.extract import write_preview  # noqa: PLC0415
+    from ..pose.keypoints import Pose  # noqa: PLC0415
+    from ..pose.sources import FrameSource, read_image  # noqa: PLC0415
+
+    document = json.loads((poses.path / POSES_FILE).read_text(encoding="utf-8"))
+    frames = document["frames"]
+    raw = [Pose.from_dict(frames[f["pose_from_frame"]]["raw"]) for f in frames]
+    aligned = [Pose.from_dict(f["aligned"]) for f in frames]
+    reference = read_image(poses.reference_image)
+    write_preview(out, FrameSource.open(driving), raw, reference, aligned, poses.fps, overwrite=overwrite,
+                  canvas=tuple(poses.canvas))
+    return Path(out)
+
+
+__all__ = ["PoseFolder", "prepare_poses", "write_pose_preview", "cache_key", "file_sha256", "CACHE_FORMAT"]

@@ -1,0 +1,319 @@
+"""From a photo and a driving video to a finished clip: `animate()` for one pair, `animate_batch()` for every pair
+of two folders, `Animator` to keep the models loaded between calls (the web UI holds one).
+
+    from diffsynth.animate import AnimateSettings, animate
+    result = animate("photo.jpg", "dance.mp4", "outputs/dance.mp4", AnimateSettings(resolution="480p"))
+    print("\\n".join(result.lines()))
+
+Per pair: the generation size follows the photo (`resolution` as an area, the photo's aspect, multiples of 16);
+poses are extracted and aligned on a canvas of that size into `<out stem>.poses/` (reused while the inputs are
+unchanged); up to 81 frames run the short pipeline, longer videos the long-video one; the clip (with the driving
+video's audio) and `<out stem>_comparison.mp4` ([reference | pose | generated]) are written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ..data.pose_folder import list_pose_frames, pose_tensors, read_rgb, reference_pose_file
+from ..data.safe_write import check_output_file
+from .poses import PoseFolder, prepare_poses, write_pose_preview
+from .settings import AnimateSettings, ProgressCallback, ProgressEvent
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
+CONTEXT_SIZE, CONTEXT_OVERLAP = 21, 4   # long-video windows (latent frames), as the upstream long scripts
+
+
+class ModelLoadError(RuntimeError):
+    """The models could not be loaded: no pair can run (a batch stops instead of failing every pair)."""
+
+
+@dataclass
+class OutputPaths:
+    """Where one pair's files go, all derived from the clip's path."""
+
+    video: Path
+    comparison: Path
+    poses: Path
+    preview: Path
+
+    @classmethod
+    def for_clip(cls, out) -> "OutputPaths":
+        out = Path(out).expanduser()
+        if out.suffix.lower() != ".mp4":
+            raise ValueError(f"the output {out} must be an .mp4 file name (a folder only for a batch)")
+        return cls(out, out.with_name(f"{out.stem}_comparison.mp4"), out.with_name(f"{out.stem}.poses"),
+                   out.with_name(f"{out.stem}_pose_preview.mp4"))
+
+
+@dataclass
+class AnimateResult:
+    """What one `animate` call did and wrote."""
+
+    reference: Path
+    driving: Path
+    pose_dir: Path
+    prepared_reference: Path           # the image the pipeline got (reference.png, or the photo with stretch)
+    size: Tuple[int, int]              # (width, height) of the generation
+    fps: float
+    poses_reused: bool
+    frames: int = 0                    # generated frames (0 with preview_only)
+    pipeline: Optional[str] = None     # "short" or "long"
+    video: Optional[Path] = None
+    comparison: Optional[Path] = None
+    preview: Optional[Path] = None
+    audio: bool = False
+    seconds: float = 0.0
+
+    def lines(self) -> List[str]:
+        """A human-readable account, one fact per line (what the CLI prints)."""
+        lines = [f"poses:      {self.pose_dir}/ ({'reused' if self.poses_reused else 'extracted'}, "
+                 f"canvas {self.size[0]}x{self.size[1]})"]
+        if self.preview is not None:
+            lines.append(f"preview:    {self.preview}  [driving + raw pose | reference + aligned pose]")
+        if self.video is not None:
+            lines.append(f"video:      {self.video}  ({self.frames} frames, {self.size[0]}x{self.size[1]}, "
+                         f"{self.fps:g} fps, {self.pipeline} pipeline, "
+                         f"{'audio copied from the driving video' if self.audio else 'no audio'})")
+            lines.append(f"comparison: {self.comparison}  [reference | pose | generated]")
+        lines.append(f"time:       {self.seconds:.1f} s")
+        return lines
+
+
+@dataclass
+class BatchResult:
+    """Every pair of a batch: the results, and the failures as (reference, driving, one-line reason)."""
+
+    done: List[AnimateResult] = field(default_factory=list)
+    failed: List[Tuple[Path, Path, str]] = field(default_factory=list)
+
+    def lines(self) -> List[str]:
+        lines = [f"{len(self.done)} of {len(self.done) + len(self.failed)} pairs done"]
+        lines += [f"  ok      {r.reference.name} x {r.driving.name} -> {r.video or r.preview}" for r in self.done]
+        lines += [f"  FAILED  {ref.name} x {drv.name}: {why}" for ref, drv, why in self.failed]
+        return lines
+
+
+def generation_size(image_width: int, image_height: int, settings: AnimateSettings) -> Tuple[int, int]:
+    """(width, height) of the generation: `settings.size`, else the photo's aspect at the resolution's area in
+    multiples of 16 (`WanVideoPipeline`'s I2V rule, `size_for_reference`)."""
+    from ..data.framing import parse_size  # noqa: PLC0415
+    from ..pipelines.wan_video import size_for_reference  # noqa: PLC0415
+
+    if settings.size is not None:
+        return parse_size(settings.size) if isinstance(settings.size, str) else tuple(settings.size)
+    height, width = size_for_reference(image_width, image_height, settings.area())
+    return width, height
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one line: its message, prefixed by its kind when that adds something."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    from ..download import DownloadError  # noqa: PLC0415
+
+    known = (FileNotFoundError, FileExistsError, ValueError, NotADirectoryError, IsADirectoryError, PermissionError,
+             ModelLoadError, ImportError, DownloadError)
+    return message if isinstance(error, known) else f"{type(error).__name__}: {message}"
+
+
+class Animator:
+    """Animates pairs with one set of loaded models (loaded at the first generation, or given as `pipeline`).
+
+    `progress(ProgressEvent)` is called at every stage and denoising step; `loader(settings)` makes the pipeline
+    (default `load_pipeline`: the release, or the tiny models)."""
+
+    def __init__(self, settings: AnimateSettings = None, progress: Optional[ProgressCallback] = None,
+                 pipeline=None, loader: Optional[Callable] = None):
+        self.settings = (settings or AnimateSettings()).validate()
+        self.progress = progress
+        self._pipeline = pipeline
+        self._loader = loader
+        self._item = (1, 1)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _emit(self, stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, done, total, message, *self._item))
+
+    @property
+    def pipeline(self):
+        """The loaded pipeline (loading it on first use)."""
+        if self._pipeline is None:
+            from .models import load_pipeline  # noqa: PLC0415
+
+            self._emit("load", message="loading the tiny models" if self.settings.tiny
+                       else f"loading the models from {self.settings.models}")
+            try:
+                self._pipeline = (self._loader or load_pipeline)(self.settings)
+            except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as error:
+                raise ModelLoadError(error_line(error)) from error
+        return self._pipeline
+
+    def _steps(self, timesteps):
+        total = len(timesteps)
+        self._emit("generate", 0, total, "denoising")
+        for i, timestep in enumerate(timesteps):
+            yield timestep
+            self._emit("generate", i + 1, total, f"step {i + 1}/{total}")
+
+    # ----------------------------------------------------------------------------------------------- one pair
+    def animate(self, reference, driving, out=None, *, preview_only: bool = False) -> AnimateResult:
+        """Animate the person in `reference` (an image file) along `driving` (a video, or a folder of frames),
+        writing `out` (default `outputs/<photo>_<video>.mp4`), `<out stem>_comparison.mp4` and the pose folder
+        `<out stem>.poses/`. With `preview_only`, stop after the poses and write `<out stem>_pose_preview.mp4`
+        (no models are loaded)."""
+        from ..pose.sources import read_image  # noqa: PLC0415
+
+        start = time.perf_counter()
+        settings = self.settings
+        reference, driving = Path(reference).expanduser(), Path(driving).expanduser()
+        if not reference.is_file():
+            raise FileNotFoundError(f"reference photo {reference} not found")
+        if not driving.exists():
+            raise FileNotFoundError(f"driving video {driving} not found")
+        paths = OutputPaths.for_clip(out or Path("outputs") / f"{reference.stem}_{driving.stem}.mp4")
+        for path in ([paths.preview] if preview_only else [paths.video, paths.comparison]):
+            check_output_file(path, overwrite=settings.overwrite, inputs=[reference, driving], flag="--overwrite")
+        photo = read_image(reference)
+        width, height = generation_size(photo.shape[1], photo.shape[0], settings)
+
+        self._emit("poses", message=f"extracting and aligning poses -> {paths.poses}")
+        det_model, pose_model = settings.pose_model_paths()
+        poses = prepare_poses(reference, driving, paths.poses, (width, height), settings.resize,
+                              settings.pose_backend, det_model, pose_model, settings.smooth)
+        self._emit("poses", 1, 1, f"{poses.frames} pose frames ({'reused' if poses.reused else 'extracted'})")
+        result = AnimateResult(reference, driving, poses.path, poses.reference_image, (width, height),
+                               poses.fps / settings.stride, poses.reused)
+        if preview_only:
+            self._emit("write", message=f"writing {paths.preview}")
+            result.preview = write_pose_preview(poses, driving, paths.preview, overwrite=settings.overwrite)
+        else:
+            self._generate(poses, result, paths)
+        result.seconds = time.perf_counter() - start
+        self._emit("done", 1, 1, f"done in {result.seconds:.1f} s")
+        return result
+
+    def _generate(self, poses: PoseFolder, result: AnimateResult, paths: OutputPaths) -> None:
+        from PIL import Image  # noqa: PLC0415
+
+        from ..inference import WAN_NEGATIVE_PROMPT  # noqa: PLC0415
+        from ..pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline  # noqa: PLC0415
+        from ..pose.sources import read_image  # noqa: PLC0415
+        from .media import write_outputs  # noqa: PLC0415
+        from .models import step_cache  # noqa: PLC0415
+
+        settings = self.settings
+        width, height = result.size
+        files = list_pose_frames(poses.path)[::settings.stride][:settings.max_frames]
+        long_video = len(files) > settings.max_short_frames
+        count = len(files) if long_video else (len(files) - 1) // 4 * 4 + 1
+        files = files[:count]
+        dwpose_data, random_ref_dwpose = pose_tensors([read_rgb(f) for f in files],
+                                                      read_rgb(reference_pose_file(poses.path)), height, width)
+        # Read like the pose tool read it (OpenCV applies the EXIF orientation), so poses and photo agree.
+        reference = read_image(poses.reference_image)[..., ::-1].copy()
+        pipe = self.pipeline
+        if long_video and not isinstance(pipe, WanUniAnimateLongVideoPipeline):
+            raise ValueError(f"{len(files)} frames need the long-video pipeline (WanUniAnimateLongVideoPipeline); "
+                             f"pass --max-frames {settings.max_short_frames} to animate the first ones only")
+        kwargs = dict(prompt=settings.prompt, input_image=Image.fromarray(reference),
+                      negative_prompt=WAN_NEGATIVE_PROMPT if settings.negative_prompt is None
+                      else settings.negative_prompt,
+                      dwpose_data=dwpose_data, random_ref_dwpose=random_ref_dwpose, height=height, width=width,
+                      num_frames=count, cfg_scale=settings.cfg, num_inference_steps=settings.steps,
+                      seed=settings.seed, tiled=not settings.tiny if settings.tiled is None else settings.tiled,
+                      step_cache=step_cache(settings), preset="fast" if settings.fast else None,
+                      progress_bar_cmd=self._steps, **settings.extra)
+        if long_video:
+            frames = pipe(**kwargs, context_size=CONTEXT_SIZE, context_overlap=CONTEXT_OVERLAP,
+                          output_type="iterator")
+        else:   # the short algorithm on the same models (the long pipeline is a short one too)
+            frames = WanUniAnimateVideoPipeline.__call__(pipe, **kwargs)
+        result.pipeline = "long" if long_video else "short"
+        if frames is None:   # multi-GPU sequence parallel, not rank 0: rank 0 writes
+            return
+        expected = (count - 1) // 4 * 4 + 1
+        self._emit("write", 0, expected, f"writing {paths.video}")
+        result.audio = write_outputs(
+            frames, reference, dwpose_data, paths.video, paths.comparison, result.fps,
+            poses_driving_audio(result.driving) if settings.audio else None, overwrite=settings.overwrite,
+            on_frame=lambda i: self._emit("write", i, expected, f"frame {i}/{expected}"))
+        result.frames = expected
+        result.video, result.comparison = paths.video, paths.comparison
+
+    # ---------------------------------------------------------------------------------------------- many pairs
+    def animate_batch(self, pairs: Sequence[Tuple[Path, Path]], out_dir, *, preview_only: bool = False,
+                      shard: bool = True) -> BatchResult:
+        """Animate every (reference, driving) pair into `out_dir/<photo>_<video>.mp4`; a failing pair is recorded
+        and the next one runs. Under torchrun (`shard`) this process takes pairs r, r + N, … (item parallel)."""
+        from ..distributed import item_shard  # noqa: PLC0415
+
+        pairs = item_shard(list(pairs)) if shard else list(pairs)
+        batch = BatchResult()
+        for index, (reference, driving) in enumerate(pairs, 1):
+            self._item = (index, len(pairs))
+            out = Path(out_dir) / f"{Path(reference).stem}_{Path(driving).stem}.mp4"
+            try:
+                batch.done.append(self.animate(reference, driving, out, preview_only=preview_only))
+            except ModelLoadError:
+                raise
+            except Exception as error:  # noqa: BLE001 - one pair's failure must not stop the others
+                logger.debug("pair %s x %s failed", reference, driving, exc_info=True)
+                batch.failed.append((Path(reference), Path(driving), error_line(error)))
+                self._emit("failed", message=f"{Path(reference).name} x {Path(driving).name}: {error_line(error)}")
+        self._item = (1, 1)
+        return batch
+
+
+def poses_driving_audio(driving: Path) -> Optional[Path]:
+    """The file whose audio goes into the clip: the driving video itself (a folder of frames has none)."""
+    return driving if driving.is_file() and driving.suffix.lower() in VIDEO_SUFFIXES else None
+
+
+def find_pairs(references, drivings) -> List[Tuple[Path, Path]]:
+    """Every (photo, video) pair: each of `references` / `drivings` is a file or a folder (of images / of videos,
+    in name order). A driving folder that holds only images is one driving clip (an image sequence)."""
+    def listing(path: Path, suffixes, what: str) -> List[Path]:
+        path = Path(path).expanduser()
+        if path.is_file():
+            return [path]
+        if not path.is_dir():
+            raise FileNotFoundError(f"{what} {path} not found")
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
+                       and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"{what} folder {path} holds no {'/'.join(s[1:] for s in suffixes[:4])} files")
+        return files
+
+    refs = listing(references, IMAGE_SUFFIXES, "reference")
+    drivings = Path(drivings).expanduser()
+    if drivings.is_dir() and not any(p.suffix.lower() in VIDEO_SUFFIXES for p in drivings.iterdir()) and \
+            any(p.suffix.lower() in IMAGE_SUFFIXES for p in drivings.iterdir()):
+        videos = [drivings]        # an image sequence
+    else:
+        videos = listing(drivings, VIDEO_SUFFIXES, "driving video")
+    return [(ref, video) for ref in refs for video in videos]
+
+
+def animate(reference, driving, out=None, settings: AnimateSettings = None,
+            progress: Optional[ProgressCallback] = None, *, preview_only: bool = False) -> AnimateResult:
+    """One photo + one driving video -> a clip; see the module docstring and `Animator.animate`."""
+    return Animator(settings, progress).animate(reference, driving, out, preview_only=preview_only)
+
+
+def animate_batch(references, drivings, out_dir="outputs", settings: AnimateSettings = None,
+                  progress: Optional[ProgressCallback] = None, *, preview_only: bool = False) -> BatchResult:
+    """Every photo of `references` x every video of `drivings` (files or folders, see `find_pairs`) into
+    `out_dir`; failures are collected, not raised (except a model that cannot load)."""
+    return Animator(settings, progress).animate_batch(find_pairs(references, drivings), out_dir,
+                                                      preview_only=preview_only)
+
+
+__all__ = ["Animator", "AnimateResult", "BatchResult", "OutputPaths", "ModelLoadError", "animate",
+           "animate_batch", "find_pairs", "generation_size", "error_line"]

@@ -1,0 +1,152 @@
+"""What one animation needs to know besides its inputs: `AnimateSettings` (the CLI flags and the UI's controls),
+the GPU-memory tiers behind `--vram`, and the progress events a caller (CLI, web UI) receives."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+from ..data.framing import RESIZE_MODES, parse_area, parse_size
+from ..pose.backends import BACKENDS
+
+TINY = "tiny"
+DEFAULT_PROMPT = "a person is dancing"
+MAX_SHORT_FRAMES = 81        # longer pose videos go to the long-video pipeline (overlapping 81-frame windows)
+
+
+@dataclass(frozen=True)
+class VramTier:
+    """How the models are placed for one `--vram` choice (see docs/memory.md and the README's tier table)."""
+
+    resident_dit_params: Optional[float]   # None: everything resident, no streaming
+    fp8: bool                              # DiT Linear weights stored in float8_e4m3fn
+    note: str
+
+
+# GPU memory in GB -> tier. The peaks are the README's estimates (81 frames, cfg 1.5); none is measured yet.
+VRAM_TIERS = {
+    "all": VramTier(None, False, "everything resident (~37 GB at 480p, ~41 GB at 720p)"),
+    "24": VramTier(6e9, False, "6e9 DiT parameters resident, the rest streamed (the upstream scripts' budget; "
+                               "below the 7B tier's ~19/24 GB at 480p/720p)"),
+    "16": VramTier(0, False, "DiT fully streamed from CPU memory (~7 GB at 480p, ~10 GB at 720p; ~47 GB host RAM)"),
+    "12": VramTier(0, True, "fp8 DiT, fully streamed (~6 GB at 480p, ~9 GB at 720p; ~31 GB host RAM)"),
+}
+
+
+@dataclass
+class AnimateSettings:
+    """Everything `animate()` can be told, with the CLI's defaults. `validate()` checks it (errors name the field).
+
+    Size: `resolution` ("480p", "720p" or a pixel area) with the reference's aspect, in multiples of 16; or an
+    explicit `size` (width, height), into which the reference is fitted by `resize` ("pad", "crop", "stretch").
+    Frames: every `stride`-th driving frame, at most `max_frames`; up to `max_short_frames` (81) use the short
+    pipeline (rounded down to 4k+1), more use the long-video one.
+    """
+
+    models: str = "checkpoints"          # "tiny" (random tiny models, CPU) or the checkpoints folder
+    resolution: str = "480p"
+    size: Optional[Tuple[int, int]] = None
+    resize: str = "pad"
+    steps: int = 50
+    cfg: float = 1.5
+    seed: int = 0
+    fast: bool = False                   # the 4-step preset; needs a step-distillation LoRA in `loras`
+    teacache: Optional[float] = None     # TeaCache threshold (0.1-0.3)
+    magcache: Optional[float] = None     # MagCache threshold (e.g. 0.12)
+    vram: str = "all"                    # a key of VRAM_TIERS
+    loras: Tuple[str, ...] = ()          # extra LoRAs, "path" or "path:strength"
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: Optional[str] = None   # None: the standard Wan negative prompt
+    stride: int = 1
+    max_frames: Optional[int] = None
+    max_short_frames: int = MAX_SHORT_FRAMES
+    pose_backend: str = "dwpose"
+    det_model: Optional[str] = None      # default: <models>/yolox_l.onnx (checkpoints/ for the tiny models)
+    pose_model: Optional[str] = None     # default: <models>/dw-ll_ucoco_384.onnx
+    smooth: bool = False
+    audio: bool = True
+    overwrite: bool = False
+    device: Optional[str] = None         # default: the process's GPU (torchrun: LOCAL_RANK), else the CPU
+    tiled: Optional[bool] = None         # VAE tiling; None: on, except for the tiny models
+    extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
+
+    def validate(self) -> "AnimateSettings":
+        """Raise ValueError naming the first bad field and what it accepts; returns self."""
+        parse_area(self.resolution)
+        if self.size is not None:
+            width, height = parse_size(self.size) if isinstance(self.size, str) else self.size
+            if width % 16 or height % 16:
+                raise ValueError(f"size must be multiples of 16 (e.g. 480x832); got {width}x{height}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {self.resize!r}")
+        _check_int("steps", self.steps, 1)
+        _check_int("stride", self.stride, 1)
+        _check_int("max_short_frames", self.max_short_frames, 1)
+        if self.max_frames is not None:
+            _check_int("max_frames", self.max_frames, 1)
+        if not isinstance(self.cfg, (int, float)) or not math.isfinite(self.cfg) or self.cfg < 1:
+            raise ValueError(f"cfg must be a number >= 1 (1.5 as upstream, 1 skips the negative branch); "
+                             f"got {self.cfg!r}")
+        _check_int("seed", self.seed, 0)
+        if self.teacache is not None and self.magcache is not None:
+            raise ValueError("choose one step cache: --teacache or --magcache, not both")
+        for name in ("teacache", "magcache"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 10):
+                raise ValueError(f"{name} threshold must be a number in [0, 10), e.g. 0.2; got {value!r}")
+        if self.vram not in VRAM_TIERS:
+            raise ValueError(f"vram must be one of {', '.join(VRAM_TIERS)} (GB of GPU memory); got {self.vram!r}")
+        if self.pose_backend not in BACKENDS:
+            raise ValueError(f"pose_backend must be one of {', '.join(BACKENDS)}; got {self.pose_backend!r}")
+        if self.models != TINY and not Path(self.models).is_dir():
+            raise FileNotFoundError(f"models folder {self.models} not found: download the release with "
+                                    f"`python -m diffsynth download --dir {self.models}`, or use --models tiny")
+        return self
+
+    @property
+    def tiny(self) -> bool:
+        return self.models == TINY
+
+    def area(self) -> int:
+        return parse_area(self.resolution)
+
+    def pose_model_paths(self) -> Tuple[str, str]:
+        """(detector, pose model) ONNX files: the given ones, else the release names in the models folder."""
+        folder = Path("checkpoints" if self.tiny else self.models)
+        return (self.det_model or str(folder / "yolox_l.onnx"), self.pose_model or str(folder / "dw-ll_ucoco_384.onnx"))
+
+    def with_(self, **changes) -> "AnimateSettings":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+@dataclass
+class ProgressEvent:
+    """One progress report: `stage` ("poses", "load", "generate", "write", "done"), `done` of `total` units
+    (steps for "generate"; 0 of 0 when unknown) and a human-readable `message`. `item` / `items`: which pair of a
+    batch (1-based)."""
+
+    stage: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    item: int = 1
+    items: int = 1
+
+    @property
+    def fraction(self) -> Optional[float]:
+        """done / total, or None when the total is unknown."""
+        return self.done / self.total if self.total else None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+__all__ = ["AnimateSettings", "VramTier", "VRAM_TIERS", "ProgressEvent", "ProgressCallback", "TINY",
+           "DEFAULT_PROMPT", "MAX_SHORT_FRAMES"]

@@ -1,0 +1,130 @@
+"""diffsynth.animate's API (what the CLI and the web UI call): proportions, pipeline choice, pose cache, batches."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from diffsynth.animate import AnimateSettings, Animator, animate_batch, find_pairs, generation_size
+from diffsynth.animate.poses import prepare_poses
+from diffsynth.data import VideoData
+
+from .conftest import landscape_photo, write_driving
+
+
+def settings_for(pose_models, **changes) -> AnimateSettings:
+    defaults = dict(models="tiny", resolution="3072", steps=2, det_model=pose_models[0], pose_model=pose_models[1])
+    return AnimateSettings(**{**defaults, **changes})
+
+
+class Reached(Exception):
+    """Stops a generation once the reference image has reached the model."""
+
+
+def reference_reaching_the_model(pipe, animator, photo, driving, out, monkeypatch) -> np.ndarray:
+    """The reference image exactly as the pipeline turns it into the model's input ([-1, 1] -> uint8 RGB)."""
+    from diffsynth.data.images import image_to_tensor
+
+    seen = {}
+
+    def encode_reference(input_image, height, width, num_frames, random_ref_dwpose):
+        seen["image"] = image_to_tensor(input_image, height, width)   # the pipeline's own resize
+        raise Reached
+    monkeypatch.setattr(pipe, "encode_reference", encode_reference)
+    with pytest.raises(Reached):
+        animator.animate(photo, driving, out)
+    return ((seen["image"][0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+
+
+def disc_aspect(rgb: np.ndarray) -> float:
+    """Width / height of the green disc."""
+    ys, xs = np.nonzero((rgb[..., 1] > 150) & (rgb[..., 0] < 100) & (rgb[..., 2] < 100))
+    return (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize("resize, size, round_disc", [("pad", None, True), ("crop", (480, 832), True),
+                                                       ("stretch", (480, 832), False)])
+def test_a_landscape_circle_reaches_the_pipeline_as_a_circle(tmp_path, tiny_pipe, pose_models, monkeypatch,
+                                                              driving, resize, size, round_disc):
+    photo = tmp_path / "landscape.png"
+    cv2.imwrite(str(photo), landscape_photo(1280, 720, disc_x=0.5))    # centred: the centre crop keeps it whole
+    animator = Animator(settings_for(pose_models, resolution="480p", size=size, resize=resize), pipeline=tiny_pipe)
+    seen = reference_reaching_the_model(tiny_pipe, animator, photo, driving, tmp_path / "o.mp4", monkeypatch)
+    assert seen.shape[1::-1] == (size or (832, 464))          # 480p area, the photo's landscape shape
+    if round_disc:
+        assert disc_aspect(seen) == pytest.approx(1.0, abs=0.04)
+    else:                                                      # the upstream behaviour, kept for comparison
+        assert disc_aspect(seen) < 0.4
+
+
+@pytest.mark.parametrize("photo_size, expected", [((1080, 1920), (464, 832)), ((1920, 1080), (832, 464)),
+                                                  ((1000, 1000), (624, 624))])
+def test_portrait_landscape_and_square_sizes(photo_size, expected):
+    assert generation_size(*photo_size, AnimateSettings(models="tiny")) == expected
+    assert generation_size(*photo_size, AnimateSettings(models="tiny", resolution="720p"))[0] % 16 == 0
+
+
+def test_long_videos_take_the_long_pipeline_and_report_progress(tmp_path, tiny_pipe, pose_models, photo,
+                                                                driving):
+    events = []
+    settings = settings_for(pose_models, max_short_frames=4)          # 7 frames > 4: long-video pipeline
+    result = Animator(settings, progress=events.append, pipeline=tiny_pipe).animate(photo, driving,
+                                                                                   tmp_path / "long.mp4")
+    assert result.pipeline == "long" and result.frames == 5 and not result.audio
+    assert len(VideoData(video_file=str(result.video))) == 5
+    steps = [(e.done, e.total) for e in events if e.stage == "generate"]
+    assert steps == [(0, 2), (1, 2), (2, 2)]
+    assert [e.stage for e in events][:3] == ["poses", "poses", "generate"] and events[-1].stage == "done"
+    assert [e.fraction for e in events if e.stage == "write"][-1] == 1.0
+
+
+def test_poses_are_reused_until_an_input_changes(tmp_path, pose_models, photo, driving):
+    folder = tmp_path / "clip.poses"
+    args = dict(det_model=pose_models[0], pose_model=pose_models[1])
+    first = prepare_poses(photo, driving, folder, (64, 32), "pad", **args)
+    stamp = (folder / "0000.jpg").stat().st_mtime_ns
+    assert not first.reused and first.frames == 7 and first.reference_image == folder / "reference.png"
+    assert prepare_poses(photo, driving, folder, (64, 32), "pad", **args).reused
+    assert (folder / "0000.jpg").stat().st_mtime_ns == stamp
+    (folder / "notes.txt").write_text("mine")                          # a user's file in the folder
+    assert not prepare_poses(photo, driving, folder, (64, 32), "crop", **args).reused      # settings changed
+    cv2.imwrite(str(photo), landscape_photo(300, 180))                 # the photo changed
+    again = prepare_poses(photo, driving, folder, (64, 32), "crop", **args)
+    assert not again.reused and (folder / "notes.txt").read_text() == "mine"
+    assert prepare_poses(photo, driving, folder, (64, 32), "crop", **args).reused
+
+
+def test_a_folder_this_tool_did_not_write_is_refused(tmp_path, pose_models, photo, driving):
+    folder = tmp_path / "clip.poses"
+    folder.mkdir()
+    (folder / "0000.jpg").write_bytes(b"my holiday photo")
+    with pytest.raises(FileExistsError, match="not written by diffsynth"):
+        prepare_poses(photo, driving, folder, (64, 32), det_model=pose_models[0], pose_model=pose_models[1])
+    assert (folder / "0000.jpg").read_bytes() == b"my holiday photo"
+
+
+def test_a_batch_runs_every_pair_and_survives_a_failure(tmp_path, pose_models, photo, driving):
+    photos, videos = tmp_path / "photos", tmp_path / "videos"
+    photos.mkdir()
+    videos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), landscape_photo())
+    (photos / "b.png").write_bytes(b"not an image")
+    write_driving(videos / "one.mp4")
+    write_driving(videos / "two.mp4", frames=5)
+    assert len(find_pairs(photos, videos)) == 4
+    events = []
+    batch = animate_batch(photos, videos, tmp_path / "out", settings_for(pose_models), events.append,
+                          preview_only=True)
+    assert sorted(r.preview.name for r in batch.done) == ["a_one_pose_preview.mp4", "a_two_pose_preview.mp4"]
+    assert len(batch.failed) == 2 and all("b.png" in why for _, _, why in batch.failed)
+    assert batch.lines()[0] == "2 of 4 pairs done"
+    assert {e.items for e in events} == {4} and {e.item for e in events} == {1, 2, 3, 4}
+    assert len(VideoData(video_file=str(batch.done[0].preview))) in (5, 7)
+
+
+def test_torchrun_ranks_split_the_pairs(tmp_path, pose_models, photo, driving, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    done = Animator(settings_for(pose_models)).animate_batch(
+        [(photo, tmp_path / f"missing{i}.mp4") for i in range(3)], tmp_path / "out", preview_only=True)
+    assert [drv.name for _, drv, _ in done.failed] == ["missing1.mp4"]     # rank 1 of 2 takes pair 1 only
