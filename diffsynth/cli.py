@@ -83,6 +83,12 @@ def _add_animate(commands) -> None:
     gen.add_argument("--vram", choices=list(VRAM_TIERS), default="all",
                      help="GPU memory tier in GB: all (default) = everything resident; 24, 16, 12 stream the DiT "
                           "(see below)")
+    gen.add_argument("--ulysses-size", type=int, default=1, metavar="N",
+                     help="under torchrun: split every video's tokens over N processes (a divisor of the DiT's 40 "
+                          "heads); default 1 = each process animates its own share of the pairs")
+    gen.add_argument("--cfg-parallel", action="store_true",
+                     help="under torchrun: the two guidance branches on two groups of processes "
+                          "(processes = ulysses size x 2)")
     gen.add_argument("--stride", type=int, default=1, help="use every N-th driving frame (default 1)")
     gen.add_argument("--max-frames", type=int, help="animate at most this many frames from the start")
     gen.add_argument("--long-after", type=int, default=MAX_SHORT_FRAMES, metavar="N",
@@ -131,7 +137,8 @@ def settings_from_args(args):
         cfg=args.cfg, seed=args.seed, fast=args.fast, teacache=args.teacache, magcache=args.magcache,
         vram=args.vram, loras=tuple(args.lora), prompt=args.prompt, stride=args.stride, max_frames=args.max_frames,
         max_short_frames=args.long_after, pose_backend=args.pose_backend, det_model=args.det_model,
-        pose_model=args.pose_model, smooth=args.smooth, audio=args.audio, overwrite=args.overwrite).validate()
+        pose_model=args.pose_model, smooth=args.smooth, audio=args.audio, overwrite=args.overwrite,
+        ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel).validate()
 
 
 class _Printer:

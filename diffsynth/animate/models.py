@@ -72,21 +72,29 @@ def default_device() -> str:
 def load_pipeline(settings: AnimateSettings, device: Optional[str] = None):
     """The pipeline for `settings`: `--models tiny` on the CPU, or the release in `settings.models`
     (`Wan2.1-I2V-14B-720P/` and `UniAnimate-Wan2.1-14B-Lora-12000.ckpt`) with the `--vram` tier applied on a GPU."""
-    device = device or settings.device or default_device()
+    from ..inference import load_unianimate_pipeline, prepare_processes  # noqa: PLC0415
+
+    parallel, process_device = prepare_processes(settings.ulysses_size, settings.cfg_parallel)
+    device = device or settings.device or str(process_device)
     if settings.tiny:
-        return load_tiny_pipeline("cpu" if settings.device is None else device, loras=settings.loras)
-    from ..inference import load_unianimate_pipeline  # noqa: PLC0415
+        pipe = load_tiny_pipeline("cpu" if settings.device is None else device, loras=settings.loras)
+        if parallel is not None:
+            pipe.enable_parallel(parallel)
+        return pipe
 
     tier = VRAM_TIERS[settings.vram]
     on_gpu = torch.device(device).type == "cuda"
     if not on_gpu and settings.vram != "all":
         logger.warning("--vram %s applies to GPUs; running on %s with everything in memory", settings.vram, device)
     stream = on_gpu and tier.resident_dit_params is not None
-    return load_unianimate_pipeline(
+    pipe = load_unianimate_pipeline(
         str(Path(settings.models) / WAN_FOLDER), str(Path(settings.models) / UNIANIMATE_FILE), device=device,
         long_video=True, vram_management=stream, num_persistent_param_in_dit=tier.resident_dit_params,
         dit_dtype=torch.float8_e4m3fn if (on_gpu and tier.fp8) else None,
         extra_loras=[parse_lora(spec) for spec in settings.loras])
+    if parallel is not None:
+        pipe.enable_parallel(parallel)
+    return pipe
 
 
 def step_cache(settings: AnimateSettings):

@@ -153,6 +153,11 @@ class Animator:
                 self._pipeline = (self._loader or load_pipeline)(self.settings)
             except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as error:
                 raise ModelLoadError(error_line(error)) from error
+            state = getattr(self._pipeline, "parallel", None)
+            if state is not None:
+                self._emit("load", 1, 1, f"rank {state.rank} of {state.world_size}: every video split (ulysses "
+                                         f"{state.config.ulysses_size}, cfg parallel "
+                                         f"{'on' if state.config.cfg_parallel else 'off'})")
         return self._pipeline
 
     def _steps(self, timesteps):
@@ -183,10 +188,20 @@ class Animator:
         photo = read_image(reference)
         width, height = generation_size(photo.shape[1], photo.shape[0], settings)
 
+        # Every video split over the processes: rank 0 extracts the poses, the others then reuse its pose folder
+        # (never two writers in one folder). Joining the process group means loading the models first.
+        state = getattr(self.pipeline, "parallel", None) if settings.splits_each_video and not preview_only \
+            else None
+        if state is not None and not state.is_main:
+            _barrier()
         self._emit("poses", message=f"extracting and aligning poses -> {paths.poses}")
         det_model, pose_model = settings.pose_model_paths()
-        poses = prepare_poses(reference, driving, paths.poses, (width, height), settings.resize,
-                              settings.pose_backend, det_model, pose_model, settings.smooth)
+        try:
+            poses = prepare_poses(reference, driving, paths.poses, (width, height), settings.resize,
+                                  settings.pose_backend, det_model, pose_model, settings.smooth)
+        finally:   # also on failure: the other ranks then fail on the same input instead of waiting forever
+            if state is not None and state.is_main:
+                _barrier()
         self._emit("poses", 1, 1, f"{poses.frames} pose frames ({'reused' if poses.reused else 'extracted'})")
         result = AnimateResult(reference, driving, poses.path, poses.reference_image, (width, height),
                                poses.fps / settings.stride, poses.reused)
@@ -249,11 +264,14 @@ class Animator:
 
     # ---------------------------------------------------------------------------------------------- many pairs
     def animate_batch(self, pairs: Sequence[Tuple[Path, Path]], out_dir, *, preview_only: bool = False,
-                      shard: bool = True) -> BatchResult:
+                      shard: Optional[bool] = None) -> BatchResult:
         """Animate every (reference, driving) pair into `out_dir/<photo>_<video>.mp4`; a failing pair is recorded
-        and the next one runs. Under torchrun (`shard`) this process takes pairs r, r + N, … (item parallel)."""
+        and the next one runs. Under torchrun (`shard`; default: unless the settings split every video over the
+        processes) this process takes pairs r, r + N, … (item parallel)."""
         from ..distributed import item_shard  # noqa: PLC0415
 
+        if shard is None:
+            shard = not self.settings.splits_each_video
         pairs = item_shard(list(pairs)) if shard else list(pairs)
         batch = BatchResult()
         for index, (reference, driving) in enumerate(pairs, 1):
@@ -269,6 +287,12 @@ class Animator:
                 self._emit("failed", message=f"{Path(reference).name} x {Path(driving).name}: {error_line(error)}")
         self._item = (1, 1)
         return batch
+
+
+def _barrier() -> None:
+    import torch.distributed as dist  # noqa: PLC0415
+
+    dist.barrier()
 
 
 def poses_driving_audio(driving: Path) -> Optional[Path]:

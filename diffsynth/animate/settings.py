@@ -68,6 +68,8 @@ class AnimateSettings:
     audio: bool = True
     overwrite: bool = False
     device: Optional[str] = None         # default: the process's GPU (torchrun: LOCAL_RANK), else the CPU
+    ulysses_size: int = 1                # torchrun: split every video's tokens over this many processes
+    cfg_parallel: bool = False           # torchrun: the two guidance branches on two groups of processes
     tiled: Optional[bool] = None         # VAE tiling; None: on, except for the tiny models
     extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
 
@@ -95,6 +97,8 @@ class AnimateSettings:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 10):
                 raise ValueError(f"{name} threshold must be a number in [0, 10), e.g. 0.2; got {value!r}")
+        if not isinstance(self.ulysses_size, int) or self.ulysses_size < 1:
+            raise ValueError(f"ulysses_size must be an integer >= 1; got {self.ulysses_size!r}")
         if self.vram not in VRAM_TIERS:
             raise ValueError(f"vram must be one of {', '.join(VRAM_TIERS)} (GB of GPU memory); got {self.vram!r}")
         if self.pose_backend not in BACKENDS:
@@ -107,6 +111,12 @@ class AnimateSettings:
     @property
     def tiny(self) -> bool:
         return self.models == TINY
+
+    @property
+    def splits_each_video(self) -> bool:
+        """Under torchrun: True when all processes work on every video (sequence / CFG parallel); False when each
+        process animates its own share of the pairs (item parallel)."""
+        return self.ulysses_size > 1 or self.cfg_parallel
 
     def area(self) -> int:
         return parse_area(self.resolution)
