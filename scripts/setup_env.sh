@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 stamp="$VENV/.requirements.sha256"
-want="$(cat requirements/core.txt requirements/test.txt requirements/train.txt setup.py | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements/core.txt requirements/test.txt requirements/train.txt requirements/app.txt setup.py | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   quiet() { "$@" 2>&1 | { grep -v -e "is ignored: it is neither" -e "^$" || true; }; }
   quiet "$VENV/bin/python" -m pip install -q torch==2.13.0
-  quiet "$VENV/bin/python" -m pip install -q -r requirements/core.txt -r requirements/test.txt -r requirements/train.txt
+  quiet "$VENV/bin/python" -m pip install -q -r requirements/core.txt -r requirements/test.txt -r requirements/train.txt \
+    -r requirements/app.txt
   quiet "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
   if "$VENV/bin/python" -m pip list 2>/dev/null | grep -q -i -e "^nvidia-" -e "^torch .*2\.14"; then
     echo "setup_env: a CUDA torch build slipped in; check the pins in requirements/" >&2; exit 1
