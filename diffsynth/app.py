@@ -252,10 +252,9 @@ class Jobs:
         poses = PoseFolder(pose_dir, reference, len(list_pose_frames(pose_dir)), fps, size, True)
         result = AnimateResult(reference, pose_dir, pose_dir, reference, size, fps / settings.stride, True)
         animator = self._animator(settings, progress)
-        # TODO(animate API): Animator has no public "generate along this pose folder" yet; `_generate` is it.
-        animator._generate(poses, result, paths)  # noqa: SLF001
+        animator.generate_along_poses(poses, result, paths)
         result.seconds = time.perf_counter() - start
-        animator._emit("done", 1, 1, f"done in {result.seconds:.1f} s")  # noqa: SLF001
+        animator.emit("done", 1, 1, f"done in {result.seconds:.1f} s")
         return JobResult(video=result.video, comparison=result.comparison, folder=folder, lines=result.lines(),
                          result=result)
 

@@ -137,7 +137,8 @@ class Animator:
         self._item = (1, 1)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _emit(self, stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+    def emit(self, stage: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        """Send a `ProgressEvent` to the progress callback (if any)."""
         if self.progress is not None:
             self.progress(ProgressEvent(stage, done, total, message, *self._item))
 
@@ -147,7 +148,7 @@ class Animator:
         if self._pipeline is None:
             from .models import load_pipeline  # noqa: PLC0415
 
-            self._emit("load", message="loading the tiny models" if self.settings.tiny
+            self.emit("load", message="loading the tiny models" if self.settings.tiny
                        else f"loading the models from {self.settings.models}")
             try:
                 self._pipeline = (self._loader or load_pipeline)(self.settings)
@@ -155,17 +156,17 @@ class Animator:
                 raise ModelLoadError(error_line(error)) from error
             state = getattr(self._pipeline, "parallel", None)
             if state is not None:
-                self._emit("load", 1, 1, f"rank {state.rank} of {state.world_size}: every video split (ulysses "
+                self.emit("load", 1, 1, f"rank {state.rank} of {state.world_size}: every video split (ulysses "
                                          f"{state.config.ulysses_size}, cfg parallel "
                                          f"{'on' if state.config.cfg_parallel else 'off'})")
         return self._pipeline
 
     def _steps(self, timesteps):
         total = len(timesteps)
-        self._emit("generate", 0, total, "denoising")
+        self.emit("generate", 0, total, "denoising")
         for i, timestep in enumerate(timesteps):
             yield timestep
-            self._emit("generate", i + 1, total, f"step {i + 1}/{total}")
+            self.emit("generate", i + 1, total, f"step {i + 1}/{total}")
 
     # ----------------------------------------------------------------------------------------------- one pair
     def animate(self, reference, driving, out=None, *, preview_only: bool = False) -> AnimateResult:
@@ -194,7 +195,7 @@ class Animator:
             else None
         if state is not None and not state.is_main:
             _barrier()
-        self._emit("poses", message=f"extracting and aligning poses -> {paths.poses}")
+        self.emit("poses", message=f"extracting and aligning poses -> {paths.poses}")
         det_model, pose_model = settings.pose_model_paths()
         try:
             poses = prepare_poses(reference, driving, paths.poses, (width, height), settings.resize,
@@ -202,19 +203,21 @@ class Animator:
         finally:   # also on failure: the other ranks then fail on the same input instead of waiting forever
             if state is not None and state.is_main:
                 _barrier()
-        self._emit("poses", 1, 1, f"{poses.frames} pose frames ({'reused' if poses.reused else 'extracted'})")
+        self.emit("poses", 1, 1, f"{poses.frames} pose frames ({'reused' if poses.reused else 'extracted'})")
         result = AnimateResult(reference, driving, poses.path, poses.reference_image, (width, height),
                                poses.fps / settings.stride, poses.reused)
         if preview_only:
-            self._emit("write", message=f"writing {paths.preview}")
+            self.emit("write", message=f"writing {paths.preview}")
             result.preview = write_pose_preview(poses, driving, paths.preview, overwrite=settings.overwrite)
         else:
-            self._generate(poses, result, paths)
+            self.generate_along_poses(poses, result, paths)
         result.seconds = time.perf_counter() - start
-        self._emit("done", 1, 1, f"done in {result.seconds:.1f} s")
+        self.emit("done", 1, 1, f"done in {result.seconds:.1f} s")
         return result
 
-    def _generate(self, poses: PoseFolder, result: AnimateResult, paths: OutputPaths) -> None:
+    def generate_along_poses(self, poses: PoseFolder, result: AnimateResult, paths: OutputPaths) -> None:
+        """Generate `result`'s clip and comparison into `paths` along an aligned pose folder (`prepare_poses`, or a
+        run_align_pose folder wrapped in a `PoseFolder`); `result` gets the output paths and figures."""
         from PIL import Image  # noqa: PLC0415
 
         from ..inference import WAN_NEGATIVE_PROMPT  # noqa: PLC0415
@@ -254,11 +257,11 @@ class Animator:
         if frames is None:   # multi-GPU sequence parallel, not rank 0: rank 0 writes
             return
         expected = (count - 1) // 4 * 4 + 1
-        self._emit("write", 0, expected, f"writing {paths.video}")
+        self.emit("write", 0, expected, f"writing {paths.video}")
         result.audio = write_outputs(
             frames, reference, dwpose_data, paths.video, paths.comparison, result.fps,
             poses_driving_audio(result.driving) if settings.audio else None, overwrite=settings.overwrite,
-            on_frame=lambda i: self._emit("write", i, expected, f"frame {i}/{expected}"))
+            on_frame=lambda i: self.emit("write", i, expected, f"frame {i}/{expected}"))
         result.frames = expected
         result.video, result.comparison = paths.video, paths.comparison
 
@@ -284,7 +287,7 @@ class Animator:
             except Exception as error:  # noqa: BLE001 - one pair's failure must not stop the others
                 logger.debug("pair %s x %s failed", reference, driving, exc_info=True)
                 batch.failed.append((Path(reference), Path(driving), error_line(error)))
-                self._emit("failed", message=f"{Path(reference).name} x {Path(driving).name}: {error_line(error)}")
+                self.emit("failed", message=f"{Path(reference).name} x {Path(driving).name}: {error_line(error)}")
         self._item = (1, 1)
         return batch
 
