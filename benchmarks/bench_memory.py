@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/bench_memory.py                 # 96x96, tiny models, 1 step, CPU
     .venv/bin/python benchmarks/bench_memory.py --windows 1 2   # fewer points
+    .venv/bin/python benchmarks/bench_memory.py --size 256 --tile 16 --windows 1 4 8   # the decoded video dominates
+
+Every point runs with MALLOC_ARENA_MAX=2 (fewer glibc arenas: less allocator noise in the peak).
 
 Each point runs in a fresh process (`subprocess`): it builds the tiny models of `diffsynth.tiny`, then generates a
 video of 81 / 149 / 285 / 557 frames (21-latent-frame windows overlapping by 4) and writes it to an mp4. The peak is
@@ -45,7 +48,7 @@ def frames_for(windows: int) -> int:
     return 4 * (latent - 1) + 1
 
 
-def point(variant: str, windows: int, threads: int) -> dict:
+def point(variant: str, windows: int, threads: int, size: int = SIZE, tile: int = 4) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -60,13 +63,14 @@ def point(variant: str, windows: int, threads: int) -> dict:
     pipe = WanUniAnimateLongVideoPipeline.from_models(**vars(models), device="cpu", torch_dtype=torch.float32)
     frames = frames_for(windows)
     rng = np.random.default_rng(0)
-    args = dict(prompt="a person is dancing", negative_prompt="", seed=0, height=SIZE, width=SIZE,
-                num_frames=frames, cfg_scale=1.5, num_inference_steps=STEPS, tiled=True, tile_size=(4, 4),
-                tile_stride=(2, 2), tea_cache_l1_thresh=0.3, tea_cache_model_id="Wan2.1-I2V-14B-720P",
+    pipe.show_summary = False
+    args = dict(prompt="a person is dancing", negative_prompt="", seed=0, height=size, width=size,
+                num_frames=frames, cfg_scale=1.5, num_inference_steps=STEPS, tiled=True, tile_size=(tile, tile),
+                tile_stride=(tile // 2, tile // 2), tea_cache_l1_thresh=0.3, tea_cache_model_id="Wan2.1-I2V-14B-720P",
                 progress_bar_cmd=lambda x: x, context_size=CONTEXT, context_overlap=OVERLAP,
-                input_image=Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)),
-                dwpose_data=torch.from_numpy(rng.integers(0, 255, (3, frames, SIZE, SIZE))).float(),
-                random_ref_dwpose=torch.from_numpy(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)))
+                input_image=Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)),
+                dwpose_data=torch.from_numpy(rng.integers(0, 255, (3, frames, size, size))).float(),
+                random_ref_dwpose=torch.from_numpy(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)))
     assert len(context_windows((frames - 1) // 4 + 1, CONTEXT, OVERLAP)) == windows
     out = work / "video.mp4"
 
@@ -90,9 +94,11 @@ def point(variant: str, windows: int, threads: int) -> dict:
             "peak_reset": reset, "seconds": round(seconds, 2)}
 
 
-def run_point(variant: str, windows: int, threads: int) -> dict:
+def run_point(variant: str, windows: int, threads: int, size: int = SIZE, tile: int = 4) -> dict:
+    env = dict(os.environ, MALLOC_ARENA_MAX="2")
     out = subprocess.run([sys.executable, __file__, "--point", variant, "--window-count", str(windows),
-                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+                          "--threads", str(threads), "--size", str(size), "--tile", str(tile)],
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -100,20 +106,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=int, default=SIZE, help="video height = width (multiple of 16)")
+    parser.add_argument("--tile", type=int, default=4, help="VAE decode tile size in latents (stride half of it)")
+    parser.add_argument("--out", default=str(RESULTS / "bench_memory"), help="results path without suffix")
     parser.add_argument("--point", choices=["before", "after", "recompute"], help=argparse.SUPPRESS)
     parser.add_argument("--window-count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
-        print(json.dumps(point(args.point, args.window_count, args.threads)))
+        print(json.dumps(point(args.point, args.window_count, args.threads, args.size, args.tile)))
         return
     rows = []
     for windows in args.windows:
         for variant in VARIANTS:
-            row = run_point(variant, windows, args.threads)
+            row = run_point(variant, windows, args.threads, args.size, args.tile)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    header = (f"# bench_memory ({time.strftime('%Y-%m-%d')}, {args.threads} torch thread(s), {SIZE}x{SIZE}, tiny "
-              f"models (diffsynth.tiny), {STEPS} steps, CFG 1.5, TeaCache 0.3, tiled decode 4x4/2x2, float32, CPU)\n\n"
+    header = (f"# bench_memory ({time.strftime('%Y-%m-%d')}, {args.threads} torch thread(s), {args.size}x{args.size}, "
+              f"tiny models (diffsynth.tiny), {STEPS} steps, CFG 1.5, TeaCache 0.3, tiled decode "
+              f"{args.tile}x{args.tile}/{args.tile // 2}x{args.tile // 2}, float32, CPU, MALLOC_ARENA_MAX=2)\n\n"
               "Peak RSS (VmHWM, fresh process per point, peak reset before the call) over the RSS before the call. "
               "before: window_state=\"device\", one-shot decode to a list, save_video(list); after: "
               "generate_to_file with pose_chunk_size=4 (streamed decode and write, pose CNN 4 latent frames at a "
@@ -133,11 +143,12 @@ def main():
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text = header + "\n".join(table) + f"\n\nLoad average after the run: {load}.\n"
     print("\n" + text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_memory.md").write_text(text)
-    (RESULTS / "bench_memory.json").write_text(json.dumps({
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "threads": args.threads},
-        "size": SIZE, "steps": STEPS, "context_size": CONTEXT, "context_overlap": OVERLAP, "points": rows},
+        "size": args.size, "tile": args.tile, "malloc_arena_max": 2, "steps": STEPS, "context_size": CONTEXT, "context_overlap": OVERLAP, "points": rows},
         indent=2) + "\n")
 
 
