@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Uni
 import torch
 
 from ..models.wan_dit import EmbeddedContext
-from ..prompters import WanPrompter
+from ..prompters import WanPrompter, resolve_tokenizer_path
 from ..schedulers import FlowMatchScheduler
 from .timing import StageTimer
 from .units import decode_video, decode_video_iter, dit_step, embed_context, encode_prompt, encode_video
@@ -87,6 +87,34 @@ class WanPipelineBase:
         self.last_timings: Optional[dict] = None
         self._compiled = False
         self.parallel = None                   # a `diffsynth.distributed.ParallelState` after enable_parallel()
+
+    # ---------------------------------------------------------------------------------------- construction
+    @classmethod
+    def _from_manager(cls, model_manager, torch_dtype, device) -> "WanPipelineBase":
+        """A pipeline holding the manager's umT5 (with its tokenizer), CLIP, VAE and DiT, and knowing whether a
+        merged LoRA is a step-distillation one. Subclasses add their own models and checks."""
+        pipe = cls(device=device or model_manager.device, torch_dtype=torch_dtype or model_manager.torch_dtype
+                   or torch.bfloat16)
+        text_encoder, text_encoder_path = model_manager.fetch_model("wan_video_text_encoder", require_model_path=True)
+        pipe.text_encoder = text_encoder
+        if text_encoder is not None:
+            path = text_encoder_path[0] if isinstance(text_encoder_path, (list, tuple)) else text_encoder_path
+            pipe.prompter.load_tokenizer(resolve_tokenizer_path(path))
+        pipe.image_encoder = model_manager.fetch_model("wan_video_image_encoder")
+        pipe.vae = model_manager.fetch_model("wan_video_vae")
+        pipe.dit = model_manager.fetch_model("wan_video_dit")
+        pipe.step_distilled = pipe.detect_step_distilled(lora_files_of(model_manager))
+        return pipe
+
+    def use_prompter(self, prompter: Optional[WanPrompter] = None, tokenizer_path: Optional[str] = None) -> None:
+        """The prompter to encode prompts with: a given one, or one on the `google/umt5-xxl` tokenizer folder (the
+        folder of the T5 file works too)."""
+        if prompter is not None:
+            self.prompter = prompter
+        elif tokenizer_path is not None:
+            self.prompter.load_tokenizer(resolve_tokenizer_path(tokenizer_path))
+        else:
+            raise ValueError("pass prompter= or tokenizer_path= (the Wan release's google/umt5-xxl folder)")
 
     # ------------------------------------------------------------------------------------------- placement
     def enable_cpu_offload(self) -> None:

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from ..data.images import check_pil_image, image_to_tensor
 from ..data.pose_folder import pose_tensors
 from ..models.wan_dit import condition_tokens
-from ..prompters import WanPrompter, resolve_tokenizer_path
-from .base import NoiseSource, WanPipelineBase, lora_files_of
+from ..prompters import WanPrompter
+from .base import NoiseSource, WanPipelineBase
 from .timing import StageTimer
 from .units import check_sizes, encode_pose_video, encode_reference_image, encode_reference_pose
 
@@ -47,19 +47,9 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
                            device: Union[str, torch.device, None] = None) -> "WanUniAnimateVideoPipeline":
         """Take the models from a `ModelManager`. Call `model_manager.load_lora_v2(...)` with the UniAnimate
         checkpoint first: it also carries the pose guider weights."""
-        pipe = cls(device=device or model_manager.device, torch_dtype=torch_dtype or model_manager.torch_dtype
-                   or torch.bfloat16)
-        text_encoder, text_encoder_path = model_manager.fetch_model("wan_video_text_encoder", require_model_path=True)
-        pipe.text_encoder = text_encoder
-        if text_encoder is not None:
-            path = text_encoder_path[0] if isinstance(text_encoder_path, (list, tuple)) else text_encoder_path
-            pipe.prompter.load_tokenizer(resolve_tokenizer_path(path))
-        pipe.image_encoder = model_manager.fetch_model("wan_video_image_encoder")
-        pipe.vae = model_manager.fetch_model("wan_video_vae")
-        pipe.dit = model_manager.fetch_model("wan_video_dit")
+        pipe = cls._from_manager(model_manager, torch_dtype, device)
         # The pose CNNs are small: kept in fp32 like upstream (their output is cast to the DiT dtype).
         pipe.pose_guider = model_manager.fetch_pose_guider(torch_dtype=torch.float32, device="cpu")
-        pipe.step_distilled = pipe.detect_step_distilled(lora_files_of(model_manager))
         missing = [name for name in MODEL_NAMES if getattr(pipe, name) is None]
         if missing:
             raise ValueError(f"the model manager lacks {', '.join(missing)}: load the Wan2.1-I2V DiT shards, the T5 "
@@ -75,12 +65,7 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
         pipe = cls(device=device, torch_dtype=torch_dtype)
         pipe.dit, pipe.vae, pipe.text_encoder = dit, vae, text_encoder
         pipe.image_encoder, pipe.pose_guider = image_encoder, pose_guider
-        if prompter is not None:
-            pipe.prompter = prompter
-        elif tokenizer_path is not None:
-            pipe.prompter.load_tokenizer(resolve_tokenizer_path(tokenizer_path))
-        else:
-            raise ValueError("pass prompter= or tokenizer_path= (the Wan release's google/umt5-xxl folder)")
+        pipe.use_prompter(prompter, tokenizer_path)
         return pipe
 
     # -------------------------------------------------------------------------------------------------- call

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from ..data.framing import fit_area
 from ..data.images import check_pil_image, image_to_tensor
-from ..prompters import WanPrompter, resolve_tokenizer_path
-from .base import NoiseSource, WanPipelineBase, lora_files_of
+from ..prompters import WanPrompter
+from .base import NoiseSource, WanPipelineBase
 from .timing import StageTimer
 from .units import check_sizes, encode_reference_image
 
@@ -44,17 +44,7 @@ class WanVideoPipeline(WanPipelineBase):
     def from_model_manager(cls, model_manager, torch_dtype: Optional[torch.dtype] = None,
                            device: Union[str, torch.device, None] = None) -> "WanVideoPipeline":
         """Take the models from a `ModelManager` (the CLIP image encoder only for an I2V DiT)."""
-        pipe = cls(device=device or model_manager.device, torch_dtype=torch_dtype or model_manager.torch_dtype
-                   or torch.bfloat16)
-        text_encoder, text_encoder_path = model_manager.fetch_model("wan_video_text_encoder", require_model_path=True)
-        pipe.text_encoder = text_encoder
-        if text_encoder is not None:
-            path = text_encoder_path[0] if isinstance(text_encoder_path, (list, tuple)) else text_encoder_path
-            pipe.prompter.load_tokenizer(resolve_tokenizer_path(path))
-        pipe.image_encoder = model_manager.fetch_model("wan_video_image_encoder")
-        pipe.vae = model_manager.fetch_model("wan_video_vae")
-        pipe.dit = model_manager.fetch_model("wan_video_dit")
-        pipe.step_distilled = pipe.detect_step_distilled(lora_files_of(model_manager))
+        pipe = cls._from_manager(model_manager, torch_dtype, device)
         pipe.check_models()
         return pipe
 
@@ -65,12 +55,7 @@ class WanVideoPipeline(WanPipelineBase):
         """Build from models loaded one by one. Give a `prompter` or the `tokenizer_path` of `google/umt5-xxl`."""
         pipe = cls(device=device, torch_dtype=torch_dtype)
         pipe.dit, pipe.vae, pipe.text_encoder, pipe.image_encoder = dit, vae, text_encoder, image_encoder
-        if prompter is not None:
-            pipe.prompter = prompter
-        elif tokenizer_path is not None:
-            pipe.prompter.load_tokenizer(resolve_tokenizer_path(tokenizer_path))
-        else:
-            raise ValueError("pass prompter= or tokenizer_path= (the Wan release's google/umt5-xxl folder)")
+        pipe.use_prompter(prompter, tokenizer_path)
         pipe.check_models()
         return pipe
 

@@ -272,3 +272,17 @@ def test_compiled_blocks_give_the_same_video(models, inputs, monkeypatch):
     streamed.enable_vram_management(0)
     with pytest.raises(RuntimeError, match="cannot follow enable_vram_management"):
         streamed.compile()
+
+
+def test_wan_video_pipeline_from_the_model_manager(models, inputs, tmp_path):
+    ckpt = save_tiny_checkpoints(models, str(tmp_path))
+    manager = ModelManager(device="cpu", progress=False)
+    manager.load_models([ckpt.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
+    manager.load_models([ckpt.dit_shards, ckpt.text_encoder, ckpt.vae], torch_dtype=torch.float32,
+                        config=[TINY_T5, TINY_VAE])
+    pipe = WanVideoPipeline.from_model_manager(manager, torch_dtype=torch.float32, device="cpu")
+    pipe.show_summary = False
+    assert pipe.is_i2v and pipe.prompter.tokenizer is not None and not pipe.step_distilled
+    frames = pipe(prompt="a cat", input_image=inputs["input_image"], height=H, width=W, num_frames=F,
+                  num_inference_steps=1, seed=0, tiled=False, **quiet)
+    assert len(frames) == F
