@@ -24,11 +24,12 @@ setup(
     extras_require={
         "download": ["huggingface_hub>=0.24", "modelscope>=1.18"],
         "app": ["gradio>=5,<7"],     # the web UI: python -m diffsynth.app (docs/app.md)
+        "parallel": ["yunchang>=0.6"],   # ring attention across GPUs (docs/parallel.md); Ulysses needs nothing extra
         "train": ["peft>=0.13", "lightning>=2.4", "deepspeed>=0.15"],
         # onnxruntime-gpu replaces onnxruntime (same module): `pip uninstall onnxruntime` first.
         "gpu": ["flash-attn", "sageattention"],
         "test": ["pytest>=8", "diffusers>=0.33", "onnx>=1.16", "onnxscript>=0.1", "scikit-image>=0.24", "peft>=0.13",
-                 "gradio>=5,<7", "selenium>=4.20"],   # the web UI's tests (headless Chromium: Debian packages)
+                 "gradio>=5,<7", "selenium>=4.20", "yunchang>=0.6"],   # the web UI's tests (headless Chromium: Debian packages)
         # The offline pose backend pins numpy<2 and protobuf<5: install it in its own environment
         # (requirements/pose-offline.txt has a torch-free set; see docs/pose.md).
         "pose-offline": ["mediapipe==0.10.21", "numpy<2", "protobuf<5"],

@@ -8,8 +8,11 @@ the head) runs on the local shard. Self-attention exchanges shards for heads: an
 all-to-all brings the result back (Ulysses, as DeepSpeed-Ulysses, yunchang and xDiT do). RoPE uses global positions:
 the full table is sliced like the tokens. Needs the head count (40 for the 14B DiT) divisible by the group size.
 
-Ring attention (`ring_size > 1`) is not wired here: it belongs to xDiT/yunchang (xfuser), which this module does not
-call yet; `init_parallel` refuses it with that message.
+Ring attention (`ring_size > 1`, optionally with Ulysses inside each ring step) runs on yunchang's
+`LongContextAttention`, the engine under xDiT (`pip install yunchang`; its groups are made by `init_parallel` with
+`yunchang.set_seq_parallel_pg`, over the same ranks in the same order). Ring attention has no mask, so it needs a
+token count divisible by the sequence-parallel size (480p and 720p at 81 frames are divisible by 8); other counts
+are refused with that message. On CUDA it uses flash-attn when installed, else torch's flash SDPA kernel.
 """
 from __future__ import annotations
 
@@ -28,11 +31,13 @@ class SequenceParallel:
     `shard` records the unpadded token count of the current forward; `attention` and `gather` use it, so one
     object serves one forward at a time (the DiT forward is sequential)."""
 
-    def __init__(self, group: Optional[dist.ProcessGroup] = None):
+    def __init__(self, group: Optional[dist.ProcessGroup] = None, ring_size: int = 1):
         self.group = group
         self.size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.length: Optional[int] = None
+        self.ring_size = ring_size
+        self._ring = ring_attention_engine() if ring_size > 1 else None
 
     # ------------------------------------------------------------------------------------------ sharding
     def chunk(self, length: int) -> int:
@@ -76,6 +81,12 @@ class SequenceParallel:
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Optional[str] = None
                   ) -> torch.Tensor:
         """Self-attention of the whole sequence from local shards q, k, v [B, L/P, n, dh] -> [B, L/P, n, dh]."""
+        if self._ring is not None:
+            if self.length % self.size:
+                raise ValueError(f"ring attention needs the token count ({self.length}) divisible by the "
+                                 f"sequence-parallel size ({self.size}): change the frame count or size, or use "
+                                 "ring_size=1 (Ulysses pads exactly)")
+            return self._ring(q, k, v)
         batch, chunk, heads, head_dim = q.shape
         size = self.size
         if heads % size:
@@ -98,4 +109,20 @@ class SequenceParallel:
         return back.permute(1, 2, 0, 3, 4).reshape(batch, chunk, heads, head_dim)
 
 
-__all__ = ["SequenceParallel"]
+def ring_attention_engine():
+    """yunchang's LongContextAttention (Ulysses within, ring across; the groups set by `set_seq_parallel_pg`)."""
+    try:
+        from yunchang import LongContextAttention  # noqa: PLC0415
+        from yunchang.kernels import AttnType  # noqa: PLC0415
+    except ImportError as error:
+        raise ImportError(f"ring attention (ring_size > 1) runs on yunchang, the engine under xDiT: pip install "
+                          f"yunchang ({error})") from error
+    try:
+        import flash_attn  # noqa: F401,PLC0415
+        impl, kind = "basic", AttnType.FA
+    except Exception:  # noqa: BLE001 - any broken flash-attn install: torch's kernels instead
+        impl, kind = "basic_pytorch", AttnType.TORCH_FLASH
+    return LongContextAttention(ring_impl_type=impl, attn_type=kind)
+
+
+__all__ = ["SequenceParallel", "ring_attention_engine"]

@@ -114,6 +114,13 @@ def init_parallel(config: ParallelConfig = ParallelConfig(), device: Optional[to
         dist.init_process_group(backend)
     sp_lists, cfg_lists = layout_groups(config)
     state = ParallelState(config, rank, world, device)
+    if config.ring_size > 1:   # yunchang's Ulysses and ring groups (the same blocks of ranks per CFG branch)
+        try:
+            from yunchang import set_seq_parallel_pg  # noqa: PLC0415
+        except ImportError as error:
+            raise ImportError(f"ring attention (ring_size > 1) runs on yunchang, the engine under xDiT: pip install "
+                              f"yunchang ({error})") from error
+        set_seq_parallel_pg(config.ulysses_size, config.ring_size, rank, world)
     # Every rank creates every group, in the same order (a torch.distributed rule).
     for ranks in sp_lists:
         group = dist.new_group(ranks)

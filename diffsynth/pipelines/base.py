@@ -209,11 +209,9 @@ class WanPipelineBase:
         from ..distributed.sequence_parallel import SequenceParallel  # noqa: PLC0415
 
         config = state.config
-        if config.ring_size > 1:
-            raise ValueError("ring attention (ring_size > 1) needs xDiT/yunchang, which this package does not call "
-                             "yet: use ulysses_size (a divisor of the DiT's head count, 40 for the 14B model)")
-        if config.sp_size > 1 and self.dit.config.num_heads % config.sp_size:
-            raise ValueError(f"ulysses_size {config.sp_size} must divide the DiT's {self.dit.config.num_heads} heads")
+        if self.dit.config.num_heads % config.ulysses_size:
+            raise ValueError(f"ulysses_size {config.ulysses_size} must divide the DiT's {self.dit.config.num_heads} "
+                             "heads")
         if state.world_size > 1 and self._vram_streamers():
             raise ValueError("enable_parallel with enable_vram_management is not supported yet: each rank would "
                              "stream the whole DiT; use the GPUs' memory instead, or one process per GPU with "
@@ -224,7 +222,8 @@ class WanPipelineBase:
         self.parallel = state
         self.device = state.device
         self._placed = None
-        self.dit.sequence_parallel = SequenceParallel(state.sp_group) if config.sp_size > 1 else None
+        self.dit.sequence_parallel = SequenceParallel(state.sp_group, config.ring_size) if config.sp_size > 1 \
+            else None
         for name, wanted in (("dit", dit_fsdp), ("text_encoder", t5_fsdp)):
             if wanted:
                 shard_model(getattr(self, name), state)

@@ -1,6 +1,9 @@
 """Run by the tests under `torchrun` (gloo, CPU): tiny pipelines with a parallel layout; rank 0 saves the latents.
 
-    torchrun --nproc_per_node=N parallel_worker.py OUT.pt ULYSSES CFG_PARALLEL(0|1) [FSDP(0|1)]
+    torchrun --nproc_per_node=N parallel_worker.py OUT.pt ULYSSES CFG_PARALLEL(0|1) [FSDP(0|1) [RING [WIDTH]]]
+
+Ring attention runs on yunchang; its torch kernel is CUDA-only, so on the CPU its per-block attention is torch's
+own CPU flash kernel (the ring algorithm, communication and merging stay yunchang's).
 """
 import sys
 import tempfile
@@ -45,9 +48,22 @@ def inputs(frames):
                 progress_bar_cmd=lambda x: x, tea_cache_l1_thresh=1e5, tea_cache_model_id="Wan2.1-I2V-14B-720P")
 
 
-def run(ulysses, cfg_parallel, fsdp=False):
+def cpu_ring_kernel():
+    """yunchang's ring step kernel on the CPU: torch's CPU flash attention, which returns the log-sum-exp."""
+    import yunchang.ring.ring_pytorch_attn as ring
+
+    def forward(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale)
+        return out.transpose(1, 2), lse
+    ring.pytorch_attn_forward = forward
+
+
+def run(ulysses, cfg_parallel, fsdp=False, ring=1):
     """The latents of a short and a long generation (TeaCache on) with this layout; None on ranks > 0."""
-    state = init_parallel(ParallelConfig(ulysses_size=ulysses, cfg_parallel=cfg_parallel))
+    if ring > 1:
+        cpu_ring_kernel()
+    state = init_parallel(ParallelConfig(ulysses_size=ulysses, ring_size=ring, cfg_parallel=cfg_parallel))
     models = build()
     results = {}
     for name, cls, frames, extra in (("short", WanUniAnimateVideoPipeline, SHORT_FRAMES, {}),
@@ -81,7 +97,10 @@ def run(ulysses, cfg_parallel, fsdp=False):
 if __name__ == "__main__":
     out, ulysses, cfg_parallel = sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3]))
     fsdp = len(sys.argv) > 4 and bool(int(sys.argv[4]))
-    state, results = run(ulysses, cfg_parallel, fsdp)
+    ring = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    if len(sys.argv) > 6:
+        W = int(sys.argv[6])
+    state, results = run(ulysses, cfg_parallel, fsdp, ring)
     if state.is_main:
         torch.save(results, out)
     if state.world_size > 1:

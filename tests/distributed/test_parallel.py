@@ -1,6 +1,7 @@
-"""Multi-process generation on the CPU (gloo) under a real `torchrun`: 2 and 3 ranks give the single-process latents
-within 1e-5 (fp32), for a token count that does not divide evenly (25 tokens), with cfg 1.5 and TeaCache on, for the
-short and the long-video pipelines, with Ulysses sequence parallel and with CFG parallel."""
+"""Multi-process generation on the CPU (gloo) under a real `torchrun`: 2, 3 and 4 ranks give the single-process latents
+within 1e-5 (fp32), with cfg 1.5 and TeaCache on, for the short and the long-video pipelines: Ulysses sequence
+parallel (25 tokens, which do not divide evenly), CFG parallel, FSDP-sharded weights, and ring attention on yunchang
+(alone and inside Ulysses; ring needs a divisible token count: 30 and 40 tokens)."""
 from __future__ import annotations
 
 import os
@@ -17,28 +18,40 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
 
-def launch(tmp_path, nproc, ulysses, cfg_parallel, fsdp=False):
-    out = tmp_path / f"out_{nproc}_{ulysses}_{int(cfg_parallel)}_{int(fsdp)}.pt"
+def launch(tmp_path, nproc, ulysses, cfg_parallel, fsdp=False, ring=1, width=80, check=True):
+    out = tmp_path / f"out_{nproc}_{ulysses}_{int(cfg_parallel)}_{int(fsdp)}_{ring}_{width}.pt"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER),
-           str(out), str(ulysses), str(int(cfg_parallel)), str(int(fsdp))]
+           str(out), str(ulysses), str(int(cfg_parallel)), str(int(fsdp)), str(ring), str(width)]
     if nproc == 1:
-        cmd = [sys.executable, str(WORKER), str(out), str(ulysses), str(int(cfg_parallel))]
+        cmd = [sys.executable, str(WORKER), str(out), str(ulysses), str(int(cfg_parallel)), "0", "1", str(width)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if not check:
+        return result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return torch.load(out, weights_only=True)
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return launch(tmp_path_factory.mktemp("single"), 1, 1, False)
+def singles(tmp_path_factory):
+    """Single-process results per video width (computed once each)."""
+    folder, cache = tmp_path_factory.mktemp("single"), {}
+
+    def get(width):
+        if width not in cache:
+            cache[width] = launch(folder, 1, 1, False, width=width)
+        return cache[width]
+    return get
 
 
-@pytest.mark.parametrize("nproc, ulysses, cfg_parallel, fsdp", [
-    (2, 2, False, False), (3, 3, False, False), (2, 1, True, False),
-    (2, 2, False, True)])                     # + DiT and umT5 weights sharded with FSDP2
-def test_parallel_layouts_match_one_process(single, tmp_path, nproc, ulysses, cfg_parallel, fsdp):
-    got = launch(tmp_path, nproc, ulysses, cfg_parallel, fsdp)
+@pytest.mark.parametrize("nproc, ulysses, cfg_parallel, fsdp, ring, width", [
+    (2, 2, False, False, 1, 80), (3, 3, False, False, 1, 80), (2, 1, True, False, 1, 80),
+    (2, 2, False, True, 1, 80),               # + DiT and umT5 weights sharded with FSDP2
+    (2, 1, False, False, 2, 96),              # ring attention (yunchang), 30 tokens
+    (4, 2, False, False, 2, 128)])            # Ulysses 2 inside ring 2, 40 tokens
+def test_parallel_layouts_match_one_process(singles, tmp_path, nproc, ulysses, cfg_parallel, fsdp, ring, width):
+    single = singles(width)
+    got = launch(tmp_path, nproc, ulysses, cfg_parallel, fsdp, ring, width)
     for name in ("short", "long"):
         assert single[name + "_skipped"].sum() > 0                   # TeaCache really skipped steps
         # The same steps skipped on every layout (under CFG parallel rank 0 runs the conditional caches only).
@@ -47,6 +60,11 @@ def test_parallel_layouts_match_one_process(single, tmp_path, nproc, ulysses, cf
         torch.testing.assert_close(got[name], single[name], rtol=0, atol=1e-5)
         frames = (got[name + "_frames"].int() - single[name + "_frames"].int()).abs()
         assert frames.max() <= 1                                     # uint8 truncation of float noise
+
+
+def test_ring_attention_refuses_an_uneven_token_count(tmp_path):
+    result = launch(tmp_path, 2, 1, False, ring=2, width=80, check=False)      # 25 tokens over 2 ranks
+    assert result.returncode != 0 and "ring attention needs the token count (25) divisible" in result.stderr
 
 
 def test_refused_combinations_say_why():
@@ -60,8 +78,12 @@ def test_refused_combinations_say_why():
     with pytest.raises(ValueError, match="step cache with CFG parallel and a sharded DiT"):
         pipe.new_step_caches(4, TeaCacheConfig(0.1, "Wan2.1-I2V-14B-480P"))
     assert pipe.new_step_caches(4, None) == [None, None]
-    with pytest.raises(ValueError, match="ring attention"):
-        pipe.enable_parallel(ParallelState(ParallelConfig(ring_size=2), 0, 2, torch.device("cpu")))
+    from diffsynth.models.wan_dit import WanModel
+    from tests.tiny import TINY_I2V
+
+    pipe.dit = WanModel(TINY_I2V)                                     # 2 heads
+    with pytest.raises(ValueError, match="ulysses_size 3 must divide the DiT's 2 heads"):
+        pipe.enable_parallel(ParallelState(ParallelConfig(ulysses_size=3), 0, 3, torch.device("cpu")))
 
 
 def test_layout_groups_and_item_shard():
