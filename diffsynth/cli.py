@@ -86,6 +86,9 @@ def _add_animate(commands) -> None:
     gen.add_argument("--ulysses-size", type=int, default=1, metavar="N",
                      help="under torchrun: split every video's tokens over N processes (a divisor of the DiT's 40 "
                           "heads); default 1 = each process animates its own share of the pairs")
+    gen.add_argument("--ring-size", type=int, default=1, metavar="N",
+                     help="under torchrun: ring attention over N groups of processes (needs yunchang); processes = "
+                          "ulysses size x ring size (x 2 with --cfg-parallel)")
     gen.add_argument("--cfg-parallel", action="store_true",
                      help="under torchrun: the two guidance branches on two groups of processes "
                           "(processes = ulysses size x 2)")
@@ -138,7 +141,7 @@ def settings_from_args(args):
         vram=args.vram, loras=tuple(args.lora), prompt=args.prompt, stride=args.stride, max_frames=args.max_frames,
         max_short_frames=args.long_after, pose_backend=args.pose_backend, det_model=args.det_model,
         pose_model=args.pose_model, smooth=args.smooth, audio=args.audio, overwrite=args.overwrite,
-        ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel).validate()
+        ulysses_size=args.ulysses_size, ring_size=args.ring_size, cfg_parallel=args.cfg_parallel).validate()
 
 
 class _Printer:

@@ -157,23 +157,23 @@ def output_name(prefix: str, ref_image: str, pose_dir: str) -> str:
     return os.path.join("outputs", f"{prefix}_{os.path.basename(ref_image)}_{os.path.basename(os.path.normpath(pose_dir))}.mp4")
 
 
-def prepare_processes(ulysses_size: int = 1, cfg_parallel: bool = False):
+def prepare_processes(ulysses_size: int = 1, cfg_parallel: bool = False, ring_size: int = 1):
     """The scripts' multi-GPU set-up under `torchrun --nproc_per_node=N` (docs/parallel.md); returns
     (ParallelState or None, device).
 
     - One process: (None, "cuda" if available else "cpu").
-    - N processes with `ulysses_size` x (2 if `cfg_parallel`) == N: every video is split across all of them
-      (sequence and/or CFG parallel); give the state to `pipe.enable_parallel`.
-    - N processes with the defaults (1, False): item parallel; each process is a full pipeline on its own GPU and
+    - N processes with `ulysses_size` x `ring_size` x (2 if `cfg_parallel`) == N: every video is split across all
+      of them (sequence and/or CFG parallel); give the state to `pipe.enable_parallel`.
+    - N processes with the defaults (1, False, 1): item parallel; each process is a full pipeline on its own GPU and
       `run_items` gives it items r, r + N, ... (no process group needed).
     """
     from .distributed import ParallelConfig, env_world, init_parallel  # noqa: PLC0415
     from .distributed.state import default_device  # noqa: PLC0415
 
     _, world, local_rank = env_world()
-    if world == 1 or (ulysses_size == 1 and not cfg_parallel):
+    if world == 1 or (ulysses_size == 1 and ring_size == 1 and not cfg_parallel):
         return None, default_device(local_rank)
-    state = init_parallel(ParallelConfig(ulysses_size=ulysses_size, cfg_parallel=cfg_parallel))
+    state = init_parallel(ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, cfg_parallel=cfg_parallel))
     return state, state.device
 
 

@@ -74,7 +74,7 @@ def load_pipeline(settings: AnimateSettings, device: Optional[str] = None):
     (`Wan2.1-I2V-14B-720P/` and `UniAnimate-Wan2.1-14B-Lora-12000.ckpt`) with the `--vram` tier applied on a GPU."""
     from ..inference import load_unianimate_pipeline, prepare_processes  # noqa: PLC0415
 
-    parallel, process_device = prepare_processes(settings.ulysses_size, settings.cfg_parallel)
+    parallel, process_device = prepare_processes(settings.ulysses_size, settings.cfg_parallel, settings.ring_size)
     device = device or settings.device or str(process_device)
     if settings.tiny:
         pipe = load_tiny_pipeline("cpu" if settings.device is None else device, loras=settings.loras)

@@ -157,8 +157,8 @@ class Animator:
             state = getattr(self._pipeline, "parallel", None)
             if state is not None:
                 self.emit("load", 1, 1, f"rank {state.rank} of {state.world_size}: every video split (ulysses "
-                                         f"{state.config.ulysses_size}, cfg parallel "
-                                         f"{'on' if state.config.cfg_parallel else 'off'})")
+                                         f"{state.config.ulysses_size}, ring {state.config.ring_size}, cfg "
+                                         f"parallel {'on' if state.config.cfg_parallel else 'off'})")
         return self._pipeline
 
     def _steps(self, timesteps):

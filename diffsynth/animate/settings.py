@@ -70,6 +70,7 @@ class AnimateSettings:
     device: Optional[str] = None         # default: the process's GPU (torchrun: LOCAL_RANK), else the CPU
     ulysses_size: int = 1                # torchrun: split every video's tokens over this many processes
     cfg_parallel: bool = False           # torchrun: the two guidance branches on two groups of processes
+    ring_size: int = 1                   # torchrun: ring attention over this many groups (yunchang)
     tiled: Optional[bool] = None         # VAE tiling; None: on, except for the tiny models
     extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
 
@@ -97,8 +98,10 @@ class AnimateSettings:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 10):
                 raise ValueError(f"{name} threshold must be a number in [0, 10), e.g. 0.2; got {value!r}")
-        if not isinstance(self.ulysses_size, int) or self.ulysses_size < 1:
-            raise ValueError(f"ulysses_size must be an integer >= 1; got {self.ulysses_size!r}")
+        for name in ("ulysses_size", "ring_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
         if self.vram not in VRAM_TIERS:
             raise ValueError(f"vram must be one of {', '.join(VRAM_TIERS)} (GB of GPU memory); got {self.vram!r}")
         if self.pose_backend not in BACKENDS:
@@ -116,7 +119,7 @@ class AnimateSettings:
     def splits_each_video(self) -> bool:
         """Under torchrun: True when all processes work on every video (sequence / CFG parallel); False when each
         process animates its own share of the pairs (item parallel)."""
-        return self.ulysses_size > 1 or self.cfg_parallel
+        return self.ulysses_size > 1 or self.ring_size > 1 or self.cfg_parallel
 
     def area(self) -> int:
         return parse_area(self.resolution)

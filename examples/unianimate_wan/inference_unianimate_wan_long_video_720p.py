@@ -32,8 +32,8 @@ NUM_PERSISTENT_PARAM_IN_DIT = 6 * 10**9  # with VRAM_MANAGEMENT: DiT parameters 
 FP8_DIT = False                  # store the DiT's Linear weights in fp8 (16.4 GB instead of 32.8 GB)
 OVERWRITE = False                # replace an existing output video (otherwise that item is skipped)
 ULYSSES_SIZE = 1                 # several GPUs, `torchrun --nproc_per_node=N this_script.py`: ULYSSES_SIZE x
-CFG_PARALLEL = False             # (2 if CFG_PARALLEL) = N splits every video; at 1/False each GPU takes its share
-                                 # of TEST_LIST (docs/parallel.md)
+RING_SIZE = 1                    # RING_SIZE x (2 if CFG_PARALLEL) = N splits every video (ring: pip install
+CFG_PARALLEL = False             # yunchang); at the defaults each GPU takes its share of TEST_LIST (docs/parallel.md)
 TEST_LIST = [                    # [frame_interval, reference image, pose folder]
     [1, "data/images/WOMEN-Blouses_Shirts-id_00004955-01_4_full.jpg",
      "data/saved_pose/WOMEN-Blouses_Shirts-id_00004955-01_4_full"],
@@ -47,7 +47,7 @@ TEST_LIST = [                    # [frame_interval, reference image, pose folder
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parallel, device = prepare_processes(ULYSSES_SIZE, CFG_PARALLEL)
+    parallel, device = prepare_processes(ULYSSES_SIZE, CFG_PARALLEL, RING_SIZE)
     pipe = load_unianimate_pipeline(WAN_DIR, LORA_PATH, device=device, torch_dtype=torch.bfloat16,
                                     vram_management=VRAM_MANAGEMENT,
                                     num_persistent_param_in_dit=NUM_PERSISTENT_PARAM_IN_DIT,
