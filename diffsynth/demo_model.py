@@ -1,0 +1,683 @@
+"""The demo model: a tiny UniAnimate (Wan2.1-I2V architecture) trained on synthetic mannequin clips, on CPU.
+
+    from diffsynth.demo_model import load_demo_pipeline, generate
+    pipe = load_demo_pipeline()                         # shipped weights, through ModelManager + load_lora_v2
+    frames = generate(pipe, example)                    # example = diffsynth.data.synthetic.make_example(seed)
+
+Retrain (about 40 minutes on 1 CPU thread): `bash scripts/train_demo_model.sh` (this module's `train` command).
+Stages, all with this project's own code:
+
+1. data: `diffsynth.data.synthetic` clips written as `prepare_training_data.py` sample folders (seeds 0..N-1;
+   seeds >= HELD_OUT_SEED are never used in training and are what the tests generate).
+2. VAE: the project's `WanVideoVAE` at width 8 (`TINY_VAE`), trained here as an autoencoder on the clips' frames
+   (MSE + L1, latents kept near unit scale, noise on the latents so the decoder tolerates imperfect ones).
+3. Frozen tiny umT5 and CLIP (`diffsynth.tiny.build_tiny_models`, random seeded weights: the caption is constant
+   and the reference reaches the DiT mainly through the VAE latent `y`).
+4. `--task data_process`: the trainer's encoded-data cache.
+5. `--train_architecture full`: the whole tiny DiT and the pose guider, flow matching, from the cache.
+6. `--train_architecture lora`: a LoRA fine-tune on top of the stage-5 DiT (`--pretrained_lora_path` carries the
+   stage-5 pose guider and a zero-initialised LoRA).
+7. export into the release layouts: DiT shards + config.json (stage 5), T5 + `google/umt5-xxl` tokenizer, VAE,
+   CLIP, and the UniAnimate file (stage-6 LoRA + pose guider + network_alpha), all safetensors; MODEL_CARD.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .configs import WanDiTConfig
+from .tiny import TINY_CLIP, TINY_T5, TINY_VAE
+
+logger = logging.getLogger("diffsynth.demo_model")
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
+DEMO_DIT = WanDiTConfig(model_type="i2v", in_dim=36, dim=192, ffn_dim=384, num_heads=6, num_layers=4,
+                        text_dim=TINY_T5.dim, image_dim=TINY_CLIP.dim)
+DEMO_VAE = TINY_VAE
+CONFIGS = [TINY_T5, DEMO_VAE, TINY_CLIP]
+HEIGHT, WIDTH, NUM_FRAMES = 64, 48, 9
+HELD_OUT_SEED = 100_000          # synthetic seeds from here on are never used in training
+PROMPT = "a person is dancing"   # the trainer's default caption
+
+FILES = {
+    "dit": ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"],
+    "text_encoder": "models_t5_umt5-xxl-enc.safetensors",
+    "vae": "Wan2.1_VAE.safetensors",
+    "image_encoder": "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors",
+    "unianimate": "UniAnimate-Wan2.1-demo-lora.safetensors",
+}
+# Default inference settings of the demo (what the tests and the strip use).
+INFERENCE = dict(num_inference_steps=10, cfg_scale=1.0, sigma_shift=5.0, seed=0)
+
+
+# ================================================================================================ loading
+def model_files(folder=ASSET_DIR) -> Dict[str, object]:
+    """Paths of the demo model's files in `folder` (the release layouts, all safetensors)."""
+    folder = Path(folder)
+    return {k: [str(folder / n) for n in v] if isinstance(v, list) else str(folder / v) for k, v in FILES.items()}
+
+
+def load_demo_pipeline(device: str = "cpu", folder=ASSET_DIR, torch_dtype: torch.dtype = torch.float32):
+    """The shipped demo model as a `WanUniAnimateVideoPipeline`, read exactly like the released models: the
+    CLIP, DiT shards, T5 and VAE through `ModelManager.load_models`, the UniAnimate LoRA + pose guider through
+    `load_lora_v2` (merged with its stored network_alpha)."""
+    from .loading import ModelManager  # noqa: PLC0415
+    from .pipelines import WanUniAnimateVideoPipeline  # noqa: PLC0415
+
+    files = model_files(folder)
+    missing = [p for v in files.values() for p in (v if isinstance(v, list) else [v]) if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"demo model files missing: {missing}; retrain with bash scripts/train_demo_model.sh")
+    manager = ModelManager(device="cpu", progress=False)
+    manager.load_models([files["image_encoder"]], torch_dtype=torch.float32, config=TINY_CLIP)
+    manager.load_models([files["dit"], files["text_encoder"], files["vae"]], torch_dtype=torch_dtype,
+                        config=[TINY_T5, DEMO_VAE])
+    manager.load_lora_v2(files["unianimate"], lora_alpha=1.0)
+    pipe = WanUniAnimateVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
+    pipe.show_summary = False
+    return pipe
+
+
+def generate(pipe, example, reference: Optional[np.ndarray] = None, reference_pose: Optional[np.ndarray] = None,
+             poses: Optional[Sequence[np.ndarray]] = None, **overrides) -> List[np.ndarray]:
+    """Generate the frames of a `synthetic.Example` (or with another reference / poses) as uint8 RGB arrays."""
+    from PIL import Image  # noqa: PLC0415
+
+    from .pipelines import load_pose_data  # noqa: PLC0415
+
+    reference = example.reference if reference is None else reference
+    reference_pose = example.reference_pose if reference_pose is None else reference_pose
+    poses = example.poses if poses is None else poses
+    height, width = reference.shape[:2]
+    dwpose_data, random_ref_dwpose = load_pose_data([Image.fromarray(p) for p in poses],
+                                                    Image.fromarray(reference_pose), height, width)
+    settings = {**INFERENCE, **overrides}
+    frames = pipe(prompt=PROMPT, negative_prompt="", input_image=Image.fromarray(reference), dwpose_data=dwpose_data,
+                  random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(poses),
+                  tiled=False, progress_bar_cmd=lambda x: x, **settings)
+    return [np.asarray(f) for f in frames]
+
+
+def psnr(frames: Sequence[np.ndarray], truth: Sequence[np.ndarray], masks: Optional[Sequence[np.ndarray]] = None
+         ) -> float:
+    """PSNR (dB, peak 255) over all frames; with `masks`, only over the masked pixels."""
+    a = np.stack(frames).astype(np.float64)
+    b = np.stack(truth).astype(np.float64)
+    err = (a - b) ** 2
+    if masks is not None:
+        m = np.stack(masks).astype(bool)
+        err = err[m]
+    return float(10 * np.log10(255.0 ** 2 / max(err.mean(), 1e-10)))
+
+
+def figure_region(example, dilate: int = 2) -> List[np.ndarray]:
+    """Masks of where the figure is in each ground-truth frame or in the reference, dilated by `dilate` pixels:
+    the pixels that tell a right pose from a wrong one (the background dominates a plain PSNR)."""
+    import cv2  # noqa: PLC0415
+
+    kernel = np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8)
+    return [cv2.dilate(m.astype(np.uint8), kernel) > 0 for m in example.masks]
+
+
+ABLATIONS = ("pose_tokens_zeroed", "reference_pose_zeroed", "reference_latent_zeroed")
+
+
+@contextlib.contextmanager
+def ablation(pipe, name: str):
+    """Temporarily cut one conditioning path of `pipe` (a diagnostic for the learned-behaviour test):
+    "pose_tokens_zeroed" (the pose-video tokens are zeros), "reference_pose_zeroed" (the reference-pose embedding
+    added to y is zeros) or "reference_latent_zeroed" (the 16 VAE-latent channels of y are zeros; the mask stays)."""
+    from .pipelines import unianimate  # noqa: PLC0415
+
+    if name == "pose_tokens_zeroed":
+        original = pipe.encode_pose_video
+        pipe.encode_pose_video = lambda *a, **k: torch.zeros_like(original(*a, **k))
+        try:
+            yield
+        finally:
+            del pipe.encode_pose_video
+        return
+    if name == "reference_pose_zeroed":
+        attr = "encode_reference_pose"
+        original = unianimate.encode_reference_pose
+        replacement = lambda *a, **k: torch.zeros_like(original(*a, **k))  # noqa: E731
+    elif name == "reference_latent_zeroed":
+        attr = "encode_reference_image"
+        original = unianimate.encode_reference_image
+
+        def replacement(*args, **kwargs):
+            clip_feature, y = original(*args, **kwargs)
+            y = y.clone()
+            y[:, 4:] = 0
+            return clip_feature, y
+    else:
+        raise ValueError(f"unknown ablation {name!r}; choose one of {ABLATIONS}")
+    setattr(unianimate, attr, replacement)
+    try:
+        yield
+    finally:
+        setattr(unianimate, attr, original)
+
+
+def evaluate(pipe, seeds: Sequence[int], ablations: Sequence[str] = ABLATIONS, swap: bool = True,
+             **overrides) -> dict:
+    """PSNR (full frame, and over the figure's dilated region) of generations on synthetic clips `seeds`, as is,
+    under each ablation, and with the next seed's reference ("swapped": scored against clip A's frames and
+    against the other character rendered doing A's motion). Returns {"per_seed": ..., "mean": ...}."""
+    from .data.synthetic import make_example  # noqa: PLC0415
+
+    examples = [make_example(s) for s in seeds]
+    per_seed: Dict[str, list] = {}
+
+    def score(name, frames, ex, truth=None):
+        truth = truth or ex
+        per_seed.setdefault(name + ".full", []).append(psnr(frames, truth.frames))
+        per_seed.setdefault(name + ".figure", []).append(psnr(frames, truth.frames, figure_region(truth)))
+        per_seed.setdefault(name + ".motion", []).append(psnr(frames, truth.frames, motion_region(truth)))
+
+    for ex in examples:
+        score("baseline", generate(pipe, ex, **overrides), ex)
+    for name in ablations:
+        with ablation(pipe, name):
+            for ex in examples:
+                score(name, generate(pipe, ex, **overrides), ex)
+    if swap:
+        for i, ex in enumerate(examples):
+            j = (i + 1) % len(examples)
+            other = examples[j]
+            frames = generate(pipe, ex, reference=other.reference, reference_pose=other.reference_pose, **overrides)
+            score("swapped_vs_own", frames, ex)
+            score("swapped_vs_other", frames, ex, make_example(seeds[i], appearance_seed=seeds[j]))
+    return {"per_seed": per_seed, "mean": {k: float(np.mean(v)) for k, v in per_seed.items()}}
+
+
+def write_strip(path, seeds: Sequence[int] = (HELD_OUT_SEED, HELD_OUT_SEED + 1), frames: Sequence[int] = (0, 2, 4, 6, 8),
+                scale: int = 2, pipe=None) -> str:
+    """A PNG of held-out examples from the shipped model. Per example, three rows: [reference | poses],
+    [reference pose | generated], [blank | ground truth]; frames upscaled `scale` times (nearest)."""
+    from PIL import Image  # noqa: PLC0415
+
+    from .data.synthetic import make_example  # noqa: PLC0415
+
+    pipe = pipe or load_demo_pipeline()
+    gap = 2
+    blocks = []
+    for seed in seeds:
+        ex = make_example(seed)
+        generated = generate(pipe, ex)
+        blank = np.full_like(ex.reference, 255)
+        rows = [[ex.reference] + [ex.poses[i] for i in frames],
+                [ex.reference_pose] + [generated[i] for i in frames],
+                [blank] + [ex.frames[i] for i in frames]]
+        h, w = ex.reference.shape[:2]
+        block = np.full((3 * h + 2 * gap, len(frames) * (w + gap) + w + 2 * gap, 3), 255, np.uint8)
+        for r, row in enumerate(rows):
+            for c, image in enumerate(row):
+                x = c * (w + gap) + (gap if c else 0)
+                block[r * (h + gap):r * (h + gap) + h, x:x + w] = image
+        blocks.append(block)
+    sheet = np.concatenate([np.concatenate([b, np.full((3 * gap, b.shape[1], 3), 255, np.uint8)]) for b in blocks])
+    sheet = sheet.repeat(scale, 0).repeat(scale, 1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path, optimize=True)
+    return str(path)
+
+
+def motion_region(example, threshold: int = 40, dilate: int = 1) -> List[np.ndarray]:
+    """Masks of the pixels that move: where a ground-truth frame differs from the clip's per-pixel median by more
+    than `threshold` in some channel (dilated by `dilate`). A generation that ignores the poses (a static figure)
+    loses here; the static background and torso do not count."""
+    import cv2  # noqa: PLC0415
+
+    frames = np.stack(example.frames).astype(np.int16)
+    median = np.median(frames, axis=0)
+    kernel = np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8)
+    return [cv2.dilate((np.abs(f - median).max(-1) > threshold).astype(np.uint8), kernel) > 0 for f in frames]
+
+
+# ================================================================================================ training
+def _write_data(folder: Path, seeds: Sequence[int]) -> Path:
+    from .data.synthetic import write_dataset  # noqa: PLC0415
+
+    if (folder / ".done").is_file():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    write_dataset(folder, seeds)
+    (folder / ".done").write_text("ok\n")
+    return folder
+
+
+def train_vae(steps: int, seeds: Sequence[int], seed: int = 0, images: int = 4, frames: int = 5, lr: float = 3e-3,
+              log: Optional[list] = None, noise: float = 0.05, reg_weight: float = 0.01, hint_weight: float = 1.0,
+              clip_every: int = 3, log_every: int = 100):
+    """The tiny Wan VAE trained as an autoencoder on synthetic frames at the model size: returns the VAE (eval).
+
+    Each step reconstructs `images` single frames (the VAE's first-frame path; cheap) and, every `clip_every`
+    steps, one `frames`-frame clip (the temporal path). Loss: MSE + 0.5 L1 on pixels; `hint_weight` x MSE between
+    the first 3 normalised latent channels and the 8x8-average-pooled RGB (per latent frame), which makes the
+    latents informative from the start (the narrow VAE otherwise sits for many steps at the dataset mean);
+    `reg_weight` x (per-channel latent mean^2 + (std - 1)^2); Gaussian noise of std `noise` on the normalised
+    latents before decoding, so the decoder tolerates the DiT's imperfect latents."""
+    import torch.nn.functional as F  # noqa: PLC0415, N812
+
+    from .data.synthetic import make_clip, resize_rgb  # noqa: PLC0415
+    from .models.wan_vae import WanVideoVAE  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    clips = []
+    for s in seeds:
+        clip = make_clip(s)
+        clips.append(np.stack([resize_rgb(f, HEIGHT, WIDTH) for f in clip.frames]))
+    clips = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1   # [N, 3, T, H, W]
+    vae = WanVideoVAE(DEMO_VAE).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 50) * (0.5 * (1 + math.cos(
+        math.pi * min(i / max(steps, 1), 1.0))) * 0.9 + 0.1))
+
+    def pooled(x):   # the RGB of each latent frame's pixels: frame 0 alone, then groups of 4 frames
+        first = x[:, :, :1]
+        if x.shape[2] > 1:
+            rest = x[:, :, 1:].unflatten(2, (-1, 4)).mean(3)
+            first = torch.cat([first, rest], dim=2)
+        return F.avg_pool3d(first, (1, 8, 8)) * 1.5
+
+    def losses(x):
+        mu = vae.encode_raw(x)
+        mean, inv_std = vae._stats(mu)
+        z = (mu - mean) * inv_std                            # the normalised latents the DiT sees
+        rec = vae.decode_raw((z + noise * torch.randn_like(z)) / inv_std + mean)
+        rec_loss = F.mse_loss(rec, x) + 0.5 * (rec - x).abs().mean()
+        zc = z.transpose(0, 1).flatten(1)
+        reg = zc.mean(1).pow(2).mean() + (zc.std(1) - 1).pow(2).mean()
+        return rec_loss, reg, F.mse_loss(z[:, :3], pooled(x)), F.mse_loss(rec.detach().clamp(-1, 1), x)
+
+    start = time.perf_counter()
+    for step in range(steps):
+        n, t = clips.shape[0], clips.shape[2]
+        idx, ti = rng.integers(0, n, size=images), rng.integers(0, t, size=images)
+        parts = [losses(torch.stack([clips[i, :, j:j + 1] for i, j in zip(idx, ti)]))]
+        if step % clip_every == 0:
+            i, j = int(rng.integers(0, n)), int(rng.integers(0, t - frames + 1))
+            parts.append(losses(clips[i:i + 1, :, j:j + frames]))
+        rec_loss = sum(p[0] for p in parts)
+        loss = rec_loss + sum(reg_weight * p[1] + hint_weight * p[2] for p in parts)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        mse = float(parts[0][3])
+        if log is not None:
+            log.append({"step": step, "loss": float(parts[0][0].detach()), "mse": mse,
+                        "time": time.perf_counter() - start})
+        if step % log_every == 0 or step == steps - 1:
+            recent = [r["mse"] for r in (log or [])[-log_every:]] or [mse]
+            logger.info("vae step %d/%d: image mse %.4f (mean of last %d: %.4f, %.1f dB)  %.0f s", step, steps, mse,
+                        len(recent), float(np.mean(recent)), 10 * math.log10(4 / max(float(np.mean(recent)), 1e-10)),
+                        time.perf_counter() - start)
+    return vae.eval().requires_grad_(False)
+
+
+def _save_base_models(folder: Path, vae, seed: int = 0) -> Dict[str, object]:
+    """Frozen tiny T5 / CLIP (seeded random), the trained VAE and a seeded untrained DiT, in the release layouts."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    from .models.wan_dit import WanModel  # noqa: PLC0415
+    from .tiny import build_tiny_models  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    models = build_tiny_models(str(folder / "_tokenizer"), seed=seed)
+    models.prompter.tokenizer.save_pretrained(str(folder / "google" / "umt5-xxl"))
+    shutil.rmtree(folder / "_tokenizer", ignore_errors=True)
+    files = model_files(folder)
+    contiguous = lambda sd: {k: v.detach().contiguous() for k, v in sd.items()}  # noqa: E731
+    save_file(contiguous(models.text_encoder.state_dict()), files["text_encoder"])
+    save_file(contiguous(models.image_encoder.state_dict()), files["image_encoder"])
+    save_file(contiguous(vae.state_dict()), files["vae"])
+    torch.manual_seed(seed + 1)
+    save_dit(WanModel(DEMO_DIT).state_dict(), folder)
+    return files
+
+
+def save_dit(state: Dict[str, torch.Tensor], folder: Path) -> List[str]:
+    """DiT weights (official names) as two safetensors shards + the Wan config.json beside them."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    keys = sorted(state)
+    paths = model_files(folder)["dit"]
+    for path, part in zip(paths, (keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        save_file({k: state[k].detach().float().contiguous() for k in part}, path)
+    cfg = DEMO_DIT
+    (Path(folder) / "config.json").write_text(json.dumps(
+        {"_class_name": "WanModel", "model_type": cfg.model_type, "dim": cfg.dim, "num_heads": cfg.num_heads,
+         "num_layers": cfg.num_layers, "ffn_dim": cfg.ffn_dim, "in_dim": cfg.in_dim, "text_dim": cfg.text_dim,
+         "out_dim": cfg.out_dim, "freq_dim": cfg.freq_dim}, indent=1) + "\n")
+    return paths
+
+
+def _release_checkpoint(output: Path) -> Path:
+    ckpts = sorted(output.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
+    if not ckpts:
+        raise RuntimeError(f"no last.ckpt under {output}")
+    return ckpts[-1]
+
+
+def _losses(output: Path) -> List[float]:
+    with open(output / "loss.csv") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def _trainer_argv(base: Dict[str, object], cache: Path, output: Path, dit_path: Sequence[str], *extra) -> List[str]:
+    return ["--cached_dataset_path", str(cache), "--output_path", str(output), "--dit_path", ",".join(dit_path),
+            "--precision", "32-true", "--dataloader_num_workers", "0", "--seed", "0", "--max_epochs", "100000",
+            "--save_every_n_steps", "100000", "--keep_resume_checkpoints", "1", *[str(e) for e in extra]]
+
+
+def lora_init_file(dit_state_keys: Sequence[str], pose_state: Dict[str, torch.Tensor], path: Path, rank: int,
+                   alpha: float, shapes: Dict[str, Sequence[int]], seed: int = 0) -> Path:
+    """A UniAnimate checkpoint to start a LoRA from: PEFT's default init (A kaiming-uniform, B zero, so the LoRA
+    starts as the identity), the pose guider of the previous stage, and network_alpha."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in dit_state_keys:
+        out_f, in_f = shapes[key]
+        name = key[: -len(".weight")]
+        bound = 1 / math.sqrt(in_f)    # kaiming_uniform(a=sqrt(5)) of a [rank, in] matrix
+        state[f"pipe.dit.{name}.lora_A.default.weight"] = (torch.rand(rank, in_f, generator=gen) * 2 - 1) * bound
+        state[f"pipe.dit.{name}.lora_B.default.weight"] = torch.zeros(out_f, rank)
+    state.update({k: v.float().contiguous() for k, v in pose_state.items()})
+    state["network_alpha"] = torch.tensor(float(alpha))
+    save_file(state, str(path))
+    return path
+
+
+def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, vae_steps: int = 2000,
+          full_steps: int = 2600, lora_steps: int = 150, full_lr: float = 3e-4, lora_lr: float = 5e-4,
+          lora_rank: int = 8, seed: int = 0) -> dict:
+    """All stages (see the module docstring); stages already finished in `work_dir` are reused. Returns the
+    training record (also written to `out_dir/training_log.json`)."""
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    from .training import cli  # noqa: PLC0415
+
+    torch.set_num_threads(int(os.environ.get("DEMO_THREADS", "1")))
+    work, out = Path(work_dir), Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+
+    def save_record():
+        record_path.write_text(json.dumps(record, indent=1))
+
+    seeds = list(range(num_clips))
+    assert max(seeds) < HELD_OUT_SEED
+    t = time.perf_counter()
+    data = _write_data(work / "data", seeds)
+    record.setdefault("data", {"clips": num_clips, "seeds": [0, num_clips - 1], "frames_per_clip": 24,
+                               "render_size": [128, 96], "model_size": [HEIGHT, WIDTH], "num_frames": NUM_FRAMES,
+                               "seconds": round(time.perf_counter() - t, 1)})
+
+    base = work / "base"
+    if not (base / ".done").is_file():
+        t = time.perf_counter()
+        vae_log: list = []
+        vae = train_vae(vae_steps, seeds, seed=seed, log=vae_log)
+        _save_base_models(base, vae, seed=seed)
+        tail = vae_log[-min(50, len(vae_log)):]
+        record["vae"] = {"steps": vae_steps, "batch": "4 frames (+ one 5-frame clip every 3rd step)",
+                         "learning_rate": 3e-3,
+                         "seconds": round(time.perf_counter() - t),
+                         "first_loss": vae_log[0]["mse"] if vae_log else None,
+                         "final_loss_mean_last50": float(np.mean([r["mse"] for r in tail])) if tail else None}
+        (base / ".done").write_text("ok\n")
+        save_record()
+    files = model_files(base)
+
+    cache = work / "cache"
+    if not (cache / "cache.json").is_file():
+        t = time.perf_counter()
+        args = cli.parse_args(["--task", "data_process", "--dataset_path", str(data), "--dit_path",
+                               ",".join(files["dit"]), "--text_encoder_path", files["text_encoder"],
+                               "--vae_path", files["vae"], "--image_encoder_path", files["image_encoder"],
+                               "--cached_dataset_path", str(cache), "--num_frames", str(NUM_FRAMES),
+                               "--height", str(HEIGHT), "--width", str(WIDTH), "--no-tiled",
+                               "--precision", "32-true", "--seed", str(seed), "--dataloader_num_workers", "0"])
+        cli.data_process(args, configs=CONFIGS)
+        record["data_process"] = {"items": num_clips, "seconds": round(time.perf_counter() - t)}
+        save_record()
+
+    full = work / "full"
+    if not (full / ".done").is_file():
+        # --resume: a run stopped (or finished with fewer --full_steps) continues exactly where it was
+        t = time.perf_counter()
+        args = cli.parse_args(_trainer_argv(files, cache, full, files["dit"], "--train_architecture", "full",
+                                            "--learning_rate", full_lr, "--max_steps", full_steps, "--resume"))
+        cli.train(args, configs=CONFIGS)
+        losses = _losses(full)
+        earlier = record.get("full", {}).get("seconds", 0)
+        record["full"] = {"steps": full_steps, "learning_rate": full_lr,
+                          "seconds": earlier + round(time.perf_counter() - t), **_loss_summary(losses)}
+        (full / ".done").write_text("ok\n")
+        save_record()
+
+    stage1 = work / "stage1"
+    if not (stage1 / ".done").is_file():
+        state = torch.load(_release_checkpoint(full), map_location="cpu", weights_only=True)
+        stage1.mkdir(exist_ok=True)
+        dit_state = {k[len("pipe.dit."):]: v for k, v in state.items() if k.startswith("pipe.dit.")}
+        save_dit(dit_state, stage1)
+        pose = {k: v for k, v in state.items() if not k.startswith("pipe.dit.")}
+        save_file({k: v.contiguous() for k, v in pose.items()}, str(stage1 / "pose_guider.safetensors"))
+        targets = [k for k in dit_state if _is_lora_target(k, dit_state[k])]
+        lora_init_file(sorted(targets), pose, stage1 / "lora_init.safetensors", lora_rank, float(lora_rank),
+                       {k: tuple(dit_state[k].shape) for k in targets}, seed=seed)
+        (stage1 / ".done").write_text("ok\n")
+
+    lora = work / "lora"
+    stage1_dit = model_files(stage1)["dit"]
+    if not (lora / ".done").is_file():
+        shutil.rmtree(lora, ignore_errors=True)
+        t = time.perf_counter()
+        args = cli.parse_args(_trainer_argv(files, cache, lora, stage1_dit, "--train_architecture", "lora",
+                                            "--lora_rank", lora_rank, "--lora_alpha", lora_rank,
+                                            "--pretrained_lora_path", stage1 / "lora_init.safetensors",
+                                            "--learning_rate", lora_lr, "--max_steps", lora_steps))
+        cli.train(args, configs=CONFIGS)
+        record["lora"] = {"steps": lora_steps, "learning_rate": lora_lr, "rank": lora_rank, "alpha": lora_rank,
+                          "seconds": round(time.perf_counter() - t), **_loss_summary(_losses(lora))}
+        (lora / ".done").write_text("ok\n")
+        save_record()
+
+    # export
+    out.mkdir(parents=True, exist_ok=True)
+    final = model_files(out)
+    for src, dst in zip(stage1_dit, final["dit"]):
+        shutil.copyfile(src, dst)
+    shutil.copyfile(stage1 / "config.json", out / "config.json")
+    for name in ("text_encoder", "vae", "image_encoder"):
+        shutil.copyfile(files[name], final[name])
+    shutil.rmtree(out / "google", ignore_errors=True)
+    shutil.copytree(base / "google", out / "google")
+    lora_state = torch.load(_release_checkpoint(lora), map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in lora_state.items()}, final["unianimate"],
+              metadata={"format": "diffsynth UniAnimate checkpoint (trainer release format)"})
+    record["settings"] = {"dit": asdict(DEMO_DIT), "vae": {"dim": DEMO_VAE.dim, "z_dim": DEMO_VAE.z_dim},
+                          "num_clips": num_clips, "seed": seed, "threads": torch.get_num_threads()}
+    t = time.perf_counter()
+    record["evaluation"] = evaluate(load_demo_pipeline(folder=out), EVAL_SEEDS)
+    record["evaluation"]["seconds"] = round(time.perf_counter() - t)
+    record["evaluation"]["vae_reconstruction_psnr"] = vae_reconstruction_psnr(load_file(final["vae"]), EVAL_SEEDS)
+    save_record()
+    (out / "training_log.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_card(out, record)
+    return record
+
+
+EVAL_SEEDS = [HELD_OUT_SEED + i for i in range(4)]
+
+
+def vae_reconstruction_psnr(vae_state: Dict[str, torch.Tensor], seeds: Sequence[int]) -> float:
+    """PSNR of the VAE's encode-decode round trip on the ground-truth frames of clips `seeds`."""
+    from .data.synthetic import make_example  # noqa: PLC0415
+    from .models.wan_vae import WanVideoVAE  # noqa: PLC0415
+
+    vae = WanVideoVAE(DEMO_VAE).eval()
+    vae.load_state_dict(vae_state)
+    frames, recs = [], []
+    with torch.no_grad():
+        for seed in seeds:
+            ex = make_example(seed)
+            x = torch.from_numpy(np.stack(ex.frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            rec = vae.decode(vae.encode(x, progress=False), progress=False)[0]
+            recs += list(((rec.permute(1, 2, 3, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy())
+            frames += ex.frames
+    return psnr(recs, frames)
+
+
+def write_card(out_dir, record: dict) -> Path:
+    """MODEL_CARD.md from the training record (data, steps, times, losses, held-out evaluation)."""
+    r = {k: (v if isinstance(v, dict) else {}) for k, v in record.items()}
+    ev = r.get("evaluation", {}).get("mean", {})
+    fmt = lambda key: f"{ev[key]:.2f}" if key in ev else "n/a"  # noqa: E731
+    total = sum(r.get(k, {}).get("seconds", 0) for k in ("data", "vae", "data_process", "full", "lora"))
+    rows = "\n".join(f"| {name} | {fmt(name + '.full')} | {fmt(name + '.figure')} | {fmt(name + '.motion')} |"
+                     for name in ("baseline", *ABLATIONS, "swapped_vs_own", "swapped_vs_other"))
+    vae, full, lora, data = r.get("vae", {}), r.get("full", {}), r.get("lora", {}), r.get("data", {})
+
+    def losses(stage, first, last, note):
+        return f"{stage.get(first, float('nan')):.3f} -> {stage.get(last, float('nan')):.3f} ({note})"
+
+    stages = "\n".join([
+        "| VAE: AdamW lr 3e-3, cosine; MSE + 0.5 L1 + latent hint + mean/std regulariser (loss: image MSE in [-1, 1])"
+        f" | {vae.get('steps')} | {vae.get('seconds')} | "
+        + losses(vae, "first_loss", "final_loss_mean_last50", "first step -> mean of the last 50") + " |",
+        f"| `--task data_process` cache | {r.get('data_process', {}).get('items')} items | "
+        f"{r.get('data_process', {}).get('seconds')} | |",
+        f"| DiT + pose guider, `--train_architecture full`, lr {full.get('learning_rate')} | {full.get('steps')} | "
+        f"{full.get('seconds')} | " + losses(full, "first_loss_mean", "last_loss_mean",
+                                             f"mean of the first / last {full.get('window')} steps") + " |",
+        f"| LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}) + pose guider, `--train_architecture lora`, "
+        f"lr {lora.get('learning_rate')} | {lora.get('steps')} | {lora.get('seconds')} | "
+        + losses(lora, "first_loss_mean", "last_loss_mean", f"mean of the first / last {lora.get('window')} steps")
+        + " |"])
+    vae_psnr = r.get("evaluation", {}).get("vae_reconstruction_psnr", float("nan"))
+
+    def margin(name, metric):
+        key = f"{name}.{metric}"
+        return f"{ev[key] - ev[f'baseline.{metric}']:+.2f}" if key in ev else "n/a"
+
+    swap = (f"{ev['swapped_vs_other.full'] - ev['swapped_vs_own.full']:.2f}"
+            if "swapped_vs_own.full" in ev and "swapped_vs_other.full" in ev else "n/a")
+    text = f"""# Demo model card
+
+A tiny UniAnimate model (the Wan2.1-I2V DiT + UniAnimate pose guider architecture, at toy sizes) trained on CPU by
+this project's own trainer on synthetic mannequin clips (`diffsynth/data/synthetic.py`). It exists so that the demo
+shows a learned model and so that `tests/test_demo_model.py` can catch conditioning paths wired wrongly. It only
+knows mannequins at {HEIGHT}x{WIDTH}, {NUM_FRAMES} frames; it is not a model of people.
+
+Retrain: `bash scripts/train_demo_model.sh` (`python -m diffsynth.demo_model`; seeded; the numbers below come from
+`training_log.json`, written by that run). Load: `diffsynth.demo_model.load_demo_pipeline()`.
+
+## Files (release layouts, all safetensors, read by `ModelManager.load_models` / `load_lora_v2`)
+
+| file | content |
+|---|---|
+| `diffusion_pytorch_model-0000{{1,2}}-of-00002.safetensors`, `config.json` | DiT: dim {DEMO_DIT.dim}, \
+{DEMO_DIT.num_layers} layers, {DEMO_DIT.num_heads} heads, ffn {DEMO_DIT.ffn_dim}; the full-training stage |
+| `UniAnimate-Wan2.1-demo-lora.safetensors` | the LoRA stage's LoRA + pose guider + `network_alpha` (trainer format) |
+| `Wan2.1_VAE.safetensors` | Wan VAE at width {DEMO_VAE.dim} (z 16), trained as an autoencoder |
+| `models_t5_umt5-xxl-enc.safetensors`, `google/umt5-xxl/` | tiny umT5 (`TINY_T5`, frozen random seeded weights) |
+| `models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors` | tiny CLIP (`TINY_CLIP`, frozen random weights) |
+
+## Data
+
+{data.get("clips")} synthetic clips (seeds {data.get("seeds")}), 24 frames each, rendered at 128x96, trained at
+{HEIGHT}x{WIDTH} in {NUM_FRAMES}-frame windows (the trainer's clip / reference / crop draws, `--seed 0`). Poses are
+drawn with `diffsynth.pose.draw.draw_pose`. Evaluation seeds start at {HELD_OUT_SEED} and are never trained on.
+
+## Training ({r.get("settings", {}).get("threads", 1)} CPU thread, about {total / 60:.0f} min in all)
+
+| stage | steps | time (s) | loss |
+|---|---|---|---|
+{stages}
+
+Flow-matching losses are per step (batch 1, random timestep), so they are noisy; compare the means.
+
+## Held-out evaluation
+
+Seeds {EVAL_SEEDS}; {INFERENCE["num_inference_steps"]} Euler steps, cfg {INFERENCE["cfg_scale"]}, seed \
+{INFERENCE["seed"]}. The VAE round trip alone reaches {vae_psnr:.2f} dB (the ceiling of any generation).
+
+| generation | PSNR full frame (dB) | PSNR figure region (dB) | PSNR moving pixels (dB) |
+|---|---|---|---|
+{rows}
+
+`figure region`: the ground-truth figure's pixels, dilated by 2. `moving pixels`: where a ground-truth frame differs
+from the clip's per-pixel median by > 40 (dilated by 1). `swapped`: clip A's poses with clip B's reference, scored
+against A's frames (`_vs_own`) and against B's character rendered doing A's motion (`_vs_other`).
+
+## What it has learned, and what not
+
+- It reproduces the reference's colours and background (reference latent zeroed: {margin("reference_latent_zeroed",
+"full")} dB full frame; another reference: {swap} dB closer to the other character than to this clip's frames).
+- It does not follow the poses yet: zeroing the pose tokens changes the moving pixels by {margin("pose_tokens_zeroed",
+"motion")} dB, zeroing the reference-pose embedding by {margin("reference_pose_zeroed", "motion")} dB. Frames are
+blurry: the width-{DEMO_VAE.dim} VAE round trip alone is at {vae_psnr:.1f} dB, and later frames lose detail. The
+pose-ablation tests are marked xfail until a longer or sharper training run (a wider VAE, more DiT steps) learns it.
+"""
+    path = Path(out_dir) / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
+
+
+def _is_lora_target(key: str, tensor: torch.Tensor) -> bool:
+    """The trainer's default LoRA targets: q/k/v/o of self- and cross-attention and ffn.0/ffn.2 Linears."""
+    if not (key.startswith("blocks.") and key.endswith(".weight") and tensor.ndim == 2):
+        return False
+    name = key[: -len(".weight")]
+    return name.rsplit(".", 1)[-1] in ("q", "k", "v", "o") or name.endswith((".ffn.0", ".ffn.2"))
+
+
+def _loss_summary(losses: Sequence[float]) -> dict:
+    if not losses:
+        return {}
+    n = max(1, min(100, len(losses) // 5))
+    return {"first_loss_mean": float(np.mean(losses[:n])), "last_loss_mean": float(np.mean(losses[-n:])),
+            "window": n}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Train the tiny demo model (CPU) and write its files.")
+    parser.add_argument("--work_dir", default="outputs/demo_model_training")
+    parser.add_argument("--out_dir", default=str(ASSET_DIR))
+    parser.add_argument("--num_clips", type=int, default=400)
+    parser.add_argument("--vae_steps", type=int, default=2000)
+    parser.add_argument("--full_steps", type=int, default=2600)
+    parser.add_argument("--lora_steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    record = train(args.work_dir, args.out_dir, num_clips=args.num_clips, vae_steps=args.vae_steps,
+                   full_steps=args.full_steps, lora_steps=args.lora_steps, seed=args.seed)
+    print(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

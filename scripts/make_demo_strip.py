@@ -1,0 +1,21 @@
+"""Write docs/demo_strip.png from the shipped demo model: for held-out synthetic clips, a row of driving poses, the
+generated frames and the ground truth, with the reference image on the left.
+
+    .venv/bin/python scripts/make_demo_strip.py [--out docs/demo_strip.png]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffsynth.demo_model import write_strip  # noqa: E402
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="docs/demo_strip.png")
+    parser.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the 64x48 frames")
+    args = parser.parse_args()
+    print(write_strip(args.out, scale=args.scale))
