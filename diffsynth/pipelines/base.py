@@ -293,6 +293,11 @@ class WanPipelineBase:
             self.scheduler.set_timesteps(num_inference_steps, denoising_strength)
         return len(self.scheduler.timesteps)
 
+    def configure_schedule(self, settings: dict, denoising_strength: float = 1.0) -> int:
+        """`configure_scheduler` from the call's `resolve_preset` settings; returns the number of steps."""
+        return self.configure_scheduler(settings["num_inference_steps"], denoising_strength, settings["sigma_shift"],
+                                        settings["denoising_step_list"], settings["sampler"])
+
     @staticmethod
     def detect_step_distilled(lora_files: Sequence) -> bool:
         """True when a merged LoRA's file name (not its folder) announces step distillation (`STEP_DISTILL_NAME`)."""
@@ -321,11 +326,6 @@ class WanPipelineBase:
                              "all-gathers. Drop one of the three")
         return [config.new_cache(num_inference_steps, branch) for branch in (0, 1)]
 
-    def new_tea_caches(self, num_inference_steps, tea_cache_l1_thresh, tea_cache_model_id):
-        """One TeaCache per CFG branch, or [None, None] (the upstream arguments)."""
-        return self.new_step_caches(num_inference_steps, self.step_cache_config(None, tea_cache_l1_thresh,
-                                                                                tea_cache_model_id))
-
     @torch.no_grad()
     def cache_plan(self, num_inference_steps: Optional[int] = 50, step_cache=None,
                    tea_cache_l1_thresh: Optional[float] = None, tea_cache_model_id: str = "",
@@ -340,8 +340,7 @@ class WanPipelineBase:
         settings = self.resolve_preset(preset, dict(cfg_scale=cfg_scale, sigma_shift=sigma_shift,
                                                     num_inference_steps=num_inference_steps,
                                                     denoising_step_list=denoising_step_list, sampler="euler"))
-        steps = self.configure_scheduler(settings["num_inference_steps"], denoising_strength, settings["sigma_shift"],
-                                         settings["denoising_step_list"], settings["sampler"])
+        steps = self.configure_schedule(settings, denoising_strength)
         config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
         timesteps = [float(t) for t in self.scheduler.timesteps]
         if config is None:
@@ -367,6 +366,19 @@ class WanPipelineBase:
         context_neg = encode_prompt(self.prompter, text_encoder, negative_prompt, self.device) \
             if cfg_scale != 1.0 else None
         return context, context_neg
+
+    def generate_noise(self, shape, noise: NoiseSource) -> torch.Tensor:
+        """The initial latents: fp32 Gaussian noise from the call's seeded source, in the pipeline dtype."""
+        return noise(shape)
+
+    def initial_latents(self, latent_shape, noise: NoiseSource, input_video, height, width, tiled, tile_size,
+                        tile_stride) -> torch.Tensor:
+        """Seeded noise, or (video-to-video) the encoded input video noised to the schedule's first timestep."""
+        latents = self.generate_noise(latent_shape, noise)
+        if input_video is not None:
+            encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
+            latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
+        return latents
 
     def encode_input_video(self, input_video, height, width, tiled, tile_size, tile_stride) -> torch.Tensor:
         """Video-to-video: the input frames as latents, encoded with the call's tiling settings (as upstream)."""

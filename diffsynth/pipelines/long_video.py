@@ -122,8 +122,7 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
                           negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
         timer = StageTimer(self.device)
-        steps = self.configure_scheduler(num_inference_steps, denoising_strength, settings["sigma_shift"],
-                                         settings["denoising_step_list"], settings["sampler"])
+        steps = self.configure_schedule(settings, denoising_strength)
         cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
         T = (num_frames - 1) // 4 + 1
         windows = context_windows(T, context_size, context_overlap)

@@ -98,10 +98,6 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
             raise ValueError(f"random_ref_dwpose has shape {tuple(random_ref_dwpose.shape)}; expected "
                              f"[height, width, 3] = {[height, width, 3]}")
 
-    def generate_noise(self, shape, noise: NoiseSource) -> torch.Tensor:
-        """The initial latents: fp32 Gaussian noise from the call's seeded source, in the pipeline dtype."""
-        return noise(shape)
-
     @torch.no_grad()
     def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional["Image"] = None,
                  input_video: Optional[List["Image"]] = None, denoising_strength: float = 1.0,
@@ -142,18 +138,15 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
         self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
                           negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
         timer = StageTimer(self.device)
-        steps = self.configure_scheduler(num_inference_steps, denoising_strength, settings["sigma_shift"],
-                                         settings["denoising_step_list"], settings["sampler"])
+        steps = self.configure_schedule(settings, denoising_strength)
         cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
         latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
         noise = NoiseSource(seed, rand_device, self.device, self.torch_dtype)
 
         with timer("encode"):
             # 1. Noise, or the noised input video; 2-3. prompts and the reference.
-            latents = self.generate_noise(latent_shape, noise)
-            if input_video is not None:
-                encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
-                latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
+            latents = self.initial_latents(latent_shape, noise, input_video, height, width, tiled, tile_size,
+                                           tile_stride)
             context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
             clip_feature, y = self.encode_reference(input_image, height, width, num_frames, random_ref_dwpose)
         with timer("pose"):

@@ -79,19 +79,17 @@ def encode_reference_pose(pose_guider: PoseGuider, reference_pose: torch.Tensor,
 def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor,
              context: Union[torch.Tensor, EmbeddedContext], clip_feature: Optional[torch.Tensor],
              y: Optional[torch.Tensor], add_condition: Optional[torch.Tensor] = None,
-             tea_cache: Optional[BlockCache] = None, block_cache: Optional[Sequence] = None) -> torch.Tensor:
+             block_cache: Optional[Sequence[Optional[BlockCache]]] = None) -> torch.Tensor:
     """One DiT velocity prediction through `WanModel.forward`, inputs cast to the DiT's parameter dtype first: with
     bf16 weights the timestep is rounded to bf16 before the sinusoid, as upstream (995.93 -> 996).
 
-    `block_cache`: one step cache (or None) per batch item; `tea_cache` is the one-item shorthand.
+    `block_cache`: one step cache (or None) per batch item.
     """
     dtype = param_dtype(dit)
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     latents, timestep, clip_feature, y = map(cast, (latents, timestep, clip_feature, y))
     if not isinstance(context, EmbeddedContext):
         context = cast(context)
-    if tea_cache is not None:
-        block_cache = [tea_cache]
     if block_cache is not None and all(cache is None for cache in block_cache):
         block_cache = None
     return dit(latents, timestep, context, clip_feature, y, add_condition, block_cache=block_cache)

@@ -118,17 +118,14 @@ class WanVideoPipeline(WanPipelineBase):
         self.check_inputs(input_image, height, width, num_frames, prompt, negative_prompt, cfg_scale,
                           num_inference_steps, input_video, denoising_strength)
         timer = StageTimer(self.device)
-        steps = self.configure_scheduler(num_inference_steps, denoising_strength, settings["sigma_shift"],
-                                         settings["denoising_step_list"], settings["sampler"])
+        steps = self.configure_schedule(settings, denoising_strength)
         cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
         latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
         noise = NoiseSource(seed, rand_device, self.device, self.torch_dtype)
 
         with timer("encode"):
-            latents = noise(latent_shape)
-            if input_video is not None:
-                encoded = self.encode_input_video(input_video, height, width, tiled, tile_size, tile_stride)
-                latents = self.scheduler.add_noise(encoded, latents, self.scheduler.timesteps[0])
+            latents = self.initial_latents(latent_shape, noise, input_video, height, width, tiled, tile_size,
+                                           tile_stride)
             context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
             clip_feature = y = None
             if input_image is not None:
