@@ -286,3 +286,24 @@ def test_wan_video_pipeline_from_the_model_manager(models, inputs, tmp_path):
     frames = pipe(prompt="a cat", input_image=inputs["input_image"], height=H, width=W, num_frames=F,
                   num_inference_steps=1, seed=0, tiled=False, **quiet)
     assert len(frames) == F
+
+
+@torch.no_grad()
+def test_video_to_video_starts_from_the_input_noised_to_the_first_sigma(models, inputs):
+    """initial_latents with input_video at strength 0.5: (1 - sigma0) * encoded + sigma0 * seeded noise."""
+    from diffsynth.pipelines.base import NoiseSource
+
+    pipe = uni(models)
+    steps = pipe.configure_scheduler(10, denoising_strength=0.5)
+    sigma0 = float(pipe.scheduler.sigmas[0])
+    assert steps == 10 and 0.1 < sigma0 < 0.9
+    video = [inputs["input_image"].resize((W, H))] * F
+    shape = (1, 16, 2, H // 8, W // 8)
+    got = pipe.initial_latents(shape, NoiseSource(3, "cpu", pipe.device, torch.float32), video, H, W, False,
+                               (30, 52), (15, 26))
+    encoded = pipe.encode_input_video(video, H, W, False, (30, 52), (15, 26))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, (1 - sigma0) * encoded + sigma0 * noise, rtol=1e-6, atol=1e-6)
+    plain = pipe.initial_latents(shape, NoiseSource(3, "cpu", pipe.device, torch.float32), None, H, W, False,
+                                 (30, 52), (15, 26))
+    torch.testing.assert_close(plain, noise, rtol=0, atol=0)
