@@ -290,7 +290,8 @@ def build_app(config: AppConfig, jobs: Optional[Jobs] = None):
     with gr.Blocks(title="UniAnimate-DiT") as app:
         gr.Markdown("# UniAnimate-DiT: animate a photo\nA photo of a person + a driving video -> a video of that "
                     f"person doing the motion. Models: `{config.models}`"
-                    + (" (tiny random models: a smoke test, not a real animation)" if config.models == TINY else "")
+                    + (" (the tiny demo model, trained on synthetic mannequins: a smoke test, not an animation of "
+                       "people)" if config.models == TINY else "")
                     + ". Jobs run one at a time; others wait in the queue.")
         with gr.Row():
             with gr.Column():
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m diffsynth.app", description="The UniAnimate-DiT web UI (gradio): photo + driving video -> "
                                                     "clip, with pose preview, progress and a job queue.")
     parser.add_argument("--models", default="checkpoints", metavar="tiny|DIR",
-                        help="the checkpoints folder (default checkpoints/), or tiny: small random models on the CPU")
+                        help="the checkpoints folder (default checkpoints/), or tiny: the tiny demo model on the CPU")
     parser.add_argument("--vram", choices=list(VRAM_TIERS), default="all", help="GPU memory tier in GB (see "
                         "docs/animate.md)")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",

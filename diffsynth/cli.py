@@ -67,8 +67,8 @@ def _add_animate(commands) -> None:
 
     gen = parser.add_argument_group("generation")
     gen.add_argument("--models", default="checkpoints", metavar="tiny|DIR",
-                     help="the checkpoints folder (default checkpoints/, see `diffsynth download`), or tiny: small "
-                          "random models on the CPU, to test the whole path in seconds")
+                     help="the checkpoints folder (default checkpoints/, see `diffsynth download`), or tiny: the tiny "
+                          "demo model (trained on synthetic mannequins) on the CPU, to test the whole path in seconds")
     gen.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     gen.add_argument("--cfg", type=float, default=1.5, help="guidance scale (default 1.5; 1.0 is 2x faster)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -1,13 +1,17 @@
-"""Tiny end-to-end demo on CPU: random-weight models animate a synthetic figure along a synthetic pose clip.
+"""Tiny end-to-end demo on CPU: a small trained model generates a synthetic mannequin clip from a reference + poses.
 
-    python -m diffsynth.demo [--out outputs/demo.mp4] [--frames 9] [--height 96] [--width 64] [--steps 4]
+    python -m diffsynth.demo [--out outputs/demo.mp4] [--example 0] [--frames 9] [--weights demo|random]
 
-Nothing is mocked: tiny versions of the five networks are written to disk in the released checkpoint layouts
-(sharded DiT safetensors, T5/VAE/CLIP .pth, a UniAnimate .ckpt with a LoRA and the pose guider), read back with
-`ModelManager` exactly as in the README, and run through `WanUniAnimateVideoPipeline`: prompt -> umT5; reference
-image -> CLIP tokens and the I2V `y`; reference pose -> added to `y`; pose video -> pose tokens on the conditional
-branch; flow-matching Euler with CFG; tiled VAE decode; a side-by-side mp4 [reference | pose | generated].
-The generated panel is noise-like: the weights are random.
+Default (`--weights demo`): the shipped demo model (`diffsynth/assets/demo_model/`, trained by this project's own
+trainer on synthetic mannequin clips; MODEL_CARD.md there says what it has and has not learned) generates a
+held-out clip (a reference frame and poses it never saw in training) at the model's 64x48. `--weights random`: seeded random tiny
+models written to disk in the released checkpoint layouts (sharded DiT safetensors, T5/VAE/CLIP .pth, a UniAnimate
+.ckpt with a LoRA and the pose guider); their generated panel is noise-like and only shows the mechanics.
+
+Nothing is mocked: the files are read back with `ModelManager` exactly as in the README and run through
+`WanUniAnimateVideoPipeline`: prompt -> umT5; reference image -> CLIP tokens and the I2V `y`; reference pose ->
+added to `y`; pose video -> pose tokens on the conditional branch; flow-matching Euler (with CFG when
+cfg_scale != 1); VAE decode; a side-by-side mp4 [reference | pose | generated].
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ def synthetic_reference(height: int, width: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ generation
 def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_frames: List[np.ndarray],
                     reference_pose: np.ndarray, prompt: str, steps: int, cfg_scale: float, seed: int,
-                    torch_dtype: torch.dtype = torch.float32) -> List[Image.Image]:
-    """The README's loading and generation code, verbatim but for the tiny configs and the CPU."""
+                    torch_dtype: torch.dtype = torch.float32, tiled: bool = True) -> List[Image.Image]:
+    """The README's loading and generation code, verbatim but for the tiny configs and the CPU (`tiled=False`:
+    one VAE pass, as the demo model was evaluated)."""
     model_manager = ModelManager(device="cpu", progress=False)
     model_manager.load_models([checkpoints.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
     model_manager.load_models([checkpoints.dit_shards, checkpoints.text_encoder, checkpoints.vae],
@@ -86,42 +91,72 @@ def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_fr
                                                     Image.fromarray(reference_pose), height, width)
     return pipe(prompt=prompt, negative_prompt="", input_image=Image.fromarray(reference), dwpose_data=dwpose_data,
                 random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(pose_frames),
-                cfg_scale=cfg_scale, num_inference_steps=steps, seed=seed, tiled=True, tile_size=(4, 4),
+                cfg_scale=cfg_scale, num_inference_steps=steps, seed=seed, tiled=tiled, tile_size=(4, 4),
                 tile_stride=(2, 2))
+
+
+def _upscale(frame: np.ndarray, scale: int) -> np.ndarray:
+    return frame.repeat(scale, 0).repeat(scale, 1) if scale > 1 else frame
 
 
 def main(argv=None) -> str:
     """Run the demo; returns the path of the written mp4."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/demo.mp4")
-    parser.add_argument("--frames", type=int, default=9, help="4k+1 frames")
-    parser.add_argument("--height", type=int, default=96, help="multiple of 16")
-    parser.add_argument("--width", type=int, default=64, help="multiple of 16")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--cfg_scale", type=float, default=1.5)
+    parser.add_argument("--weights", choices=("demo", "random"), default="demo",
+                        help="demo: the shipped model trained on synthetic mannequins (default); random: seeded "
+                             "random tiny models (shows the mechanics only)")
+    parser.add_argument("--example", type=int, default=0,
+                        help="which held-out synthetic clip to animate (demo weights; seed HELD_OUT_SEED + N)")
+    parser.add_argument("--frames", type=int, default=9, help="4k+1 frames (demo weights: at most 21)")
+    parser.add_argument("--height", type=int, help="multiple of 16 (default: 64 for demo weights, 96 for random)")
+    parser.add_argument("--width", type=int, help="multiple of 16 (default: 48 for demo weights, 64 for random)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: 10 for demo weights, 4 for random)")
+    parser.add_argument("--cfg_scale", type=float, help="guidance (default: 1.0 for demo weights, 1.5 for random)")
+    parser.add_argument("--scale", type=int, help="upscale the panels (nearest) this many times in the mp4 "
+                                                  "(default: 4 for demo weights, 1 for random)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="a person is dancing")
     args = parser.parse_args(argv)
+    trained = args.weights == "demo"
+    defaults = dict(height=64, width=48, steps=10, cfg_scale=1.0, scale=4) if trained else \
+        dict(height=96, width=64, steps=4, cfg_scale=1.5, scale=1)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if (args.frames - 1) % 4 or args.height % 16 or args.width % 16:
         parser.error("--frames must be 4k+1 and --height/--width multiples of 16")
+    if trained and not 1 <= args.frames <= 21:
+        parser.error("--frames: the synthetic clips have 24 frames, so at most 21 (4k+1) with the demo weights")
+    if args.scale < 1:
+        parser.error("--scale must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     start = time.perf_counter()
-    poses = [draw_rgb(stick_figure(2 * math.pi * i / max(args.frames - 1, 1)), args.height, args.width)
-             for i in range(args.frames)]
-    reference = synthetic_reference(args.height, args.width)
     with tempfile.TemporaryDirectory() as folder:
-        models = build_tiny_models(os.path.join(folder, "tokenizer"), seed=args.seed)
-        checkpoints = save_tiny_checkpoints(models, os.path.join(folder, "checkpoints"), seed=args.seed)
-        del models   # everything below reads the files back through the real loaders
-        generated = run_readme_flow(checkpoints, reference, poses, poses[0], args.prompt, args.steps,
-                                    args.cfg_scale, args.seed)
-    dwpose_data, _ = load_pose_data([Image.fromarray(p) for p in poses], Image.fromarray(poses[0]), args.height,
+        if trained:
+            from .data.synthetic import make_example  # noqa: PLC0415
+            from .demo_model import HELD_OUT_SEED, demo_checkpoints  # noqa: PLC0415
+
+            example = make_example(HELD_OUT_SEED + args.example, num_frames=args.frames, height=args.height,
+                                   width=args.width)
+            reference, poses, reference_pose = example.reference, example.poses, example.reference_pose
+            checkpoints = demo_checkpoints()
+        else:
+            poses = [draw_rgb(stick_figure(2 * math.pi * i / max(args.frames - 1, 1)), args.height, args.width)
+                     for i in range(args.frames)]
+            reference, reference_pose = synthetic_reference(args.height, args.width), poses[0]
+            models = build_tiny_models(os.path.join(folder, "tokenizer"), seed=args.seed)
+            checkpoints = save_tiny_checkpoints(models, os.path.join(folder, "checkpoints"), seed=args.seed)
+            del models   # everything below reads the files back through the real loaders
+        generated = run_readme_flow(checkpoints, reference, poses, reference_pose, args.prompt, args.steps,
+                                    args.cfg_scale, args.seed, tiled=not trained)
+    dwpose_data, _ = load_pose_data([Image.fromarray(p) for p in poses], Image.fromarray(reference_pose), args.height,
                                     args.width)
-    panels = comparison_panels(reference, dwpose_data, generated)
-    path = save_video(panels, args.out, fps=15, progress=False, overwrite=True)
-    logger.info("wrote %s (%d frames, %dx%d, [reference | pose | generated]) in %.1f s",
-                path, len(panels), panels[0].shape[1], panels[0].shape[0], time.perf_counter() - start)
+    panels = [_upscale(p, args.scale) for p in comparison_panels(reference, dwpose_data, generated)]
+    path = save_video(panels, args.out, fps=8 if trained else 15, progress=False, overwrite=True)
+    logger.info("wrote %s (%d frames, %dx%d, [reference | pose | generated], %s weights) in %.1f s",
+                path, len(panels), panels[0].shape[1], panels[0].shape[0], args.weights, time.perf_counter() - start)
     return path
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the pinned environment and run the tiny end-to-end demo on CPU (random weights, writes an mp4).
+# Set up the pinned environment and run the tiny end-to-end demo on CPU: the shipped demo model (trained on synthetic
+# mannequins) animates a held-out clip -> outputs/demo.mp4 [reference | pose | generated]. --weights random: random models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

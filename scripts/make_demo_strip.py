@@ -1,5 +1,6 @@
-"""Write docs/demo_strip.png from the shipped demo model: for held-out synthetic clips, a row of driving poses, the
-generated frames and the ground truth, with the reference image on the left.
+"""Write docs/demo_strip.png (the README's first picture) from the shipped demo model: for held-out synthetic clips,
+a row of driving poses, the generated frames, the ground truth and the frames generated from the next clip's
+reference with these poses, with the reference image (or reference pose) on the left.
 
     .venv/bin/python scripts/make_demo_strip.py [--out docs/demo_strip.png]
 """

@@ -32,11 +32,14 @@ def parse_lora(spec: str) -> Tuple[str, float]:
     return str(spec), 1.0
 
 
-def tiny_checkpoints(folder: str):
-    """Write the tiny models in the released layouts into `folder` and return their `TinyCheckpoints`.
+def tiny_checkpoints(folder: str, trained: bool = True):
+    """The `TinyCheckpoints` that `--models tiny` loads: the shipped demo model (trained on synthetic mannequin
+    clips at 64x48, `diffsynth/assets/demo_model/`), or with `trained=False` seeded random tiny models written in
+    the released layouts into `folder`. The one place that decides which tiny weights `--models tiny` uses."""
+    if trained:
+        from ..demo_model import demo_checkpoints  # noqa: PLC0415
 
-    The one place that decides which tiny weights `--models tiny` uses (random, seeded, today); trained tiny
-    weights can replace this function without touching the rest."""
+        return demo_checkpoints()
     from ..tiny import build_tiny_models, save_tiny_checkpoints  # noqa: PLC0415
 
     models = build_tiny_models(os.path.join(folder, "tokenizer"), seed=0)

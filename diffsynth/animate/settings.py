@@ -44,7 +44,7 @@ class AnimateSettings:
     pipeline (rounded down to 4k+1), more use the long-video one.
     """
 
-    models: str = "checkpoints"          # "tiny" (random tiny models, CPU) or the checkpoints folder
+    models: str = "checkpoints"          # "tiny" (the tiny demo model, CPU) or the checkpoints folder
     resolution: str = "480p"
     size: Optional[Tuple[int, int]] = None
     resize: str = "pad"

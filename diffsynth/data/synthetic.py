@@ -1,8 +1,8 @@
 """Seeded synthetic "mannequin" clips: the training and test data of the demo model (diffsynth/demo_model.py).
 
 A clip is one character (body proportions + appearance) moving along a smooth random joint-angle trajectory
-(a walk, arm waves, turns, a squat bob, mixed with random amplitudes), drawn as filled limbs over a plain, two-tone
-or gradient background. For every frame the generator gives the ground-truth image, the OpenPose keypoints
+(a walk, arm waves, turns, a squat bob, mixed with random amplitudes), mostly travelling across the frame, drawn as
+filled limbs over a plain, two-tone or gradient background. For every frame the generator gives the ground-truth image, the OpenPose keypoints
 (`diffsynth.pose.keypoints.Pose`) and the pose image drawn by this project's own `draw_pose`, so the poses look like
 the ones `run_align_pose.py` / `prepare_training_data.py` make.
 
@@ -172,8 +172,19 @@ def random_motion(rng: np.random.Generator, body: Body) -> Motion:
         "yaw": p(rng.uniform(-0.3, 0.3), (turn, rng.uniform(0.1, 0.3), rng.uniform(0, 2 * math.pi))),
         "bob": p(0.0, (bob, 2 * wv, ph)),
     }
-    return Motion(params=params, root_x=float(rng.uniform(0.38, 0.62)), root_y=float(rng.uniform(0.5, 0.56)),
-                  drift=float(rng.uniform(-0.008, 0.008) * walk))
+    # Most characters travel across the frame (a walk or a slide), so a frame's figure is often far from where it
+    # is in the reference frame: only the driving poses say where to draw it (the demo model must follow them).
+    start = float(rng.uniform(0.25, 0.75))
+    travel = 0.0
+    if rng.random() < 0.8:
+        distance = float(rng.uniform(0.15, 0.45))
+        room_right, room_left = 0.8 - start, start - 0.2
+        direction = 1.0 if rng.random() < 0.5 else -1.0
+        if (room_right if direction > 0 else room_left) < distance:   # turn round if it would leave the frame
+            direction = -direction
+        travel = direction * min(distance, room_right if direction > 0 else room_left)
+    return Motion(params=params, root_x=start, root_y=float(rng.uniform(0.48, 0.58)),
+                  drift=travel / (CLIP_FRAMES - 1))
 
 
 # --------------------------------------------------------------------------------------------- kinematics
