@@ -717,8 +717,8 @@ this project's own trainer on synthetic mannequin clips (`diffsynth/data/synthet
 shows a learned model and so that `tests/test_demo_model.py` can catch conditioning paths wired wrongly. It only
 knows mannequins at {HEIGHT}x{WIDTH}, {NUM_FRAMES} frames; it is not a model of people.
 
-Retrain: `bash scripts/train_demo_model.sh` (`python -m diffsynth.demo_model`; seeded; the numbers below come from
-`training_log.json`, written by that run). Load: `diffsynth.demo_model.load_demo_pipeline()`.
+Retrain: `bash scripts/train_demo_model.sh` (`python -m diffsynth.demo_model`; seeded; add `--vae_from FILE` when the
+VAE row below says it was reused; the numbers below come from `training_log.json`, written by that run). Load: `diffsynth.demo_model.load_demo_pipeline()`.
 
 ## Files (release layouts, all safetensors, read by `ModelManager.load_models` / `load_lora_v2`)
 
@@ -738,7 +738,7 @@ Retrain: `bash scripts/train_demo_model.sh` (`python -m diffsynth.demo_model`; s
 {r.get("data_process", {}).get("epochs", 1)} cached draw(s) per clip). {data.get("travel", "")}. Poses are
 drawn with `diffsynth.pose.draw.draw_pose`. Evaluation seeds start at {HELD_OUT_SEED} and are never trained on.
 
-## Training ({r.get("settings", {}).get("threads", 1)} CPU thread, about {total / 60:.0f} min in all)
+## Training ({r.get("settings", {}).get("threads", 1)} CPU thread(s), about {total / 60:.0f} min in all)
 
 | stage | steps | time (s) | loss |
 |---|---|---|---|
@@ -799,15 +799,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train the tiny demo model (CPU) and write its files.")
     parser.add_argument("--work_dir", default="outputs/demo_model_training")
     parser.add_argument("--out_dir", default=str(ASSET_DIR))
-    parser.add_argument("--num_clips", type=int, default=400)
+    parser.add_argument("--num_clips", type=int, default=500)
     parser.add_argument("--vae_steps", type=int, default=2000)
-    parser.add_argument("--full_steps", type=int, default=2600)
+    parser.add_argument("--full_steps", type=int, default=7500)
     parser.add_argument("--lora_steps", type=int, default=150)
-    parser.add_argument("--full_lr", type=float, default=3e-4)
+    parser.add_argument("--full_lr", type=float, default=4e-4)
     parser.add_argument("--vae_from", default=None,
                         help="use this trained demo VAE (safetensors) instead of training one, e.g. the shipped "
                              "diffsynth/assets/demo_model/Wan2.1_VAE.safetensors")
-    parser.add_argument("--cache_epochs", type=int, default=1,
+    parser.add_argument("--cache_epochs", type=int, default=2,
                         help="encode this many random clip/reference draws per clip (trainer --cache_epochs)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
