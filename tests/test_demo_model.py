@@ -92,3 +92,33 @@ def test_training_script_runs_end_to_end(tmp_path):
     pipe = load_demo_pipeline(folder=out)
     frames = generate(pipe, make_example(HELD_OUT_SEED), num_inference_steps=2)
     assert len(frames) == 9 and frames[0].shape == (64, 48, 3)
+
+
+def test_calibrated_pose_guider_brings_the_pose_tokens_to_the_patch_tokens_scale():
+    """The full stage's pose-guider init: default init leaves the pose tokens ~50x weaker than the patch tokens."""
+    import numpy as np
+    import torch
+
+    from diffsynth.configs import PoseGuiderConfig
+    from diffsynth.demo_model import DEMO_DIT, calibrated_pose_guider
+    from diffsynth.models.pose_guider import PoseGuider
+
+    video = torch.stack([torch.from_numpy(np.stack(make_example(s).poses)).permute(3, 0, 1, 2)
+                         for s in (10, 11)]).float() / 255
+    torch.manual_seed(0)
+    default_std = float(PoseGuider(PoseGuiderConfig(out_dim=DEMO_DIT.dim)).embed_pose_video(video).std())
+    with torch.no_grad():
+        calibrated_std = float(calibrated_pose_guider(range(4)).embed_pose_video(video).std())
+    assert 0.6 < calibrated_std < 1.5 and default_std < 0.2, (calibrated_std, default_std)
+
+
+def test_a_stopped_training_stage_ends_the_script_without_marking_it_done():
+    from types import SimpleNamespace
+
+    from diffsynth.demo_model import _train_stage
+
+    stopped = SimpleNamespace(train=lambda args, configs: SimpleNamespace(stopped_by_signal=2, global_step=7))
+    with pytest.raises(SystemExit, match="stopped at step 7"):
+        _train_stage(stopped, None, "full")
+    finished = SimpleNamespace(train=lambda args, configs: SimpleNamespace(stopped_by_signal=None, global_step=9))
+    _train_stage(finished, None, "full")
