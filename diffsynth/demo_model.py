@@ -710,6 +710,7 @@ def write_card(out_dir, record: dict) -> Path:
         + f"{margin('pose_tokens_zeroed', 'motion')}"
         f" dB, zeroing the reference-pose embedding by {margin('reference_pose_zeroed', 'motion')} dB"
         + ("." if follows else f" (the test needs a loss of more than {POSE_MARGIN_DB} dB for both)."))
+    travel = f" {data['travel']}." if data.get("travel") else ""
     text = f"""# Demo model card
 
 A tiny UniAnimate model (the Wan2.1-I2V DiT + UniAnimate pose guider architecture, at toy sizes) trained on CPU by
@@ -735,7 +736,7 @@ VAE row below says it was reused; the numbers below come from `training_log.json
 
 {data.get("clips")} synthetic clips (seeds {data.get("seeds")}), 24 frames each, rendered at 128x96, trained at
 {HEIGHT}x{WIDTH} in {NUM_FRAMES}-frame windows (the trainer's clip / reference / crop draws, `--seed 0`;
-{r.get("data_process", {}).get("epochs", 1)} cached draw(s) per clip). {data.get("travel", "")}. Poses are
+{r.get("data_process", {}).get("epochs", 1)} cached draw(s) per clip).{travel} Poses are
 drawn with `diffsynth.pose.draw.draw_pose`. Evaluation seeds start at {HELD_OUT_SEED} and are never trained on.
 
 ## Training ({r.get("settings", {}).get("threads", 1)} CPU thread(s), about {total / 60:.0f} min in all)
