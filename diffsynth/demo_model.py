@@ -507,12 +507,13 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
 
             from .models.wan_vae import WanVideoVAE  # noqa: PLC0415
 
+            from .animate.poses import file_sha256  # noqa: PLC0415
+
             vae = WanVideoVAE(DEMO_VAE).eval()
             vae.load_state_dict(load_file(str(vae_from)))
             _save_base_models(base, vae, seed=seed)
-            record["vae"] = {"from": str(vae_from), "sha256": _sha256(vae_from),
-                             "reconstruction_psnr_held_out": vae_reconstruction_psnr(load_file(str(vae_from)),
-                                                                                     EVAL_SEEDS)}
+            record["vae"] = {"from": str(vae_from), "sha256": file_sha256(vae_from),
+                             "reconstruction_psnr_held_out": vae_reconstruction_psnr(vae.state_dict(), EVAL_SEEDS)}
         else:
             vae_log: list = []
             vae = train_vae(vae_steps, seeds, seed=seed, log=vae_log)
@@ -779,13 +780,6 @@ def _is_lora_target(key: str, tensor: torch.Tensor) -> bool:
         return False
     name = key[: -len(".weight")]
     return name.rsplit(".", 1)[-1] in ("q", "k", "v", "o") or name.endswith((".ffn.0", ".ffn.2"))
-
-
-def _sha256(path) -> str:
-    import hashlib  # noqa: PLC0415
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _loss_summary(losses: Sequence[float]) -> dict:
