@@ -99,14 +99,13 @@ def test_calibrated_pose_guider_brings_the_pose_tokens_to_the_patch_tokens_scale
     import numpy as np
     import torch
 
-    from diffsynth.configs import PoseGuiderConfig
-    from diffsynth.demo_model import DEMO_DIT, calibrated_pose_guider
+    from diffsynth.demo_model import DEMO_POSE, calibrated_pose_guider
     from diffsynth.models.pose_guider import PoseGuider
 
     video = torch.stack([torch.from_numpy(np.stack(make_example(s).poses)).permute(3, 0, 1, 2)
                          for s in (10, 11)]).float() / 255
     torch.manual_seed(0)
-    default_std = float(PoseGuider(PoseGuiderConfig(out_dim=DEMO_DIT.dim)).embed_pose_video(video).std())
+    default_std = float(PoseGuider(DEMO_POSE).embed_pose_video(video).std())
     with torch.no_grad():
         calibrated_std = float(calibrated_pose_guider(range(4)).embed_pose_video(video).std())
     assert 0.6 < calibrated_std < 1.5 and default_std < 0.2, (calibrated_std, default_std)

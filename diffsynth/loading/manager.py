@@ -25,7 +25,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..configs import PoseGuiderConfig
 from .checks import StateDictDiff, compare_state_dict, summarize_keys
 from .files import (FP8_DTYPES, FP8_UPCAST, STORED, Checkpoint, CheckpointError, CheckpointFile,
                     NonFiniteTensorError, PathSpec, all_finite, describe, load_state_dict, target_dtype)
@@ -427,7 +426,7 @@ def load_pose_guider(state_dict: Dict[str, torch.Tensor], torch_dtype: Optional[
                      device: Device = "cpu", dit_dim: Optional[int] = None):
     """Build the UniAnimate `PoseGuider` from collected `dwpose_embedding.*` / `randomref_embedding_pose.*`
     tensors (any prefix), strictly: every tensor present, every shape right."""
-    from ..models.pose_guider import PoseGuider
+    from ..models.pose_guider import PoseGuider, pose_guider_config
 
     sd = pose_guider_state_dict(state_dict)
     if not sd:
@@ -435,17 +434,7 @@ def load_pose_guider(state_dict: Dict[str, torch.Tensor], torch_dtype: Optional[
                               "collected: load the UniAnimate checkpoint with model_manager.load_lora_v2(path) "
                               "before building the pipeline")
 
-    def last_conv(prefix: str) -> Optional[str]:
-        indices = [int(k.split(".")[1]) for k in sd if k.startswith(prefix + ".") and k.endswith(".weight")]
-        return f"{prefix}.{max(indices)}.weight" if indices else None
-
-    video_out, image_out = last_conv("dwpose_embedding"), last_conv("randomref_embedding_pose")
-    defaults = PoseGuiderConfig()
-    config = PoseGuiderConfig(
-        hidden_dim=sd["dwpose_embedding.0.weight"].shape[0] if "dwpose_embedding.0.weight" in sd else defaults.hidden_dim,
-        out_dim=sd[video_out].shape[0] if video_out else (dit_dim or defaults.out_dim),
-        ref_dim=sd[image_out].shape[0] if image_out else defaults.ref_dim,
-    )
+    config = pose_guider_config(sd, dit_dim)
     if dit_dim is not None and config.out_dim != dit_dim:
         raise CheckpointError(f"the pose guider outputs {config.out_dim} channels but the DiT width is {dit_dim}: "
                               "the UniAnimate checkpoint is for another model size")

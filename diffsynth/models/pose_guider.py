@@ -7,7 +7,7 @@ Layer indices match the released `UniAnimate-Wan2.1-14B-Lora-12000.ckpt` keys (`
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -93,4 +93,22 @@ class PoseGuider(nn.Module):
         return self.randomref_embedding_pose(x).unsqueeze(2)
 
 
-__all__ = ["PoseGuider"]
+def pose_guider_config(state_dict: Dict[str, torch.Tensor], dit_dim: Optional[int] = None) -> PoseGuiderConfig:
+    """The `PoseGuiderConfig` that a pose guider's state dict (`dwpose_embedding.*`, `randomref_embedding_pose.*`,
+    no prefix) was built with, read from its tensor shapes; a missing layer falls back to `dit_dim` / the defaults
+    (the caller's strict state check reports it)."""
+    def last_conv(prefix: str) -> Optional[str]:
+        indices = [int(k.split(".")[1]) for k in state_dict if k.startswith(prefix + ".") and k.endswith(".weight")]
+        return f"{prefix}.{max(indices)}.weight" if indices else None
+
+    video_out, image_out = last_conv("dwpose_embedding"), last_conv("randomref_embedding_pose")
+    first = state_dict.get("dwpose_embedding.0.weight")
+    defaults = PoseGuiderConfig()
+    return PoseGuiderConfig(
+        hidden_dim=first.shape[0] if first is not None else defaults.hidden_dim,
+        out_dim=state_dict[video_out].shape[0] if video_out else (dit_dim or defaults.out_dim),
+        ref_dim=state_dict[image_out].shape[0] if image_out else defaults.ref_dim,
+    )
+
+
+__all__ = ["PoseGuider", "pose_guider_config"]

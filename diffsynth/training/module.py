@@ -32,7 +32,7 @@ from ..configs import PoseGuiderConfig
 from ..loading.files import WEIGHT_SUFFIXES, Checkpoint, describe
 from ..loading.lora import is_pose_key, pose_guider_state_dict, strip_lora_prefix
 from ..loading.manager import load_wan_dit, load_wan_image_encoder, load_wan_text_encoder, load_wan_vae
-from ..models.pose_guider import PoseGuider
+from ..models.pose_guider import PoseGuider, pose_guider_config
 from ..data.images import image_to_tensor
 from ..pipelines.units import encode_prompt, encode_reference_image
 from ..prompters import WanPrompter, resolve_tokenizer_path
@@ -199,14 +199,18 @@ class UniAnimateTrainingModule(pl.LightningModule):
             dit.requires_grad_(True)
         dit.train()
 
-        # 3. The pose guider, fp32 and trainable, registered at the top level (`dwpose_embedding.*`, as released).
-        guider = PoseGuider(PoseGuiderConfig(out_dim=dit.config.dim)).float().train()
-        self.dwpose_embedding = guider.dwpose_embedding
-        self.randomref_embedding_pose = guider.randomref_embedding_pose
-        object.__setattr__(self, "pose_guider", guider)    # same sub-modules; not registered a second time
+        # 3. The pose guider, fp32 and trainable (the released width; a --pretrained_lora_path may bring another).
+        self._set_pose_guider(PoseGuider(PoseGuiderConfig(out_dim=dit.config.dim)))
 
         if pretrained_lora_path is not None:
             self.load_pretrained(pretrained_lora_path)
+
+    def _set_pose_guider(self, guider: PoseGuider) -> None:
+        """Register `guider` at the top level (`dwpose_embedding.*`, as released), fp32 and in train mode."""
+        guider = guider.float().train()
+        self.dwpose_embedding = guider.dwpose_embedding
+        self.randomref_embedding_pose = guider.randomref_embedding_pose
+        object.__setattr__(self, "pose_guider", guider)    # same sub-modules; not registered a second time
 
     def setup(self, stage: str) -> None:
         """Lightning hook, called before the strategy moves the module to its device: start DiT layer streaming
@@ -339,6 +343,14 @@ class UniAnimateTrainingModule(pl.LightningModule):
                 raise TrainingError(f"{source} holds a rank-{rank} LoRA but --lora_rank is {self.lora_rank}: "
                                     f"pass --lora_rank {rank} (and its --lora_alpha) to continue from it")
             raise TrainingError(f"{source}: {key} has shape {got}, the DiT expects {want}")
+        if pose:
+            # a smaller guider (e.g. the demo model's) is rebuilt at its own width; a wrong DiT width is an error
+            config = pose_guider_config(pose, self.dit.config.dim)
+            if config.out_dim != self.dit.config.dim:
+                raise TrainingError(f"{source}: its pose guider outputs {config.out_dim} channels but the DiT width "
+                                    f"is {self.dit.config.dim}; it belongs to another model size")
+            if config != self.pose_guider.config:
+                self._set_pose_guider(PoseGuider(config))
         own_pose = self.pose_guider.state_dict()
         missing_pose = sorted(k for k in own_pose if k not in pose)
         if missing_pose:

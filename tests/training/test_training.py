@@ -392,6 +392,36 @@ def test_pretrained_lora_path_is_strict(tiny, tmp_path):
         make_module(tiny, **make, pretrained_lora_path=str(zero))
 
 
+def test_pretrained_pose_guider_of_another_width_is_trained_at_its_own_width(tiny, tmp_path):
+    """The demo model's pose guider is 8 channels wide (released: 16): --pretrained_lora_path brings its width,
+    the optimizer trains it, and a guider for another DiT width is refused by name."""
+    from diffsynth.configs import PoseGuiderConfig
+    from diffsynth.models.pose_guider import PoseGuider
+
+    models, ckpt = tiny
+    release = torch.load(ckpt.unianimate, weights_only=True)
+    lora = {k: v for k, v in release.items() if ".lora_" in k}
+    torch.manual_seed(3)
+    narrow = PoseGuider(PoseGuiderConfig(hidden_dim=8, out_dim=models.dit.config.dim)).state_dict()
+    torch.save({**lora, **narrow}, tmp_path / "narrow.ckpt")
+    module = make_module(tiny, lora_rank=2, pretrained_lora_path=str(tmp_path / "narrow.ckpt"))
+    assert module.pose_guider.config.hidden_dim == 8
+    assert module.dwpose_embedding is module.pose_guider.dwpose_embedding      # the registered modules are it
+    for name, tensor in narrow.items():
+        assert torch.equal(module.trainable_state_dict()[name], tensor), name
+    optimizer = module.configure_optimizers()
+    before = module.dwpose_embedding[0].weight.detach().clone()
+    module.compute_loss(make_batch(), timestep_id=300).backward()
+    optimizer.step()
+    assert not torch.equal(module.dwpose_embedding[0].weight, before)           # the narrow guider is trained
+    assert module.trainable_state_dict()["dwpose_embedding.0.weight"].shape[0] == 8
+
+    wide = PoseGuider(PoseGuiderConfig(hidden_dim=8, out_dim=models.dit.config.dim * 2)).state_dict()
+    torch.save({**lora, **wide}, tmp_path / "wide.ckpt")
+    with pytest.raises(TrainingError, match=f"outputs {models.dit.config.dim * 2} channels but the DiT width"):
+        make_module(tiny, lora_rank=2, pretrained_lora_path=str(tmp_path / "wide.ckpt"))
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def test_cli_defaults_and_flags():
     required = ["--dataset_path", "d", "--dit_path", "a.safetensors,b.safetensors", "--text_encoder_path", "t",
