@@ -33,7 +33,7 @@ from .loading import ModelManager
 from .pipelines import WanUniAnimateVideoPipeline, load_pose_data
 from .pose.draw import draw_pose
 from .pose.keypoints import Pose
-from .tiny import TINY_CLIP, TINY_T5, TINY_VAE, TinyCheckpoints, build_tiny_models, save_tiny_checkpoints
+from .tiny import TINY_CLIP, TINY_T5, TinyCheckpoints, build_tiny_models, save_tiny_checkpoints
 
 logger = logging.getLogger("diffsynth.demo")
 
@@ -83,7 +83,7 @@ def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_fr
     model_manager = ModelManager(device="cpu", progress=False)
     model_manager.load_models([checkpoints.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
     model_manager.load_models([checkpoints.dit_shards, checkpoints.text_encoder, checkpoints.vae],
-                              torch_dtype=torch_dtype, config=[TINY_T5, TINY_VAE])
+                              torch_dtype=torch_dtype, config=TINY_T5)   # VAE width: from its shapes
     model_manager.load_lora_v2(checkpoints.unianimate, lora_alpha=1.0)
     pipe = WanUniAnimateVideoPipeline.from_model_manager(model_manager, torch_dtype=torch_dtype, device="cpu")
     height, width = reference.shape[:2]

@@ -9,7 +9,7 @@ Stages, all with this project's own code:
 
 1. data: `diffsynth.data.synthetic` clips written as `prepare_training_data.py` sample folders (seeds 0..N-1;
    seeds >= HELD_OUT_SEED are never used in training and are what the tests generate).
-2. VAE: the project's `WanVideoVAE` at width 8 (`TINY_VAE`), trained here as an autoencoder on the clips' frames
+2. VAE: the project's `WanVideoVAE` at width 8 (`DEMO_VAE`), trained here as an autoencoder on the clips' frames
    (MSE + L1, latents kept near unit scale, noise on the latents so the decoder tolerates imperfect ones).
 3. Frozen tiny umT5 and CLIP (`diffsynth.tiny.build_tiny_models`, random seeded weights: the caption is constant
    and the reference reaches the DiT mainly through the VAE latent `y`).
@@ -39,8 +39,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .configs import PoseGuiderConfig, WanDiTConfig
-from .tiny import TINY_CLIP, TINY_T5, TINY_VAE
+from .configs import PoseGuiderConfig, WanDiTConfig, WanVAEConfig
+from .tiny import TINY_CLIP, TINY_T5
 
 logger = logging.getLogger("diffsynth.demo_model")
 
@@ -50,7 +50,7 @@ DEMO_DIT = WanDiTConfig(model_type="i2v", in_dim=36, dim=192, ffn_dim=384, num_h
 # Half the released guider width (16): the full-resolution Conv3d layers are most of a CPU training step
 # (288 ms of about 350 at 16 channels, 91 ms at 8), and 8 channels are plenty for drawn stick figures.
 DEMO_POSE = PoseGuiderConfig(hidden_dim=8, out_dim=DEMO_DIT.dim)
-DEMO_VAE = TINY_VAE
+DEMO_VAE = WanVAEConfig(dim=8, z_dim=16)   # = diffsynth.tiny.TINY_VAE
 CONFIGS = [TINY_T5, DEMO_VAE, TINY_CLIP]
 HEIGHT, WIDTH, NUM_FRAMES = 64, 48, 9
 HELD_OUT_SEED = 100_000          # synthetic seeds from here on are never used in training
@@ -98,7 +98,7 @@ def load_demo_pipeline(device: str = "cpu", folder=ASSET_DIR, torch_dtype: torch
     manager = ModelManager(device="cpu", progress=False)
     manager.load_models([files.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
     manager.load_models([files.dit_shards, files.text_encoder, files.vae], torch_dtype=torch_dtype,
-                        config=[TINY_T5, DEMO_VAE])
+                        config=TINY_T5)   # the VAE width is read from its shapes
     manager.load_lora_v2(files.unianimate, lora_alpha=1.0)
     pipe = WanUniAnimateVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
     pipe.show_summary = False
@@ -285,15 +285,19 @@ def _write_data(folder: Path, seeds: Sequence[int]) -> Path:
 def train_vae(steps: int, seeds: Sequence[int], seed: int = 0, images: int = 4, frames: int = NUM_FRAMES,
               lr: float = 3e-3,
               log: Optional[list] = None, noise: float = 0.05, reg_weight: float = 0.01, hint_weight: float = 1.0,
-              clip_every: int = 3, log_every: int = 100):
+              clip_every: int = 1, clip_batch: int = 2, log_every: int = 100,
+              init_state: Optional[Dict[str, torch.Tensor]] = None):
     """The tiny Wan VAE trained as an autoencoder on synthetic frames at the model size: returns the VAE (eval).
 
-    Each step reconstructs `images` single frames (the VAE's first-frame path; cheap) and, every `clip_every`
-    steps, one `frames`-frame clip (the temporal path). Loss: MSE + 0.5 L1 on pixels; `hint_weight` x MSE between
+    Each step reconstructs `images` single frames (the VAE's first-frame path) and, every `clip_every` steps,
+    `clip_batch` `frames`-frame clips (the temporal path, which the DiT's latents come from: trained too little,
+    the later latent frames decode faded). A step's cost is mostly per-call overhead at these sizes, so a batch of
+    clips costs about what one does. Loss: MSE + 0.5 L1 on pixels; `hint_weight` x MSE between
     the first 3 normalised latent channels and the 8x8-average-pooled RGB (per latent frame), which makes the
     latents informative from the start (the narrow VAE otherwise sits for many steps at the dataset mean);
     `reg_weight` x (per-channel latent mean^2 + (std - 1)^2); Gaussian noise of std `noise` on the normalised
-    latents before decoding, so the decoder tolerates the DiT's imperfect latents."""
+    latents before decoding, so the decoder tolerates the DiT's imperfect latents. `init_state`: fine-tune this
+    VAE instead of a seeded new one."""
     import torch.nn.functional as F  # noqa: PLC0415, N812
 
     from .data.synthetic import make_clip, resize_rgb  # noqa: PLC0415
@@ -307,6 +311,8 @@ def train_vae(steps: int, seeds: Sequence[int], seed: int = 0, images: int = 4, 
         clips.append(np.stack([resize_rgb(f, HEIGHT, WIDTH) for f in clip.frames]))
     clips = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1   # [N, 3, T, H, W]
     vae = WanVideoVAE(DEMO_VAE).train()
+    if init_state is not None:
+        vae.load_state_dict(init_state)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 50) * (0.5 * (1 + math.cos(
         math.pi * min(i / max(steps, 1), 1.0))) * 0.9 + 0.1))
@@ -334,8 +340,8 @@ def train_vae(steps: int, seeds: Sequence[int], seed: int = 0, images: int = 4, 
         idx, ti = rng.integers(0, n, size=images), rng.integers(0, t, size=images)
         parts = [losses(torch.stack([clips[i, :, j:j + 1] for i, j in zip(idx, ti)]))]
         if step % clip_every == 0:
-            i, j = int(rng.integers(0, n)), int(rng.integers(0, t - frames + 1))
-            parts.append(losses(clips[i:i + 1, :, j:j + frames]))
+            idx, starts = rng.integers(0, n, size=clip_batch), rng.integers(0, t - frames + 1, size=clip_batch)
+            parts.append(losses(torch.stack([clips[i, :, j:j + frames] for i, j in zip(idx, starts)])))
         rec_loss = sum(p[0] for p in parts)
         loss = rec_loss + sum(reg_weight * p[1] + hint_weight * p[2] for p in parts)
         opt.zero_grad()
@@ -476,7 +482,7 @@ def lora_init_file(dit_state_keys: Sequence[str], pose_state: Dict[str, torch.Te
 def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, vae_steps: int = 2000,
           full_steps: int = 2600, lora_steps: int = 150, full_lr: float = 3e-4, lora_lr: float = 5e-4,
           lora_rank: int = 8, cache_epochs: int = 1, vae_from: Optional[str] = None, seed: int = 0,
-          full_accumulate: int = 1) -> dict:
+          full_accumulate: int = 1, vae_init: Optional[str] = None, vae_lr: float = 3e-3) -> dict:
     """All stages (see the module docstring); stages already finished in `work_dir` are reused. Returns the
     training record (also written to `out_dir/training_log.json`)."""
     from safetensors.torch import load_file, save_file  # noqa: PLC0415
@@ -519,12 +525,20 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
                              "reconstruction_psnr_held_out": vae_reconstruction_psnr(vae.state_dict(), EVAL_SEEDS)}
         else:
             vae_log: list = []
-            vae = train_vae(vae_steps, seeds, seed=seed, log=vae_log)
+            init = None
+            if vae_init:   # fine-tune an earlier VAE (its provenance goes into the record)
+                from .animate.poses import file_sha256  # noqa: PLC0415
+
+                init = load_file(str(vae_init))
+                record["vae_init"] = {"file": str(vae_init), "sha256": file_sha256(vae_init),
+                                      "reconstruction_psnr_held_out": vae_reconstruction_psnr(init, EVAL_SEEDS),
+                                      **_earlier_vae_training(Path(vae_init))}
+            vae = train_vae(vae_steps, seeds, seed=seed, log=vae_log, lr=vae_lr, init_state=init)
             _save_base_models(base, vae, seed=seed)
             tail = vae_log[-min(50, len(vae_log)):]
             record["vae"] = {"steps": vae_steps,
-                             "batch": f"4 frames (+ one {NUM_FRAMES}-frame clip every 3rd step)",
-                             "learning_rate": 3e-3,
+                             "batch": f"4 frames + 2 {NUM_FRAMES}-frame clips",
+                             "learning_rate": vae_lr,
                              "seconds": round(time.perf_counter() - t),
                              "first_loss": vae_log[0]["mse"] if vae_log else None,
                              "final_loss_mean_last50": float(np.mean([r["mse"] for r in tail])) if tail else None,
@@ -629,6 +643,20 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
     return record
 
 
+def _earlier_vae_training(vae_file: Path) -> dict:
+    """How the VAE in `vae_file` was trained, from the training_log.json beside it when that log describes this very
+    file (same sha256); {} otherwise."""
+    from .animate.poses import file_sha256  # noqa: PLC0415
+
+    log = vae_file.parent / "training_log.json"
+    if not log.is_file():
+        return {}
+    vae = json.loads(log.read_text()).get("vae", {})
+    if vae.get("sha256") != file_sha256(vae_file) or "previous_training" not in vae:
+        return {}
+    return {"training": vae["previous_training"]}
+
+
 def _train_stage(cli, args, name: str) -> None:
     """Run one trainer stage; a stage stopped by Ctrl-C / SIGTERM (the trainer wrote a resumable checkpoint) ends
     the script without marking the stage done, so running the script again continues it."""
@@ -666,6 +694,7 @@ def write_card(out_dir, record: dict) -> Path:
     fmt = lambda key: f"{ev[key]:.2f}" if key in ev else "n/a"  # noqa: E731
     total = sum(r.get(k, {}).get("seconds", 0) for k in ("data", "vae", "data_process", "full", "lora"))
     total += r.get("vae", {}).get("previous_training", {}).get("seconds", 0)    # a VAE reused with --vae_from
+    total += r.get("vae_init", {}).get("training", {}).get("seconds", 0)        # a VAE fine-tuned (--vae_init)
     rows = "\n".join(f"| {name} | {fmt(name + '.full')} | {fmt(name + '.figure')} | {fmt(name + '.motion')} |"
                      for name in ("baseline", *ABLATIONS, "swapped_vs_own", "swapped_vs_other"))
     vae, full, lora, data = r.get("vae", {}), r.get("full", {}), r.get("lora", {}), r.get("data", {})
@@ -683,8 +712,21 @@ def write_card(out_dir, record: dict) -> Path:
                    + f"{vae.get('reconstruction_psnr_held_out', float('nan')):.2f} dB"
                    + (f"; training loss {earlier['first_loss']:.3f} -> {earlier['final_loss_mean_last50']:.3f}"
                       if earlier else "") + " |")
+    elif "vae_init" in r:
+        init = r["vae_init"]
+        earlier = init.get("training", {})
+        vae_row = (f"| VAE: fine-tuned (`--vae_init`, sha256 {init.get('sha256', '')[:12]}..., held-out "
+                   f"reconstruction {init.get('reconstruction_psnr_held_out', float('nan')):.2f} dB before"
+                   + (f"; that VAE was trained by this script's VAE stage: {earlier.get('batch')}, lr "
+                      f"{earlier.get('learning_rate')}, {earlier.get('steps')} steps in {earlier.get('seconds')} s"
+                      if earlier else "")
+                   + f"), AdamW lr {vae.get('learning_rate')}, cosine, {vae.get('batch')} per step | "
+                   f"{vae.get('steps')} | {vae.get('seconds')} | "
+                   + losses(vae, "first_loss", "final_loss_mean_last50", "image MSE in [-1, 1], first step -> mean "
+                            "of the last 50") + f"; held-out reconstruction "
+                   f"{vae.get('reconstruction_psnr_held_out', float('nan')):.2f} dB |")
     else:
-        vae_row = ("| VAE: AdamW lr 3e-3, cosine; MSE + 0.5 L1 + latent hint + mean/std regulariser (loss: image MSE "
+        vae_row = (f"| VAE: AdamW lr {vae.get('learning_rate', 3e-3)}, cosine; MSE + 0.5 L1 + latent hint + mean/std regulariser (loss: image MSE "
                    f"in [-1, 1]) | {vae.get('steps')} | {vae.get('seconds')} | "
                    + losses(vae, "first_loss", "final_loss_mean_last50", "first step -> mean of the last 50") + " |")
     stages = "\n".join([
@@ -725,8 +767,9 @@ this project's own trainer on synthetic mannequin clips (`diffsynth/data/synthet
 shows a learned model and so that `tests/test_demo_model.py` can catch conditioning paths wired wrongly. It only
 knows mannequins at {HEIGHT}x{WIDTH}, {NUM_FRAMES} frames; it is not a model of people.
 
-Retrain: `bash scripts/train_demo_model.sh` (`python -m diffsynth.demo_model`; seeded; add `--vae_from FILE` when the
-VAE row below says it was reused; the numbers below come from `training_log.json`, written by that run). Load: `diffsynth.demo_model.load_demo_pipeline()`.
+Retrain: `bash scripts/train_demo_model.sh` (`python -m diffsynth.demo_model`; seeded; add `--vae_from FILE` or
+`--vae_init FILE` when the VAE row below says the VAE was reused or fine-tuned; the numbers below come from
+`training_log.json`, written by that run; the exact command is in `scripts/train_demo_model.sh`). Load: `diffsynth.demo_model.load_demo_pipeline()`.
 
 ## Files (release layouts, all safetensors, read by `ModelManager.load_models` / `load_lora_v2`)
 
@@ -811,6 +854,9 @@ def main(argv=None) -> None:
     parser.add_argument("--vae_from", default=None,
                         help="use this trained demo VAE (safetensors) instead of training one, e.g. the shipped "
                              "diffsynth/assets/demo_model/Wan2.1_VAE.safetensors")
+    parser.add_argument("--vae_init", default=None,
+                        help="fine-tune this demo VAE (safetensors) for --vae_steps instead of training a new one")
+    parser.add_argument("--vae_lr", type=float, default=3e-3)
     parser.add_argument("--cache_epochs", type=int, default=2,
                         help="encode this many random clip/reference draws per clip (trainer --cache_epochs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -819,7 +865,7 @@ def main(argv=None) -> None:
     record = train(args.work_dir, args.out_dir, num_clips=args.num_clips, vae_steps=args.vae_steps,
                    full_steps=args.full_steps, lora_steps=args.lora_steps, full_lr=args.full_lr,
                    cache_epochs=args.cache_epochs, vae_from=args.vae_from, seed=args.seed,
-                   full_accumulate=args.full_accumulate)
+                   full_accumulate=args.full_accumulate, vae_init=args.vae_init, vae_lr=args.vae_lr)
     print(json.dumps(record, indent=1, default=str))
 
 

@@ -121,3 +121,33 @@ def test_a_stopped_training_stage_ends_the_script_without_marking_it_done():
         _train_stage(stopped, None, "full")
     finished = SimpleNamespace(train=lambda args, configs: SimpleNamespace(stopped_by_signal=None, global_step=9))
     _train_stage(finished, None, "full")
+
+
+def test_vae_fine_tuning_starts_from_the_given_weights():
+    """--vae_init: the VAE stage continues the given VAE (lr 0 leaves it exactly as it was), clips batched."""
+    import torch
+
+    from diffsynth.demo_model import DEMO_VAE, train_vae
+    from diffsynth.models.wan_vae import WanVideoVAE
+
+    torch.manual_seed(123)
+    init = {k: v.clone() for k, v in WanVideoVAE(DEMO_VAE).state_dict().items()}
+    log = []
+    vae = train_vae(1, [0], lr=0.0, init_state=init, log=log, clip_batch=2)
+    assert all(torch.equal(v, init[k]) for k, v in vae.state_dict().items())
+    assert len(log) == 1 and log[0]["mse"] > 0
+
+
+def test_model_card_describes_a_fine_tuned_vae(tmp_path):
+    from diffsynth.demo_model import write_card
+
+    record = {"vae_init": {"file": "old/Wan2.1_VAE.safetensors", "sha256": "ab" * 32,
+                           "reconstruction_psnr_held_out": 17.9,
+                           "training": {"steps": 2000, "seconds": 836, "batch": "4 frames", "learning_rate": 0.003}},
+              "vae": {"steps": 600, "seconds": 600, "learning_rate": 0.001, "batch": "4 frames + 2 9-frame clips",
+                      "first_loss": 0.035, "final_loss_mean_last50": 0.02, "reconstruction_psnr_held_out": 19.5}}
+    text = write_card(tmp_path, record).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| VAE"))
+    assert "fine-tuned" in row and "abababababab" in row and "17.90 dB before" in row and "19.50 dB" in row, row
+    assert "| 600 | 600 |" in row and "2000 steps in 836 s" in row, row
+    assert "about 24 min in all" in text, text   # 600 s + the init VAE's own 836 s

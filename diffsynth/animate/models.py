@@ -50,14 +50,14 @@ def load_tiny_pipeline(device: str = "cpu", torch_dtype: torch.dtype = torch.flo
     """The tiny models read back through `ModelManager` exactly as the release is, as a long-video pipeline."""
     from ..loading import ModelManager  # noqa: PLC0415
     from ..pipelines import WanUniAnimateLongVideoPipeline  # noqa: PLC0415
-    from ..tiny import TINY_CLIP, TINY_T5, TINY_VAE  # noqa: PLC0415
+    from ..tiny import TINY_CLIP, TINY_T5  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="diffsynth-tiny-") as folder:
         files = checkpoints or tiny_checkpoints(folder)
         manager = ModelManager(device="cpu", progress=False)
         manager.load_models([files.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
         manager.load_models([files.dit_shards, files.text_encoder, files.vae], torch_dtype=torch_dtype,
-                            config=[TINY_T5, TINY_VAE])
+                            config=TINY_T5)   # the VAE width is read from its shapes
         manager.load_lora_v2(files.unianimate, lora_alpha=1.0)
         for path, strength in map(parse_lora, loras):
             manager.load_lora_v2(path, lora_alpha=strength)
