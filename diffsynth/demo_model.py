@@ -220,10 +220,12 @@ def evaluate(pipe, seeds: Sequence[int], ablations: Sequence[str] = ABLATIONS, s
 
 
 def write_strip(path, seeds: Sequence[int] = (HELD_OUT_SEED, HELD_OUT_SEED + 1),
-                frames: Sequence[int] = (0, 2, 4, 6, 8), scale: int = 2, pipe=None, swap: bool = True) -> str:
+                frames: Sequence[int] = (0, 2, 4, 6, 8), scale: int = 2, pipe=None, swap: bool = True,
+                shown: Optional[int] = None) -> str:
     """A PNG of held-out examples from the shipped model. Per example, rows: [reference | poses],
     [reference pose | generated], [blank | ground truth] and, with `swap`, [the next example's reference | generated
-    from it with these poses]; frames upscaled `scale` times (nearest)."""
+    from it with these poses]; frames upscaled `scale` times (nearest). `shown`: draw only the first `shown`
+    examples (the others still lend their references to the swap row)."""
     from PIL import Image  # noqa: PLC0415
 
     from .data.synthetic import make_example  # noqa: PLC0415
@@ -232,7 +234,7 @@ def write_strip(path, seeds: Sequence[int] = (HELD_OUT_SEED, HELD_OUT_SEED + 1),
     gap = 2
     examples = [make_example(seed) for seed in seeds]
     blocks = []
-    for k, ex in enumerate(examples):
+    for k, ex in enumerate(examples[:shown]):
         generated = generate(pipe, ex)
         blank = np.full_like(ex.reference, 255)
         rows = [[ex.reference] + [ex.poses[i] for i in frames],

@@ -1,6 +1,6 @@
 """Write docs/demo_strip.png (the README's first picture) from the shipped demo model: for held-out synthetic clips,
 a row of driving poses, the generated frames, the ground truth and the frames generated from the next clip's
-reference with these poses, with the reference image (or reference pose) on the left.
+reference with these poses, with the reference image (or reference pose) on the left. One clip by default.
 
     .venv/bin/python scripts/make_demo_strip.py [--out docs/demo_strip.png]
 """
@@ -18,5 +18,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs/demo_strip.png")
     parser.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of the 64x48 frames")
+    parser.add_argument("--examples", type=int, default=1, help="held-out clips drawn (the README shows one)")
     args = parser.parse_args()
-    print(write_strip(args.out, scale=args.scale))
+    print(write_strip(args.out, scale=args.scale, shown=args.examples))

@@ -151,3 +151,27 @@ def test_model_card_describes_a_fine_tuned_vae(tmp_path):
     assert "fine-tuned" in row and "abababababab" in row and "17.90 dB before" in row and "19.50 dB" in row, row
     assert "| 600 | 600 |" in row and "2000 steps in 836 s" in row, row
     assert "about 24 min in all" in text, text   # 600 s + the init VAE's own 836 s
+
+
+def test_demo_strip_layout(tmp_path):
+    """The README's picture: one held-out clip as [reference | poses], [reference pose | generated],
+    [blank | ground truth], [next clip's reference | generated from it], frames upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    from diffsynth.demo_model import write_strip
+
+    seeds = (HELD_OUT_SEED, HELD_OUT_SEED + 1)
+    frames = (0, 4, 8)
+    path = write_strip(tmp_path / "strip.png", seeds=seeds, frames=frames, scale=2, shown=1)
+    sheet = np.asarray(Image.open(path).convert("RGB"))
+    ex, other = make_example(seeds[0]), make_example(seeds[1])
+    h, w, gap = 64, 48, 2
+    assert sheet.shape == (2 * (4 * h + 3 * gap + 3 * gap), 2 * (len(frames) * (w + gap) + w + 2 * gap), 3)
+    cell = lambda r, c: sheet[2 * r * (h + gap):2 * (r * (h + gap) + h):2,  # noqa: E731
+                              2 * (c * (w + gap) + (gap if c else 0)):2 * (c * (w + gap) + (gap if c else 0) + w):2]
+    assert np.array_equal(cell(0, 0), ex.reference) and np.array_equal(cell(0, 2), ex.poses[4])
+    assert np.array_equal(cell(1, 0), ex.reference_pose) and np.array_equal(cell(2, 3), ex.frames[8])
+    assert np.array_equal(cell(3, 0), other.reference)
+    generated = cell(1, 1).astype(int)
+    assert 0 < np.abs(generated - ex.frames[0]).mean() < np.abs(generated - 255).mean()   # a frame, not blank
