@@ -282,6 +282,13 @@ class ResumeCheckpoint(Callback):
         return states[min(trainer.global_rank, len(states) - 1)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stop is not None and self.stop.signum is not None and trainer.world_size == 1:
+            # Lightning's own SIGTERM handler ends the loop right after this batch, which in the middle of a
+            # gradient accumulation would lose every step since the last checkpoint (and with one process, no
+            # rank has to learn of it): the stop request ends the run after the optimizer step instead.
+            connector = getattr(trainer, "_signal_connector", None)
+            if connector is not None and hasattr(connector, "received_sigterm"):
+                connector.received_sigterm = False
         if trainer.global_step == self.snapshot_step:
             return                                               # accumulating gradients: no step yet
         # An optimizer step just finished: this is a consistent point to resume from.

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -195,6 +196,31 @@ def test_signal_stops_after_the_step_with_a_checkpoint(setup, uninterrupted, tmp
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers   # handlers restored
     assert find_resume_checkpoints(output)[-1].name == name
     _, weights = run(setup, output, "--resume")
+    assert_same_weights(weights, expected)
+
+
+class InterruptOnce(Interrupt):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.how is not None:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+            if trainer.global_step == self.at:
+                self.how = None
+
+
+def test_sigterm_during_gradient_accumulation_finishes_the_step_and_saves(setup, tmp_path, monkeypatch):
+    """SIGTERM on the first of 3 accumulated batches: the run still ends after the optimizer step, with a
+    resumable checkpoint of it (Lightning's own SIGTERM exit, mid-accumulation, would lose every step since the
+    last checkpoint), and the resumed run ends where an uninterrupted one does."""
+    accumulate = ("--accumulate_grad_batches", 3)
+    _, expected = run(setup, tmp_path / "reference", *accumulate)
+    output = tmp_path / "run"
+    monkeypatch.setattr(sys.modules[__name__], "Interrupt", InterruptOnce)
+    trainer, _ = run(setup, output, *accumulate, interrupt=(1, signal.SIGTERM), monkeypatch=monkeypatch,
+                     save_every=100)
+    assert trainer.stopped_by_signal == signal.SIGTERM and trainer.global_step == 2
+    assert find_resume_checkpoints(output)[-1].name.endswith("step=2.ckpt")
+    trainer, weights = run(setup, output, *accumulate, "--resume")
+    assert trainer.global_step == STEPS
     assert_same_weights(weights, expected)
 
 
