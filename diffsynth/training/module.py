@@ -285,6 +285,12 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
         check_resume_settings(checkpoint.get(RESUME_KEY), self.training_settings(), "the checkpoint")
         state = checkpoint.get("state_dict", {})
+        pose = {k: v for k, v in state.items() if k.startswith(("dwpose_embedding.", "randomref_embedding_pose."))}
+        config = pose_guider_config(pose, self.dit.config.dim) if pose else self.pose_guider.config
+        if config != self.pose_guider.config:
+            # A run started from a --pretrained_lora_path guider of another width (that flag is ignored when
+            # resuming): rebuild it at the checkpoint's width before Lightning loads the weights and the optimizer.
+            self._set_pose_guider(PoseGuider(config))
         expected = set(self.trainable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:

@@ -422,6 +422,26 @@ def test_pretrained_pose_guider_of_another_width_is_trained_at_its_own_width(tin
         make_module(tiny, lora_rank=2, pretrained_lora_path=str(tmp_path / "wide.ckpt"))
 
 
+def test_resuming_rebuilds_a_pose_guider_of_another_width(tiny, tmp_path):
+    """--resume ignores --pretrained_lora_path, so a run started from an 8-wide guider is resumed into a module
+    built at the released width: the checkpoint's shapes decide, and its tensors load strictly."""
+    from diffsynth.configs import PoseGuiderConfig
+    from diffsynth.models.pose_guider import PoseGuider
+    from diffsynth.training.resume import RESUME_KEY
+
+    models, _ = tiny
+    trained = make_module(tiny, lora_rank=2)
+    trained._set_pose_guider(PoseGuider(PoseGuiderConfig(hidden_dim=8, out_dim=models.dit.config.dim)))
+    checkpoint = {"state_dict": trained.trainable_state_dict(), RESUME_KEY: trained.training_settings()}
+    resumed = make_module(tiny, lora_rank=2)
+    assert resumed.pose_guider.config.hidden_dim == 16
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.pose_guider.config.hidden_dim == 8 and resumed.dwpose_embedding is resumed.pose_guider.dwpose_embedding
+    resumed.load_state_dict(checkpoint["state_dict"], strict=False)
+    for name, tensor in checkpoint["state_dict"].items():
+        assert torch.equal(resumed.trainable_state_dict()[name], tensor), name
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def test_cli_defaults_and_flags():
     required = ["--dataset_path", "d", "--dit_path", "a.safetensors,b.safetensors", "--text_encoder_path", "t",
