@@ -1,6 +1,6 @@
 """Tiny end-to-end demo on CPU: a small trained model generates a synthetic mannequin clip from a reference + poses.
 
-    python -m diffsynth.demo [--out outputs/demo.mp4] [--example 0] [--frames 9] [--weights demo|random]
+    python -m diffsynth.demo [--out outputs/demo.mp4] [--example 1] [--frames 9] [--weights demo|random]
 
 Default (`--weights demo`): the shipped demo model (`diffsynth/assets/demo_model/`, trained by this project's own
 trainer on synthetic mannequin clips; MODEL_CARD.md there says what it has and has not learned) generates a
@@ -106,8 +106,9 @@ def main(argv=None) -> str:
     parser.add_argument("--weights", choices=("demo", "random"), default="demo",
                         help="demo: the shipped model trained on synthetic mannequins (default); random: seeded "
                              "random tiny models (shows the mechanics only)")
-    parser.add_argument("--example", type=int, default=0,
-                        help="which held-out synthetic clip to animate (demo weights; seed HELD_OUT_SEED + N)")
+    parser.add_argument("--example", type=int, default=1,
+                        help="which held-out synthetic clip to animate (demo weights; seed HELD_OUT_SEED + N; "
+                             "the default one travels across the frame, so the motion shows)")
     parser.add_argument("--frames", type=int, default=9, help="4k+1 frames (demo weights: at most 21)")
     parser.add_argument("--height", type=int, help="multiple of 16 (default: 64 for demo weights, 96 for random)")
     parser.add_argument("--width", type=int, help="multiple of 16 (default: 48 for demo weights, 64 for random)")

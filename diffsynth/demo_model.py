@@ -4,7 +4,8 @@
     pipe = load_demo_pipeline()                         # shipped weights, through ModelManager + load_lora_v2
     frames = generate(pipe, example)                    # example = diffsynth.data.synthetic.make_example(seed)
 
-Retrain (about 40 minutes on 1 CPU thread): `bash scripts/train_demo_model.sh` (this module's `train` command).
+Retrain (the shipped model: about 1.5 h on 2 CPU threads): `bash scripts/train_demo_model.sh` (this module's `train`
+command; the script's header has the exact command of the shipped model).
 Stages, all with this project's own code:
 
 1. data: `diffsynth.data.synthetic` clips written as `prepare_training_data.py` sample folders (seeds 0..N-1;
@@ -752,16 +753,23 @@ def write_card(out_dir, record: dict) -> Path:
 
     swap = (f"{ev['swapped_vs_other.full'] - ev['swapped_vs_own.full']:.2f}"
             if "swapped_vs_own.full" in ev and "swapped_vs_other.full" in ev else "n/a")
-    pose_losses = [ev["baseline.motion"] - ev[f"{n}.motion"] for n in ("pose_tokens_zeroed", "reference_pose_zeroed")
-                   if f"{n}.motion" in ev and "baseline.motion" in ev]
-    follows = len(pose_losses) == 2 and min(pose_losses) > POSE_MARGIN_DB
+    def uses(name):   # cutting this path costs more than POSE_MARGIN_DB over the moving pixels
+        key = f"{name}.motion"
+        return key in ev and "baseline.motion" in ev and ev["baseline.motion"] - ev[key] > POSE_MARGIN_DB
+
     pose_sentence = (
-        ("It follows the poses" if follows else "It does not follow the poses well enough yet")
-        + ": zeroing the pose tokens changes the PSNR over the moving pixels by "
-        + f"{margin('pose_tokens_zeroed', 'motion')}"
-        f" dB, zeroing the reference-pose embedding by {margin('reference_pose_zeroed', 'motion')} dB"
-        + ("." if follows else f" (the test needs a loss of more than {POSE_MARGIN_DB} dB for both)."))
+        ("It follows the driving poses" if uses("pose_tokens_zeroed") else
+         "It does not follow the driving poses well enough yet")
+        + f": zeroing the pose tokens changes the PSNR over the moving pixels by "
+        f"{margin('pose_tokens_zeroed', 'motion')} dB (the test asks for a loss of more than {POSE_MARGIN_DB} dB).\n- "
+        + ("It uses the reference pose" if uses("reference_pose_zeroed") else
+           "It does not use the reference pose (probably because on these clips the reference image already shows "
+           "where the figure is):")
+        + f" zeroing the reference-pose embedding changes that PSNR by {margin('reference_pose_zeroed', 'motion')} dB"
+        + ("." if uses("reference_pose_zeroed") else
+           f" (the test asks for a loss of more than {POSE_MARGIN_DB} dB; it is marked as an expected failure)."))
     travel = f" {data['travel']}." if data.get("travel") else ""
+    notes = "".join(f"{stage['note']}\n\n" for stage in (vae, full, lora) if stage.get("note"))
     text = f"""# Demo model card
 
 A tiny UniAnimate model (the Wan2.1-I2V DiT + UniAnimate pose guider architecture, at toy sizes) trained on CPU by
@@ -797,7 +805,7 @@ drawn with `diffsynth.pose.draw.draw_pose`. Evaluation seeds start at {HELD_OUT_
 |---|---|---|---|
 {stages}
 
-Flow-matching losses are per optimizer step (the mean over its clips, random timesteps), so they are noisy;
+{notes}Flow-matching losses are per optimizer step (the mean over its clips, random timesteps), so they are noisy;
 compare the means.
 
 ## Held-out evaluation
@@ -846,9 +854,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train the tiny demo model (CPU) and write its files.")
     parser.add_argument("--work_dir", default="outputs/demo_model_training")
     parser.add_argument("--out_dir", default=str(ASSET_DIR))
-    parser.add_argument("--num_clips", type=int, default=500)
+    parser.add_argument("--num_clips", type=int, default=1000)
     parser.add_argument("--vae_steps", type=int, default=2000)
-    parser.add_argument("--full_steps", type=int, default=7500)
+    parser.add_argument("--full_steps", type=int, default=5000)
     parser.add_argument("--lora_steps", type=int, default=150)
     parser.add_argument("--full_lr", type=float, default=4e-4)
     parser.add_argument("--full_accumulate", type=int, default=4,

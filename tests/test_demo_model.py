@@ -28,18 +28,18 @@ from diffsynth.demo_model import (ASSET_DIR, EVAL_SEEDS, HELD_OUT_SEED, POSE_MAR
                                   load_demo_pipeline)
 
 REPO = Path(__file__).resolve().parents[1]
-# Measured on the shipped weights (MODEL_CARD.md, 4 held-out clips, 10 steps, seed 0): baseline 17.07 dB full /
-# 13.89 figure / 13.50 moving pixels (the VAE round trip alone: 17.92 dB); reference latent zeroed -4.80 dB full;
-# swapped reference 16.63 dB against the other character vs 10.21 against this clip's frames; pose tokens zeroed
-# -0.13 dB and reference pose zeroed +0.04 dB over the moving pixels: the poses are hardly used yet (POSE_NOT_LEARNED).
-MIN_PSNR = {"full": 16.0, "figure": 13.0}       # baseline, mean over EVAL_SEEDS
+# Measured on the shipped weights (MODEL_CARD.md, 4 held-out clips, 10 steps, seed 0): baseline 20.40 dB full /
+# 15.13 figure / 14.57 moving pixels (the VAE round trip alone: 22.07 dB); pose tokens zeroed -0.87 dB over the
+# moving pixels; reference latent zeroed -8.11 dB full; swapped reference 19.90 dB against the other character vs
+# 9.88 against this clip's frames; reference pose zeroed +0.12 dB: that path is not used (REFERENCE_POSE_NOT_LEARNED).
+MIN_PSNR = {"full": 19.5, "figure": 14.5}       # baseline, mean over EVAL_SEEDS
 # ablation -> (metric, minimum loss in dB)
 MARGINS = {
     "pose_tokens_zeroed": ("motion", POSE_MARGIN_DB),
     "reference_pose_zeroed": ("motion", POSE_MARGIN_DB),
     "reference_latent_zeroed": ("full", 3.0),
 }
-SWAP_MARGIN = 5.0      # swapped reference: PSNR vs the other character's truth minus PSNR vs this clip's frames
+SWAP_MARGIN = 8.0      # swapped reference: PSNR vs the other character's truth minus PSNR vs this clip's frames
 
 pytestmark = pytest.mark.skipif(not (ASSET_DIR / "config.json").is_file(), reason="demo model files not present")
 
@@ -59,12 +59,13 @@ def test_generation_matches_held_out_ground_truth(scores):
         assert scores[f"baseline.{metric}"] > threshold, (metric, scores)
 
 
-POSE_NOT_LEARNED = pytest.mark.xfail(
-    strict=False, reason="the shipped demo model hardly follows the poses yet: cutting the pose paths costs <= 0.13 dB "
-                         "(MODEL_CARD.md); it needs several times the ~1 h of CPU training it got")
+REFERENCE_POSE_NOT_LEARNED = pytest.mark.xfail(
+    strict=False, reason="the shipped demo model does not use the reference-pose embedding: zeroing it changes the "
+                         "moving-pixel PSNR by +0.12 dB (MODEL_CARD.md); on these clips the reference image already "
+                         "shows where the figure is")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=POSE_NOT_LEARNED) if n.startswith(("pose", "reference_pose"))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=REFERENCE_POSE_NOT_LEARNED) if n == "reference_pose_zeroed"
                                   else n for n in sorted(MARGINS)])
 def test_ablation_loses(scores, name):
     metric, margin = MARGINS[name]
