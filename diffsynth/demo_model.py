@@ -586,7 +586,7 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
         finally:   # a stopped run keeps its time, so the card counts every segment of a resumed stage
             record.setdefault("full_segments", []).append(round(time.perf_counter() - t))
             save_record()
-        losses = _losses(full)
+        losses = _losses(full)[:full_steps]   # rows of steps past a checkpoint resumed to an earlier end
         record["full"] = {"steps": full_steps, "learning_rate": full_lr, "accumulate": full_accumulate,
                           "pose_guider_hidden_dim": DEMO_POSE.hidden_dim, "seconds": sum(record["full_segments"]),
                           "segments": len(record["full_segments"]), **_loss_summary(losses)}
