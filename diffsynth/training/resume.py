@@ -384,17 +384,26 @@ class LossLog(Callback):
         self.path = Path(path)
         self.losses: List[torch.Tensor] = []
         self.last_step = -1
+        self.started = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.last_step = trainer.global_step
-        if not trainer.is_global_zero:
-            return
+        self.started = True
+        if trainer.is_global_zero:
+            self._keep_rows_up_to(trainer.global_step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # A run resumed at or past its --max_steps trains nothing (no on_train_start), but the rows after the
+        # resumed step are still not part of it.
+        if not self.started and trainer.is_global_zero and trainer.global_step > 0:
+            self._keep_rows_up_to(trainer.global_step)
+
+    def _keep_rows_up_to(self, step: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
-        if trainer.global_step > 0 and self.path.is_file():
+        if step > 0 and self.path.is_file():
             with open(self.path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if row.get("step", "").isdigit()
-                        and int(row["step"]) <= trainer.global_step]
+                kept = [row for row in csv.DictReader(f) if row.get("step", "").isdigit() and int(row["step"]) <= step]
         text = io.StringIO()
         writer = csv.DictWriter(text, LOSS_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -224,6 +224,18 @@ def test_sigterm_during_gradient_accumulation_finishes_the_step_and_saves(setup,
     assert_same_weights(weights, expected)
 
 
+def test_ending_at_an_earlier_checkpoint_drops_the_later_loss_rows(setup, tmp_path):
+    """Resumed at its --max_steps (nothing left to train), the run still drops the rows logged after that step."""
+    output = tmp_path / "run"
+    run(setup, output, "--max_steps", 4, save_every=1)
+    assert [int(r["step"]) for r in loss_rows(output)] == [1, 2, 3, 4]
+    earlier = find_resume_checkpoints(output)[0]
+    assert earlier.name.endswith("step=3.ckpt")
+    trainer, _ = run(setup, output, "--resume_from_checkpoint", earlier, "--max_steps", 3)
+    assert trainer.global_step == 3
+    assert [int(r["step"]) for r in loss_rows(output)] == [1, 2, 3]
+
+
 def test_main_exits_with_the_signal_code(monkeypatch):
     class Stopped:
         stopped_by_signal, global_step = signal.SIGTERM, 3
