@@ -40,8 +40,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .configs import PoseGuiderConfig, WanDiTConfig, WanVAEConfig
-from .tiny import TINY_CLIP, TINY_T5
+from .configs import PoseGuiderConfig, WanDiTConfig
+from .tiny import TINY_CLIP, TINY_T5, TINY_VAE
 
 logger = logging.getLogger("diffsynth.demo_model")
 
@@ -51,7 +51,7 @@ DEMO_DIT = WanDiTConfig(model_type="i2v", in_dim=36, dim=192, ffn_dim=384, num_h
 # Half the released guider width (16): the full-resolution Conv3d layers are most of a CPU training step
 # (288 ms of about 350 at 16 channels, 91 ms at 8), and 8 channels are plenty for drawn stick figures.
 DEMO_POSE = PoseGuiderConfig(hidden_dim=8, out_dim=DEMO_DIT.dim)
-DEMO_VAE = WanVAEConfig(dim=8, z_dim=16)   # = diffsynth.tiny.TINY_VAE
+DEMO_VAE = TINY_VAE
 CONFIGS = [TINY_T5, DEMO_VAE, TINY_CLIP]
 HEIGHT, WIDTH, NUM_FRAMES = 64, 48, 9
 HELD_OUT_SEED = 100_000          # synthetic seeds from here on are never used in training
@@ -490,6 +490,7 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
     training record (also written to `out_dir/training_log.json`)."""
     from safetensors.torch import load_file, save_file  # noqa: PLC0415
 
+    from .animate.poses import file_sha256  # noqa: PLC0415
     from .training import cli  # noqa: PLC0415
 
     torch.set_num_threads(int(os.environ.get("DEMO_THREADS", "1")))
@@ -515,11 +516,7 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
         t = time.perf_counter()
         if vae_from:
             # A VAE trained before (e.g. the shipped one): the DiT stages are reproducible from it alone.
-            from safetensors.torch import load_file  # noqa: PLC0415
-
             from .models.wan_vae import WanVideoVAE  # noqa: PLC0415
-
-            from .animate.poses import file_sha256  # noqa: PLC0415
 
             vae = WanVideoVAE(DEMO_VAE).eval()
             vae.load_state_dict(load_file(str(vae_from)))
@@ -530,8 +527,6 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
             vae_log: list = []
             init = None
             if vae_init:   # fine-tune an earlier VAE (its provenance goes into the record)
-                from .animate.poses import file_sha256  # noqa: PLC0415
-
                 init = load_file(str(vae_init))
                 record["vae_init"] = {"file": str(vae_init), "sha256": file_sha256(vae_init),
                                       "reconstruction_psnr_held_out": vae_reconstruction_psnr(init, EVAL_SEEDS),

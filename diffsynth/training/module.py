@@ -212,6 +212,18 @@ class UniAnimateTrainingModule(pl.LightningModule):
         self.randomref_embedding_pose = guider.randomref_embedding_pose
         object.__setattr__(self, "pose_guider", guider)    # same sub-modules; not registered a second time
 
+    def _fit_pose_guider(self, pose: Dict[str, torch.Tensor], source: str) -> None:
+        """Rebuild the pose guider at the width of the guider tensors `pose` (e.g. the demo model's 8 channels);
+        a guider for another DiT width is an error. Nothing happens without pose tensors or when the width fits."""
+        if not pose:
+            return
+        config = pose_guider_config(pose, self.dit.config.dim)
+        if config.out_dim != self.dit.config.dim:
+            raise TrainingError(f"{source}: its pose guider outputs {config.out_dim} channels but the DiT width "
+                                f"is {self.dit.config.dim}; it belongs to another model size")
+        if config != self.pose_guider.config:
+            self._set_pose_guider(PoseGuider(config))
+
     def setup(self, stage: str) -> None:
         """Lightning hook, called before the strategy moves the module to its device: start DiT layer streaming
         towards that device when `num_persistent_param_in_dit` is set."""
@@ -285,12 +297,9 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
         check_resume_settings(checkpoint.get(RESUME_KEY), self.training_settings(), "the checkpoint")
         state = checkpoint.get("state_dict", {})
-        pose = {k: v for k, v in state.items() if k.startswith(("dwpose_embedding.", "randomref_embedding_pose."))}
-        config = pose_guider_config(pose, self.dit.config.dim) if pose else self.pose_guider.config
-        if config != self.pose_guider.config:
-            # A run started from a --pretrained_lora_path guider of another width (that flag is ignored when
-            # resuming): rebuild it at the checkpoint's width before Lightning loads the weights and the optimizer.
-            self._set_pose_guider(PoseGuider(config))
+        # A run started from a --pretrained_lora_path guider of another width (that flag is ignored when resuming):
+        # rebuild it at the checkpoint's width before Lightning loads the weights and the optimizer.
+        self._fit_pose_guider(pose_guider_state_dict(state), "the resumable checkpoint")
         expected = set(self.trainable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
@@ -349,14 +358,7 @@ class UniAnimateTrainingModule(pl.LightningModule):
                 raise TrainingError(f"{source} holds a rank-{rank} LoRA but --lora_rank is {self.lora_rank}: "
                                     f"pass --lora_rank {rank} (and its --lora_alpha) to continue from it")
             raise TrainingError(f"{source}: {key} has shape {got}, the DiT expects {want}")
-        if pose:
-            # a smaller guider (e.g. the demo model's) is rebuilt at its own width; a wrong DiT width is an error
-            config = pose_guider_config(pose, self.dit.config.dim)
-            if config.out_dim != self.dit.config.dim:
-                raise TrainingError(f"{source}: its pose guider outputs {config.out_dim} channels but the DiT width "
-                                    f"is {self.dit.config.dim}; it belongs to another model size")
-            if config != self.pose_guider.config:
-                self._set_pose_guider(PoseGuider(config))
+        self._fit_pose_guider(pose, source)
         own_pose = self.pose_guider.state_dict()
         missing_pose = sorted(k for k in own_pose if k not in pose)
         if missing_pose:
