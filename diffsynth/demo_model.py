@@ -229,6 +229,7 @@ def write_strip(path, seeds: Sequence[int] = (HELD_OUT_SEED, HELD_OUT_SEED + 1),
     examples (the others still lend their references to the swap row)."""
     from PIL import Image  # noqa: PLC0415
 
+    from .data.safe_write import atomic_output  # noqa: PLC0415
     from .data.synthetic import make_example  # noqa: PLC0415
 
     pipe = pipe or load_demo_pipeline()
@@ -256,7 +257,8 @@ def write_strip(path, seeds: Sequence[int] = (HELD_OUT_SEED, HELD_OUT_SEED + 1),
     sheet = np.concatenate([np.concatenate([b, np.full((3 * gap, b.shape[1], 3), 255, np.uint8)]) for b in blocks])
     sheet = sheet.repeat(scale, 0).repeat(scale, 1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).save(path, optimize=True)
+    with atomic_output(path) as temp:        # never a half-written PNG, never written through a symlink
+        Image.fromarray(sheet).save(temp, format="PNG", optimize=True)
     return str(path)
 
 

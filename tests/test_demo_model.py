@@ -176,3 +176,16 @@ def test_demo_strip_layout(tmp_path):
     assert np.array_equal(cell(3, 0), other.reference)
     generated = cell(1, 1).astype(int)
     assert 0 < np.abs(generated - ex.frames[0]).mean() < np.abs(generated - 255).mean()   # a frame, not blank
+
+
+def test_demo_strip_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
+    from diffsynth.demo_model import write_strip
+
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"user data")
+    link = tmp_path / "out" / "strip.png"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    write_strip(link, frames=(0,), scale=1, shown=1)
+    assert outside.read_bytes() == b"user data"
+    assert not link.is_symlink() and link.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
