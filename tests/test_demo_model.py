@@ -5,7 +5,9 @@ both sides of a comparison; a trained model can. On held-out synthetic clips (se
 training) the shipped model (read through ModelManager + load_lora_v2 like the released ones) must come close to
 the ground truth, and cutting each conditioning path must cost a margin:
 
-- pose tokens zeroed, reference-pose embedding zeroed: PSNR over the moving pixels drops;
+- pose tokens zeroed: PSNR over the moving pixels drops;
+- reference-pose embedding zeroed, on the same clips with a bystander (a second, still figure that the poses do not
+  show): PSNR over the moving figure drops, because only the reference pose says which of the two people moves;
 - reference latent (the VAE part of y) zeroed: PSNR drops over the whole frame;
 - a different reference: the result matches the other character (its colours and background) doing this clip's
   motion, not this clip's own frames.
@@ -16,6 +18,7 @@ number is deterministic (seeded noise, fixed inputs), the thresholds sit well in
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from diffsynth.data.synthetic import make_example
-from diffsynth.demo_model import (ASSET_DIR, EVAL_SEEDS, HELD_OUT_SEED, POSE_MARGIN_DB, evaluate, generate,
-                                  load_demo_pipeline)
+from diffsynth.demo_model import (ASSET_DIR, EVAL_SEEDS, HELD_OUT_SEED, POSE_MARGIN_DB, REFERENCE_POSE_CHECK,
+                                  REFERENCE_POSE_MARGIN_DB, evaluate, generate, load_demo_pipeline)
 
 REPO = Path(__file__).resolve().parents[1]
 # Measured on the shipped weights (MODEL_CARD.md, 4 held-out clips, 10 steps, seed 0): baseline 20.40 dB full /
@@ -33,11 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 # moving pixels; reference latent zeroed -8.11 dB full; swapped reference 19.90 dB against the other character vs
 # 9.88 against this clip's frames; reference pose zeroed +0.12 dB: that path is not used (REFERENCE_POSE_NOT_LEARNED).
 MIN_PSNR = {"full": 19.5, "figure": 14.5}       # baseline, mean over EVAL_SEEDS
-# ablation -> (metric, minimum loss in dB)
+# ablation -> (clips, metric, minimum loss in dB)
 MARGINS = {
-    "pose_tokens_zeroed": ("motion", POSE_MARGIN_DB),
-    "reference_pose_zeroed": ("motion", POSE_MARGIN_DB),
-    "reference_latent_zeroed": ("full", 3.0),
+    "pose_tokens_zeroed": ("", "motion", POSE_MARGIN_DB),
+    "reference_pose_zeroed": (REFERENCE_POSE_CHECK[0] + ".", REFERENCE_POSE_CHECK[1], REFERENCE_POSE_MARGIN_DB),
+    "reference_latent_zeroed": ("", "full", 3.0),
 }
 SWAP_MARGIN = 8.0      # swapped reference: PSNR vs the other character's truth minus PSNR vs this clip's frames
 
@@ -68,8 +71,8 @@ REFERENCE_POSE_NOT_LEARNED = pytest.mark.xfail(
 @pytest.mark.parametrize("name", [pytest.param(n, marks=REFERENCE_POSE_NOT_LEARNED) if n == "reference_pose_zeroed"
                                   else n for n in sorted(MARGINS)])
 def test_ablation_loses(scores, name):
-    metric, margin = MARGINS[name]
-    loss = scores[f"baseline.{metric}"] - scores[f"{name}.{metric}"]
+    clips, metric, margin = MARGINS[name]
+    loss = scores[f"{clips}baseline.{metric}"] - scores[f"{clips}{name}.{metric}"]
     assert loss > margin, f"{name}: lost {loss:.3f} dB of {metric} PSNR, needs > {margin} ({scores})"
 
 
@@ -93,6 +96,57 @@ def test_training_script_runs_end_to_end(tmp_path):
     pipe = load_demo_pipeline(folder=out)
     frames = generate(pipe, make_example(HELD_OUT_SEED), num_inference_steps=2)
     assert len(frames) == 9 and frames[0].shape == (64, 48, 3)
+    record = json.loads((out / "training_log.json").read_text())
+    assert "bystanders" in record["data"] and "two_figures.reference_pose_zeroed.figure" in record["evaluation"]["mean"]
+
+    # --init_from: a second run fine-tunes the first one's DiT and pose guider and reuses its VAE
+    again = tmp_path / "again"
+    subprocess.run(["bash", str(REPO / "scripts" / "train_demo_model.sh"), "--work_dir", str(tmp_path / "work2"),
+                    "--out_dir", str(again), "--num_clips", "3", "--full_steps", "1", "--lora_steps", "1",
+                    "--init_from", str(out)], check=True, cwd=REPO, env=env, timeout=900)
+    record = json.loads((again / "training_log.json").read_text())
+    assert record["init_from"]["previous"]["full"]["steps"] == 2 and record["vae"]["from"].startswith(str(out))
+    assert (again / "Wan2.1_VAE.safetensors").read_bytes() == (out / "Wan2.1_VAE.safetensors").read_bytes()
+    assert "## Starting point" in (again / "MODEL_CARD.md").read_text()
+
+
+def test_full_stage_init_from_a_demo_model_holds_its_dit_and_pose_guider(tmp_path):
+    """--init_from: the full stage's --pretrained_lora_path carries the given model's DiT and pose guider exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from diffsynth.demo_model import _pose_guider_from, full_init_file, model_files
+
+    files = model_files(ASSET_DIR)
+    path = full_init_file(files["dit"], _pose_guider_from(files["unianimate"]), tmp_path / "init.safetensors")
+    init = load_file(str(path))
+    dit = {f"pipe.dit.{k}": v for shard in files["dit"] for k, v in load_file(shard).items()}
+    pose = {k: v for k, v in load_file(files["unianimate"]).items()
+            if k.startswith(("dwpose_embedding.", "randomref_embedding_pose."))}
+    assert set(init) == set(dit) | set(pose) and pose
+    assert all(torch.equal(init[k], v) for k, v in {**dit, **pose}.items())
+
+
+def test_vae_from_and_vae_init_together_are_refused(capsys):
+    from diffsynth.demo_model import main
+
+    with pytest.raises(SystemExit):
+        main(["--vae_from", "a.safetensors", "--vae_init", "b.safetensors"])
+    assert "exclude each other" in capsys.readouterr().err
+
+
+def test_card_of_a_fine_tuned_model_counts_both_runs(tmp_path):
+    from diffsynth.demo_model import training_seconds, write_card
+
+    before = {"vae": {"steps": 600, "seconds": 600}, "full": {"steps": 5000, "seconds": 3000},
+              "lora": {"steps": 150, "seconds": 60}}
+    record = {"init_from": {"folder": "old", "dit_sha256": ["ab" * 32], "previous": before},
+              "vae": {"from": "old/Wan2.1_VAE.safetensors", "sha256": "cd" * 32}, "data_process": {"seconds": 240},
+              "full": {"steps": 100, "seconds": 120}}
+    assert training_seconds(record) == 600 + 3000 + 60 + 240 + 120
+    text = write_card(tmp_path, record).read_text()
+    assert "full 5000 steps" in text and "about 67 min in all" in text, text
+    assert "fine-tuned from the `--init_from` model" in text, text
 
 
 def test_calibrated_pose_guider_brings_the_pose_tokens_to_the_patch_tokens_scale():

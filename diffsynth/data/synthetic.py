@@ -4,12 +4,15 @@ A clip is one character (body proportions + appearance) moving along a smooth ra
 (a walk, arm waves, turns, a squat bob, mixed with random amplitudes), mostly travelling across the frame, drawn as
 filled limbs over a plain, two-tone or gradient background. For every frame the generator gives the ground-truth image, the OpenPose keypoints
 (`diffsynth.pose.keypoints.Pose`) and the pose image drawn by this project's own `draw_pose`, so the poses look like
-the ones `run_align_pose.py` / `prepare_training_data.py` make.
+the ones `run_align_pose.py` / `prepare_training_data.py` make. A clip can have a bystander: a second figure standing
+still behind the moving one and absent from the poses, so in its reference image only the reference pose says which
+of the two people the driving poses animate.
 
     clip = make_clip(seed=3)                        # 24 frames at 128x96 (render size), RGB uint8
     clip.frames[i], clip.pose_images[i]             # [H, W, 3] uint8, RGB (pose images as PIL reads them back)
     example = make_example(seed=3)                  # clip frames 0..8 + a reference frame (another pose) at 64x48
     swapped = render(clip.body, clip.motion, other_appearance)   # the same motion worn by another character
+    pair = make_clip(seed=3, bystander=True)       # the same clip with a second, still figure behind the mover
 
 Everything is a pure function of the seed (numpy `default_rng`), and fast: a 24-frame clip takes about 30 ms.
 `write_sample_folder` writes a clip in the `prepare_training_data.py` sample-folder format (docs/training_data.md).
@@ -18,9 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Collection, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -95,6 +98,19 @@ class Clip:
     poses: List[Pose]
     pose_images: List[np.ndarray]   # draw_pose output as PIL reads the saved JPEG back (channel-reversed)
     masks: List[np.ndarray]         # [H, W] bool: the figure's pixels
+    bystander: Optional["Bystander"] = None
+
+
+@dataclass(frozen=True)
+class Bystander:
+    """A second figure standing still in the scene, behind the clip's character. The driving poses and the reference
+    pose show only the character: in a reference with two people, the reference pose is what says which of them the
+    poses animate (the UniAnimate reference-pose path has something to do)."""
+
+    body: Body
+    appearance: Appearance   # its clothes and skin; the background is the clip's
+    motion: Motion           # its pose is this motion at time `t`, at `motion.root_x` (no drift)
+    t: float
 
 
 # --------------------------------------------------------------------------------------------- random draws
@@ -187,6 +203,18 @@ def random_motion(rng: np.random.Generator, body: Body) -> Motion:
                   drift=travel / (CLIP_FRAMES - 1))
 
 
+def random_bystander(rng: np.random.Generator, character: Appearance) -> Bystander:
+    """A standing figure with its own body and clothes, coloured far from the character's clothes (so wearing the
+    wrong figure's colours is a clear error), anywhere across the frame (often on the character's path)."""
+    body = random_body(rng)
+    own = random_appearance(rng)
+    top = _far_color(rng, [character.background, character.top, character.bottom, own.skin])
+    bottom = _far_color(rng, [character.background, top, character.top, character.bottom], 70.0)
+    motion = replace(random_motion(rng, body), root_x=float(rng.uniform(0.2, 0.8)), drift=0.0)
+    return Bystander(body=body, appearance=replace(own, top=top, bottom=bottom), motion=motion,
+                     t=float(rng.uniform(0, 50)))
+
+
 # --------------------------------------------------------------------------------------------- kinematics
 def _dir(angle: float) -> np.ndarray:
     """Unit vector at `angle` from straight down (image y grows downwards), positive towards image right."""
@@ -277,12 +305,26 @@ def _limb(canvas: np.ndarray, a, b, thickness: float, color, scale: float) -> No
     cv2.circle(canvas, pb, t // 2, color, -1)
 
 
-def draw_mannequin(joints: dict, body: Body, app: Appearance, width: int, height: int) -> tuple:
-    """(RGB uint8 frame, bool mask) of the figure over its background, antialiased by 2x supersampling."""
+def draw_mannequin(joints: dict, body: Body, app: Appearance, width: int, height: int, behind: Sequence = ()
+                   ) -> tuple:
+    """(RGB uint8 frame, bool mask) of the figure over its background, antialiased by 2x supersampling.
+    `behind`: (joints, body, appearance) of other figures drawn first (not in the mask)."""
     s = _SUPERSAMPLE
     W, H = width * s, height * s
     fg = cv2.resize(_background(app, width, height), (W, H), interpolation=cv2.INTER_NEAREST)
     alpha = np.zeros((H, W), np.uint8)
+    for other in behind:
+        _paint(fg, None, *other, height)
+    _paint(fg, alpha, joints, body, app, height)
+    frame = cv2.resize(fg, (width, height), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(alpha, (width, height), interpolation=cv2.INTER_AREA) > 64
+    return frame, mask
+
+
+def _paint(fg: np.ndarray, alpha: Optional[np.ndarray], joints: dict, body: Body, app: Appearance, height: int
+           ) -> None:
+    """Draw one figure onto the supersampled canvas `fg` (and 255 into `alpha` where it covers, unless None)."""
+    s = _SUPERSAMPLE
     limb = body.limb * height
     arm = 0.8 * limb
     yaw = joints["_yaw"]
@@ -311,7 +353,7 @@ def draw_mannequin(joints: dict, body: Body, app: Appearance, width: int, height
     parts += arm_parts(arm_order[1])
 
     for part in parts:
-        for target, color in ((fg, part[-1]), (alpha, 255)):
+        for target, color in ((fg, part[-1]), (alpha, 255))[:1 if alpha is None else 2]:
             color = tuple(int(c) for c in color) if isinstance(color, tuple) else color
             kind = part[0]
             if kind == "limb":
@@ -326,9 +368,6 @@ def draw_mannequin(joints: dict, body: Body, app: Appearance, width: int, height
                 c = joints["head"] + np.array([-math.sin(yaw) * part[2] * 0.25, -part[2] * 0.25])
                 cv2.ellipse(target, tuple(int(round(v * s)) for v in c),
                             (max(int(part[2] * s * 1.05), 1), max(int(part[2] * s * 0.8), 1)), 0, 180, 360, color, -1)
-    frame = cv2.resize(fg, (width, height), interpolation=cv2.INTER_AREA)
-    mask = cv2.resize(alpha, (width, height), interpolation=cv2.INTER_AREA) > 64
-    return frame, mask
 
 
 def draw_pose_rgb(pose: Pose, width: int, height: int) -> np.ndarray:
@@ -339,28 +378,35 @@ def draw_pose_rgb(pose: Pose, width: int, height: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- clips
 def render(body: Body, motion: Motion, appearance: Appearance, times: Sequence[float], width: int = RENDER_WIDTH,
-           height: int = RENDER_HEIGHT, seed: int = -1) -> Clip:
-    """Draw `body` moving along `motion` at `times` (frame numbers) with `appearance`."""
+           height: int = RENDER_HEIGHT, seed: int = -1, bystander: Optional[Bystander] = None) -> Clip:
+    """Draw `body` moving along `motion` at `times` (frame numbers) with `appearance` (and `bystander` standing
+    behind it; the poses are the moving figure's alone)."""
     frames, poses, pose_images, masks = [], [], [], []
+    behind = [] if bystander is None else [
+        (skeleton(bystander.body, bystander.motion, bystander.t, width, height), bystander.body,
+         bystander.appearance)]
     for t in times:
         joints = skeleton(body, motion, float(t), width, height)
-        frame, mask = draw_mannequin(joints, body, appearance, width, height)
+        frame, mask = draw_mannequin(joints, body, appearance, width, height, behind)
         pose = joints_to_pose(joints, width, height)
         frames.append(frame)
         masks.append(mask)
         poses.append(pose)
         pose_images.append(draw_pose_rgb(pose, width, height))
-    return Clip(seed, body, appearance, motion, frames, poses, pose_images, masks)
+    return Clip(seed, body, appearance, motion, frames, poses, pose_images, masks, bystander)
 
 
-def make_clip(seed: int, num_frames: int = CLIP_FRAMES, width: int = RENDER_WIDTH, height: int = RENDER_HEIGHT
-              ) -> Clip:
-    """Clip `seed`: a random character and motion, frames 0 .. num_frames-1."""
+def make_clip(seed: int, num_frames: int = CLIP_FRAMES, width: int = RENDER_WIDTH, height: int = RENDER_HEIGHT,
+              bystander: bool = False) -> Clip:
+    """Clip `seed`: a random character and motion, frames 0 .. num_frames-1. With `bystander`, the same character
+    and motion with a second, still figure standing behind (drawn from its own random stream, so everything else
+    is the clip without it)."""
     rng = np.random.default_rng([seed, 20250613])
     body = random_body(rng)
     appearance = random_appearance(rng)
     motion = random_motion(rng, body)
-    return render(body, motion, appearance, range(num_frames), width, height, seed)
+    other = random_bystander(np.random.default_rng([seed, 20250613, 1]), appearance) if bystander else None
+    return render(body, motion, appearance, range(num_frames), width, height, seed, other)
 
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -382,14 +428,16 @@ class Example:
 
 
 def make_example(seed: int, num_frames: int = NUM_FRAMES, height: int = MODEL_HEIGHT, width: int = MODEL_WIDTH,
-                 appearance_seed: Optional[int] = None) -> Example:
+                 appearance_seed: Optional[int] = None, bystander: bool = False) -> Example:
     """Frames 0..num_frames-1 of clip `seed` as the target; the reference is a later frame of the same clip
     (another pose). With `appearance_seed`, the character of clip `appearance_seed` (colours and background) wears
-    this clip's body and motion: the truth for a generation from that clip's reference."""
-    clip = make_clip(seed)
+    this clip's body and motion: the truth for a generation from that clip's reference. `bystander`: the clip with
+    a second, still figure (`make_clip`); `masks` are the moving figure's."""
+    clip = make_clip(seed, bystander=bystander)
     if appearance_seed is not None:
         other = make_clip(appearance_seed, num_frames=1)
-        clip = render(clip.body, clip.motion, other.appearance, range(CLIP_FRAMES), seed=seed)
+        clip = render(clip.body, clip.motion, other.appearance, range(CLIP_FRAMES), seed=seed,
+                      bystander=clip.bystander)
     ref_index = CLIP_FRAMES - 1 - (seed % 6)
     size = lambda img: resize_rgb(img, height, width)  # noqa: E731
     masks = [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_AREA) > 0
@@ -413,7 +461,8 @@ def write_sample_folder(clip: Clip, folder, text: Optional[str] = None) -> Path:
         write_image(folder / "frames" / name, frame[..., ::-1])   # RGB -> BGR for OpenCV
         write_image(folder / "poses" / name, pose[..., ::-1])     # back to draw_pose's own channel order
     height, width = clip.frames[0].shape[:2]
-    meta = {"format": "diffsynth.training_sample/1", "source": f"diffsynth.data.synthetic seed {clip.seed}",
+    source = f"diffsynth.data.synthetic seed {clip.seed}" + (" with a bystander" if clip.bystander else "")
+    meta = {"format": "diffsynth.training_sample/1", "source": source,
             "source_size": [width, height], "width": width, "height": height, "fps": 15.0,
             "num_frames": len(names), "files": names, "backend": "synthetic",
             "pose_drawing": "body+feet, no hands, no face, at frame size, no alignment; written with OpenCV (BGR)",
@@ -424,15 +473,16 @@ def write_sample_folder(clip: Clip, folder, text: Optional[str] = None) -> Path:
     return folder
 
 
-def write_dataset(folder, seeds: Sequence[int]) -> Path:
-    """One sample folder per seed under `folder` (named clip_<seed>)."""
+def write_dataset(folder, seeds: Sequence[int], bystander_seeds: Collection[int] = ()) -> Path:
+    """One sample folder per seed under `folder` (named clip_<seed>); the clips of `bystander_seeds` have a second,
+    still figure (`make_clip(seed, bystander=True)`)."""
     folder = Path(folder)
     for seed in seeds:
-        write_sample_folder(make_clip(seed), folder / f"clip_{seed:05d}")
+        write_sample_folder(make_clip(seed, bystander=seed in bystander_seeds), folder / f"clip_{seed:05d}")
     return folder
 
 
-__all__ = ["Body", "Appearance", "Motion", "Clip", "Example", "make_clip", "make_example", "render",
+__all__ = ["Body", "Appearance", "Motion", "Clip", "Bystander", "random_bystander", "Example", "make_clip", "make_example", "render",
            "random_body", "random_appearance", "random_motion", "skeleton", "joints_to_pose", "draw_mannequin",
            "draw_pose_rgb", "write_sample_folder", "write_dataset", "resize_rgb", "RENDER_HEIGHT", "RENDER_WIDTH",
            "MODEL_HEIGHT", "MODEL_WIDTH", "NUM_FRAMES", "CLIP_FRAMES"]
