@@ -203,14 +203,20 @@ def random_motion(rng: np.random.Generator, body: Body) -> Motion:
                   drift=travel / (CLIP_FRAMES - 1))
 
 
-def random_bystander(rng: np.random.Generator, character: Appearance) -> Bystander:
+def random_bystander(rng: np.random.Generator, character: Appearance, mover: Motion) -> Bystander:
     """A standing figure with its own body and clothes, coloured far from the character's clothes (so wearing the
-    wrong figure's colours is a clear error), anywhere across the frame (often on the character's path)."""
+    wrong figure's colours is a clear error), standing on the mover's path: where the mover is at a random moment,
+    give or take a little (beside it when the mover stays put). In a reference frame either figure is then as likely
+    to be near the driving poses, so nearness does not say which one moves; the reference pose does."""
     body = random_body(rng)
     own = random_appearance(rng)
     top = _far_color(rng, [character.background, character.top, character.bottom, own.skin])
     bottom = _far_color(rng, [character.background, top, character.top, character.bottom], 70.0)
-    motion = replace(random_motion(rng, body), root_x=float(rng.uniform(0.2, 0.8)), drift=0.0)
+    if abs(mover.drift) * (CLIP_FRAMES - 1) >= 0.1:
+        x = mover.root_x + mover.drift * rng.uniform(0, CLIP_FRAMES - 1) + rng.uniform(-0.05, 0.05)
+    else:
+        x = mover.root_x + rng.choice((-1.0, 1.0)) * rng.uniform(0.15, 0.3)
+    motion = replace(random_motion(rng, body), root_x=float(np.clip(x, 0.15, 0.85)), drift=0.0)
     return Bystander(body=body, appearance=replace(own, top=top, bottom=bottom), motion=motion,
                      t=float(rng.uniform(0, 50)))
 
@@ -405,7 +411,7 @@ def make_clip(seed: int, num_frames: int = CLIP_FRAMES, width: int = RENDER_WIDT
     body = random_body(rng)
     appearance = random_appearance(rng)
     motion = random_motion(rng, body)
-    other = random_bystander(np.random.default_rng([seed, 20250613, 1]), appearance) if bystander else None
+    other = random_bystander(np.random.default_rng([seed, 20250613, 1]), appearance, motion) if bystander else None
     return render(body, motion, appearance, range(num_frames), width, height, seed, other)
 
 

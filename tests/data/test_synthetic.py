@@ -61,3 +61,21 @@ def test_write_dataset_gives_the_chosen_seeds_a_bystander(tmp_path):
     frame = cv2.imread(str(tmp_path / "clip_00001" / "frames" / "000000.jpg"))[..., ::-1]
     expected = make_clip(1, num_frames=1, bystander=True).frames[0]
     assert np.abs(frame.astype(int) - expected.astype(int)).mean() < 3    # JPEG of the two-figure frame
+
+
+def test_bystander_stands_on_the_movers_path():
+    """Nearness to the driving poses must not tell the two figures apart: the bystander stands where the mover
+    passes (give or take 0.05 of the width), or beside a mover that stays put."""
+    from diffsynth.data.synthetic import CLIP_FRAMES
+
+    travelling = 0
+    for seed in range(40):
+        clip = make_clip(seed, num_frames=1, bystander=True)
+        start, end = clip.motion.root_x, clip.motion.root_x + clip.motion.drift * (CLIP_FRAMES - 1)
+        x = clip.bystander.motion.root_x
+        if abs(end - start) >= 0.1:
+            travelling += 1
+            assert min(start, end) - 0.05 - 1e-9 <= x <= max(start, end) + 0.05 + 1e-9, seed
+        else:
+            assert 0.15 - 1e-9 <= abs(x - start) or x in (0.15, 0.85), seed
+    assert travelling > 20
