@@ -309,6 +309,9 @@ def _write_data(folder: Path, seeds: Sequence[int], bystanders: Sequence[int] = 
     return folder
 
 
+VAE_BATCH = dict(images=4, clip_batch=2, clip_every=1)   # what the VAE stage reconstructs per step
+
+
 def train_vae(steps: int, seeds: Sequence[int], seed: int = 0, images: int = 4, frames: int = NUM_FRAMES,
               lr: float = 3e-3,
               log: Optional[list] = None, noise: float = 0.05, reg_weight: float = 0.01, hint_weight: float = 1.0,
@@ -588,11 +591,13 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
                 record["vae_init"] = {"file": str(vae_init), "sha256": file_sha256(vae_init),
                                       "reconstruction_psnr_held_out": vae_reconstruction_psnr(init, EVAL_SEEDS),
                                       **_earlier_vae_training(Path(vae_init))}
-            vae = train_vae(vae_steps, seeds, seed=seed, log=vae_log, lr=vae_lr, init_state=init)
+            vae = train_vae(vae_steps, seeds, seed=seed, log=vae_log, lr=vae_lr, init_state=init, **VAE_BATCH)
             _save_base_models(base, vae, seed=seed)
             tail = vae_log[-min(50, len(vae_log)):]
             record["vae"] = {"steps": vae_steps,
-                             "batch": f"4 frames + 2 {NUM_FRAMES}-frame clips",
+                             "batch": f"{VAE_BATCH['images']} frames + {VAE_BATCH['clip_batch']} {NUM_FRAMES}-frame "
+                                      f"clips" + ("" if VAE_BATCH["clip_every"] == 1 else
+                                                  f" every {VAE_BATCH['clip_every']} steps"),
                              "learning_rate": vae_lr,
                              "seconds": round(time.perf_counter() - t),
                              "first_loss": vae_log[0]["mse"] if vae_log else None,
