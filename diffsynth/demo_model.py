@@ -759,7 +759,6 @@ def training_seconds(record: dict) -> float:
     total += r.get("vae_init", {}).get("training", {}).get("seconds", 0)        # a VAE fine-tuned (--vae_init)
     if r.get("init_from", {}).get("previous"):
         total += training_seconds(r["init_from"]["previous"])
-        total -= r.get("vae", {}).get("seconds", 0) if "from" in r.get("vae", {}) else 0   # its VAE, counted there
     return total
 
 
