@@ -153,7 +153,7 @@ def figure_region(example, dilate: int = 2) -> List[np.ndarray]:
 
 ABLATIONS = ("pose_tokens_zeroed", "reference_pose_zeroed", "reference_latent_zeroed")
 POSE_MARGIN_DB = 0.5    # what the learned-behaviour test asks of each pose ablation (PSNR over the moving pixels)
-REFERENCE_POSE_MARGIN_DB = 0.5   # what it asks of the reference-pose ablation (REFERENCE_POSE_CHECK)
+REFERENCE_POSE_MARGIN_DB = 0.3   # what it asks of the reference-pose ablation (REFERENCE_POSE_CHECK)
 # The reference pose is scored where it carries information: on two-figure clips (the same held-out clips with a
 # bystander), over the moving figure's region, whose colours it selects. Keys "two_figures.<name>.<metric>".
 TWO_FIGURE_ABLATIONS = ("reference_pose_zeroed",)
@@ -568,8 +568,8 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
     if bystanders:
         record["data"].setdefault("bystanders", f"{len(bystanders)} of the {num_clips} clips (the seeds that are "
                                                 f"{bystander_every - 1} mod {bystander_every}) have a second, still "
-                                                "figure standing behind the moving one; the poses show only the "
-                                                "moving one")
+                                                "figure standing on the path of the moving one, which crosses 0.6-0.7 "
+                                                "of the width in front of it; the poses show only the moving one")
 
     base = work / "base"
     if not (base / ".done").is_file():
@@ -855,7 +855,7 @@ def write_card(out_dir, record: dict) -> Path:
         earlier = ", ".join(f"{k} {before[k]['steps']} steps" for k in ("vae", "full", "lora")
                             if isinstance(before.get(k), dict) and "steps" in before[k])
         start = (f"\n\n## Starting point\n\nThe DiT and pose guider were fine-tuned from an earlier demo model "
-                 f"(`--init_from {init.get('folder')}`, DiT sha256 "
+                 f"(`--init_from {init.get('folder')}`{' = ' + init['source'] if init.get('source') else ''}, DiT sha256 "
                  f"{', '.join(h[:12] + '...' for h in init.get('dit_sha256', []))}; its own training: {earlier}, about "
                  f"{training_seconds(before) / 60:.0f} min, on one-figure clips); its VAE, T5 and CLIP are reused as "
                  f"they are. The time below counts both runs.")
@@ -910,8 +910,9 @@ Seeds {EVAL_SEEDS}; {INFERENCE["num_inference_steps"]} Euler steps, cfg {INFEREN
 `figure region`: the ground-truth figure's pixels, dilated by 2. `moving pixels`: where a ground-truth frame differs
 from the clip's per-pixel median by > 40 (dilated by 1). `swapped`: clip A's poses with clip B's reference, scored
 against A's frames (`_vs_own`) and against B's character rendered doing A's motion (`_vs_other`). `two_figures`: the
-same held-out clips with a bystander (a second, still figure behind the moving one; the figure region is the moving
-one's).
+same held-out characters and dances with a bystander (`make_example(seed, bystander=True)`: the mover crosses the
+frame in front of a second, still figure standing on its path; the figure region is the mover's, and the reference
+frame is late in the clip, so the mover is at the other side of the frame than in the frames generated).
 
 ## What it has learned, and what not
 
