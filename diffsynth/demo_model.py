@@ -298,14 +298,22 @@ def bystander_seeds(seeds: Sequence[int], every: int = BYSTANDER_EVERY) -> List[
 
 
 def _write_data(folder: Path, seeds: Sequence[int], bystanders: Sequence[int] = ()) -> Path:
+    """The training clips in `folder`; a folder finished by an earlier run is reused only if it holds these very
+    clips (its `.done` marker names them), since every later stage of the work dir was built from it."""
     from .data.synthetic import write_dataset  # noqa: PLC0415
 
-    if (folder / ".done").is_file():
+    marker = folder / ".done"
+    wanted = json.dumps({"seeds": [min(seeds), max(seeds), len(seeds)], "bystanders": sorted(bystanders)})
+    if marker.is_file():
+        found = marker.read_text().strip()
+        if found != wanted and not (found == "ok" and not bystanders):   # "ok": written before bystanders existed
+            raise SystemExit(f"{folder} holds other training clips than these settings ask for (--num_clips or "
+                             "--bystander_every differ from the run that wrote it); use another --work_dir")
         return folder
     if folder.exists():
         shutil.rmtree(folder)
     write_dataset(folder, seeds, set(bystanders))
-    (folder / ".done").write_text("ok\n")
+    marker.write_text(wanted + "\n")
     return folder
 
 

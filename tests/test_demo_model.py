@@ -237,3 +237,17 @@ def test_demo_strip_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
     write_strip(link, frames=(0,), scale=1, shown=1)
     assert outside.read_bytes() == b"user data"
     assert not link.is_symlink() and link.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_work_dir_with_other_clips_is_refused(tmp_path):
+    """The data stage reuses a finished folder only for the same clips: a second run with another --bystander_every
+    in the same --work_dir would train on the first run's clips (and cache) without saying so."""
+    from diffsynth.demo_model import _write_data, bystander_seeds
+
+    seeds = [0, 1]
+    _write_data(tmp_path / "data", seeds, bystander_seeds(seeds, 2))
+    written = sorted(p.name for p in (tmp_path / "data").iterdir())
+    _write_data(tmp_path / "data", seeds, bystander_seeds(seeds, 2))          # the same clips: reused
+    with pytest.raises(SystemExit, match="use another --work_dir"):
+        _write_data(tmp_path / "data", seeds, bystander_seeds(seeds, 0))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == written   # nothing deleted
