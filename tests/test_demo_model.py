@@ -40,7 +40,7 @@ MIN_PSNR = {"full": 20.0, "figure": 15.0}       # baseline, mean over EVAL_SEEDS
 # ablation -> (clips, metric, minimum loss in dB)
 MARGINS = {
     "pose_tokens_zeroed": ("", "motion", POSE_MARGIN_DB),
-    "reference_pose_zeroed": (REFERENCE_POSE_CHECK[0] + ".", REFERENCE_POSE_CHECK[1], REFERENCE_POSE_MARGIN_DB),
+    "reference_pose_zeroed": (*REFERENCE_POSE_CHECK, REFERENCE_POSE_MARGIN_DB),
     "reference_latent_zeroed": ("", "full", 3.0),
 }
 SWAP_MARGIN = 8.0      # swapped reference: PSNR vs the other character's truth minus PSNR vs this clip's frames
@@ -109,10 +109,12 @@ def test_full_stage_init_from_a_demo_model_holds_its_dit_and_pose_guider(tmp_pat
     import torch
     from safetensors.torch import load_file
 
-    from diffsynth.demo_model import _pose_guider_from, full_init_file, model_files
+    from diffsynth.demo_model import full_init_file, model_files
+    from diffsynth.loading.lora import pose_guider_state_dict
 
     files = model_files(ASSET_DIR)
-    path = full_init_file(files["dit"], _pose_guider_from(files["unianimate"]), tmp_path / "init.safetensors")
+    path = full_init_file(files["dit"], pose_guider_state_dict(load_file(files["unianimate"])),
+                          tmp_path / "init.safetensors")
     init = load_file(str(path))
     dit = {f"pipe.dit.{k}": v for shard in files["dit"] for k, v in load_file(shard).items()}
     pose = {k: v for k, v in load_file(files["unianimate"]).items()

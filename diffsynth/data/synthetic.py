@@ -12,7 +12,7 @@ of the two people the driving poses animate.
     clip.frames[i], clip.pose_images[i]             # [H, W, 3] uint8, RGB (pose images as PIL reads them back)
     example = make_example(seed=3)                  # clip frames 0..8 + a reference frame (another pose) at 64x48
     swapped = render(clip.body, clip.motion, other_appearance)   # the same motion worn by another character
-    pair = make_clip(seed=3, bystander=True)       # the same clip with a second, still figure behind the mover
+    pair = make_clip(seed=3, bystander=True)       # the character crosses the frame past a second, still figure
 
 Everything is a pure function of the seed (numpy `default_rng`), and fast: a 24-frame clip takes about 30 ms.
 `write_sample_folder` writes a clip in the `prepare_training_data.py` sample-folder format (docs/training_data.md).
