@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .data.safe_write import atomic_write_text
@@ -187,6 +187,21 @@ class DownloadReport:
         return lines
 
 
+def unsafe_name(path) -> Optional[str]:
+    """Why a hub file name cannot be saved inside the target folder (absolute, `..`, a backslash or a drive, an
+    empty or `.` part), or None when it is a plain relative path. Checked here, not left to the hub client."""
+    if not isinstance(path, str) or not path:
+        return "an empty name"
+    pure = PurePosixPath(path)
+    if "\\" in path or "\0" in path or (len(path) > 1 and path[1] == ":"):
+        return "a backslash, NUL or drive letter in it"
+    if pure.is_absolute():
+        return "an absolute path"
+    if any(part in ("..", ".") for part in path.split("/")) or "" in path.split("/"):
+        return "a '..', '.' or empty part"
+    return None
+
+
 def plan(remote_files: Iterable[RemoteFile], patterns: Sequence[str]) -> List[RemoteFile]:
     """The files that match any of `patterns`, in name order."""
     return sorted((f for f in remote_files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)),
@@ -230,6 +245,11 @@ def download(folder="checkpoints", source: str = "huggingface", only: Optional[S
         for pattern in missing:
             report.failed.append((pattern, f"not listed in {repo} on {source}"))
         target_dir = folder / group.subdir if group.subdir else folder
+        for remote in [f for f in files if unsafe_name(f.path)]:
+            report.failed.append((remote.path, f"refused: the {repo} listing names a file with "
+                                                     f"{unsafe_name(remote.path)}, which would be written outside "
+                                                     f"{target_dir}"))
+        files = [f for f in files if not unsafe_name(f.path)]
         for index, remote in enumerate(files, 1):
             name = str(Path(group.subdir) / remote.path) if group.subdir else remote.path
             log(f"[{group_name} {index}/{len(files)}] {name} ({_size(remote.size)})")
@@ -272,4 +292,4 @@ def _fetch(hub, repo: str, remote: RemoteFile, target_dir: Path, name: str, stam
 
 
 __all__ = ["download", "DownloadError", "DownloadReport", "GROUPS", "SOURCES", "RemoteFile", "Group", "HuggingFaceSource",
-           "ModelScopeSource", "make_source", "verify", "file_hashes", "plan"]
+           "ModelScopeSource", "make_source", "verify", "file_hashes", "plan", "unsafe_name"]

@@ -158,3 +158,22 @@ def test_cli(tmp_path, hub, capsys):
     assert main(["download", "--only", "dwpose", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "[dwpose 1/2] dw-ll_ucoco_384.onnx" in out and "2 downloaded, 0 already complete, 0 failed" in out
+
+
+@pytest.mark.parametrize("name", ["google/umt5-xxl/../../../escaped.txt", "google/umt5-xxl/..\\..\\escaped.txt",
+                                  "google/umt5-xxl//tmp/absolute.txt"])
+def test_a_hub_name_leading_out_of_the_folder_is_refused_by_this_tool(tmp_path, hub, monkeypatch, name):
+    monkeypatch.setitem(REPOS, WAN, {**REPOS[WAN], name: b"planted"})
+    target = tmp_path / "checkpoints"
+    report = dl.download(target, only=["wan"], log=lambda line: None)
+    refused = [why for failed, why in report.failed if name in failed]
+    assert len(refused) == 1 and "refused" in refused[0] and name not in hub.calls   # never handed to the client
+    assert not any(p.read_bytes() == b"planted" for p in tmp_path.rglob("*") if p.is_file())
+    assert len(report.downloaded) == 7                   # the rest of the release still comes
+
+
+def test_unsafe_hub_names():
+    for name in ("/etc/passwd", "../x", "a/../../x", "a\\..\\x", "C:/x", "", "a//b", "./a"):
+        assert dl.unsafe_name(name), name
+    for name in ("google/umt5-xxl/tokenizer.json", "yolox_l.onnx", "a..b/c.txt"):
+        assert dl.unsafe_name(name) is None, name
