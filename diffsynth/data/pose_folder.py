@@ -48,12 +48,50 @@ def is_frame_file(name: str) -> bool:
     return _FRAME_FILE.match(name) is not None
 
 
+def _manifest(pose_dir: Path):
+    """The folder's run manifest, or None when it has none (a hand-made or upstream pose folder)."""
+    from .safe_write import Manifest  # noqa: PLC0415
+
+    manifest = Manifest.load(pose_dir, MANIFEST_FILE)
+    return manifest if manifest.files else None
+
+
+def _refuse_changed(manifest, names: Sequence[str]) -> None:
+    """ValueError naming the first of `names` that is not the file run_align_pose wrote (see `Manifest.changed`);
+    a manifest without hashes (written before they were recorded) vouches for nothing and checks nothing."""
+    if not manifest.sha256:
+        return
+    changed = manifest.changed(names)
+    if changed:
+        path = manifest.folder / changed[0]
+        what = "is missing" if not os.path.lexists(path) else "differs from the file run_align_pose wrote"
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ValueError(f"pose image {path} {what}{more} (SHA-256 recorded in {MANIFEST_FILE}): make the pose "
+                         f"folder again (run_align_pose.py --overwrite, or delete it and rerun animate), or redraw "
+                         f"it from an edited {POSES_FILE} with redraw_from_json")
+
+
 def list_pose_frames(pose_dir: PathLike) -> List[Path]:
-    """The pose frames of a folder in numeric order (`9.jpg` < `10.jpg` < `0011.jpg`'s 11)."""
+    """The pose frames of a folder in numeric order (`9.jpg` < `10.jpg` < `0011.jpg`'s 11).
+
+    A folder with a run manifest (`.run_align_pose.json`) has exactly the frames it lists: another digit-named
+    .jpg there (a stray `00005.jpg`, a user's `2023.jpg`) is not a pose frame, and a listed frame that is missing
+    or no longer the file run_align_pose wrote (its SHA-256) is refused, naming it. A folder without a manifest
+    (hand-made, or written by the upstream script) has every digit-named .jpg."""
     pose_dir = Path(pose_dir)
     if not pose_dir.is_dir():
         raise FileNotFoundError(f"pose folder {pose_dir} does not exist: make it with run_align_pose.py")
-    frames = [p for p in pose_dir.iterdir() if is_frame_file(p.name) and p.is_file()]
+    manifest = _manifest(pose_dir)
+    if manifest is not None:
+        names = [name for name in manifest.files if is_frame_file(name)]
+        _refuse_changed(manifest, names)
+        frames = [pose_dir / name for name in names]
+        missing = [p for p in frames if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"pose frame {missing[0]} is listed in {MANIFEST_FILE} but missing: the run "
+                                    f"that made the folder did not finish; make it again")
+    else:
+        frames = [p for p in pose_dir.iterdir() if is_frame_file(p.name) and p.is_file()]
     frames.sort(key=lambda p: (int(_FRAME_FILE.match(p.name).group(1)), p.name))
     if not frames:
         raise ValueError(f"no pose frames (0000.jpg, 0001.jpg, ...) in {pose_dir}: run run_align_pose.py first")
@@ -61,10 +99,14 @@ def list_pose_frames(pose_dir: PathLike) -> List[Path]:
 
 
 def reference_pose_file(pose_dir: PathLike) -> Path:
-    """`<pose_dir>/pose.jpg`, which must exist."""
+    """`<pose_dir>/pose.jpg`, which must exist (and, in a folder with a manifest, be the file run_align_pose
+    wrote)."""
     path = Path(pose_dir) / REFERENCE_POSE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"reference pose {path} not found: make the pose folder with run_align_pose.py")
+    manifest = _manifest(Path(pose_dir))
+    if manifest is not None:
+        _refuse_changed(manifest, [REFERENCE_POSE_FILE])
     return path
 
 
@@ -92,13 +134,20 @@ def select_frames(num_available: int, num_frames: int, stride: int = 1,
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
-    """An image file as H x W x 3 uint8 RGB (16-bit and float images scaled, not clipped)."""
+    """An image file as H x W x 3 uint8 RGB (16-bit and float images scaled, not clipped). A file that cannot be
+    decoded (not an image, truncated) raises ValueError naming it."""
     from PIL import Image  # noqa: PLC0415
 
     from .images import to_rgb_uint8  # noqa: PLC0415
 
-    with Image.open(path) as image:
-        return to_rgb_uint8(image)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        with Image.open(path) as image:
+            return to_rgb_uint8(image)
+    except (OSError, SyntaxError, ValueError) as error:    # PIL: UnidentifiedImageError, truncated data, ...
+        raise ValueError(f"cannot read image {path}: {' '.join(str(error).split()) or type(error).__name__}; "
+                         f"replace or remove the file") from None
 
 
 def pose_tensors(pose_images: Sequence[ImageLike], reference_pose: ImageLike, height: int, width: int
@@ -126,7 +175,6 @@ class PoseClip:
     dwpose_data: torch.Tensor         # [3, F, H, W] float 0..255, RGB
     random_ref_dwpose: torch.Tensor   # [H, W, 3] uint8, RGB
     files: List[Path]                 # the pose frame of each of the F frames
-    reference_file: Path
 
 
 def read_pose_clip(pose_dir: PathLike, height: int, width: int, num_frames: Optional[int] = None,
@@ -144,7 +192,7 @@ def read_pose_clip(pose_dir: PathLike, height: int, width: int, num_frames: Opti
         indices = select_frames(len(frames), num_frames, frame_interval, np.random.default_rng(seed))
     chosen = [frames[i] for i in indices]
     dwpose_data, ref = pose_tensors([read_rgb(p) for p in chosen], read_rgb(reference), height, width)
-    return PoseClip(dwpose_data, ref, chosen, reference)
+    return PoseClip(dwpose_data, ref, chosen)
 
 
 def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated: Sequence[ImageLike]

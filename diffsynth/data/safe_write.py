@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence, Union
@@ -175,6 +177,24 @@ def make_folder(path: PathLike) -> Path:
 # Run manifest
 
 
+def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp[^/]*$")
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether `name` has the form of an atomic write's temporary file (`.<stem>.<12 hex>.tmp<suffix>`): what a
+    write killed before its rename leaves behind."""
+    return _TEMP_NAME.match(name) is not None
+
+
 def _clean_name(name) -> str | None:
     """A manifest entry as a normalised relative POSIX path, or None if it is not one (absolute, `..`, ...)."""
     if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
@@ -203,6 +223,9 @@ class Manifest:
         # What the listed files were made from (e.g. input hashes and settings), for tools that reuse a finished
         # folder; set it after the files are complete and `save()`. Cleared by `remove_listed`.
         self.inputs: dict | None = None
+        # SHA-256 of listed files as the tool wrote them (`record_hashes`), so that readers can tell an edited,
+        # damaged or swapped file from the tool's own (`changed`). Cleared by `remove_listed`.
+        self.sha256: dict[str, str] = {}
 
     @classmethod
     def load(cls, folder: PathLike, name: str) -> "Manifest":
@@ -223,6 +246,10 @@ class Manifest:
         manifest = cls(folder, name, files)
         inputs = document.get("inputs")
         manifest.inputs = inputs if isinstance(inputs, dict) else None
+        hashes = document.get("sha256")
+        if isinstance(hashes, dict):
+            manifest.sha256 = {_clean_name(k): v for k, v in hashes.items()
+                               if _clean_name(k) in manifest._listed and isinstance(v, str)}
         return manifest
 
     def __contains__(self, name: str) -> bool:
@@ -262,7 +289,30 @@ class Manifest:
         """Replace the list by exactly `names` (the files the run ended up with) and save."""
         self.files, self._listed = [], set()
         self._add(names)
+        self.sha256 = {name: digest for name, digest in self.sha256.items() if name in self._listed}
         self.save()
+
+    def record_hashes(self, names: Sequence[str]) -> None:
+        """Remember the SHA-256 of the listed files `names` as they are now (just written by the tool), and save."""
+        for name in names:
+            clean = _clean_name(name)
+            if clean not in self._listed:
+                raise ValueError(f"{name} is not listed in {self.path}; list it before recording its hash")
+            self.sha256[clean] = sha256_of(self.folder / clean)
+        self.save()
+
+    def changed(self, names: Sequence[str]) -> list[str]:
+        """Those of `names` that differ from the file the tool wrote: missing, replaced by a symlink or something
+        else, or with another SHA-256 than `record_hashes` recorded (a name without a recorded hash counts as
+        changed: nothing vouches for it)."""
+        changed = []
+        for name in names:
+            clean = _clean_name(name)
+            path = self.folder / clean if clean else None
+            if path is None or clean not in self.sha256 or path.is_symlink() or not path.is_file() or \
+                    sha256_of(path) != self.sha256[clean]:
+                changed.append(name)
+        return changed
 
     def save(self) -> None:
         """Write the manifest atomically."""
@@ -270,6 +320,8 @@ class Manifest:
                     "files": self.files}
         if self.inputs is not None:
             document["inputs"] = self.inputs
+        if self.sha256:
+            document["sha256"] = self.sha256
         atomic_write_text(self.path, json.dumps(document, indent=0) + "\n")
 
     def _folder(self, parts: Sequence[str]) -> Path | None:
@@ -303,10 +355,11 @@ class Manifest:
                 folder.rmdir()
         self.files, self._listed = [], set()
         self.inputs = None
+        self.sha256 = {}
         if self.path.is_symlink() or self.path.is_file():
             self.path.unlink()
         return removed
 
 
-__all__ = ["Manifest", "atomic_output", "atomic_write_bytes", "atomic_write_text", "check_output_file",
+__all__ = ["Manifest", "sha256_of", "is_temporary_name", "atomic_output", "atomic_write_bytes", "atomic_write_text", "check_output_file",
            "check_output_folder", "make_folder"]

@@ -170,6 +170,10 @@ def run_align_pose(
     # 2. Poses.
     reference = pose_backend.estimate_image(reference_image)
     if reference.pose is None:
+        if resize == "crop" and pose_backend.estimate_image(original_image).pose is not None:
+            raise ValueError(f"--resize crop cut the person out of the reference image {ref_image}: the centre crop "
+                             f"to the canvas's {canvas_w}x{canvas_h} shape keeps no one (the whole image has a "
+                             f"person); use --resize pad, or a photo with the person nearer the centre")
         raise ValueError(f"no person found in the reference image {ref_image}")
     results, sizes = [], []
     tracker = pose_backend.new_sequence()
@@ -196,6 +200,8 @@ def run_align_pose(
     write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose, canvas_w, canvas_h), replace=False)
     for name, pose in zip(tqdm(names, unit="frame", desc="drawing", disable=not progress), aligned):
         write_image(output_dir / name, draw_pose(pose, canvas_w, canvas_h), replace=False)
+    # The images' SHA-256, so that readers take exactly these frames (list_pose_frames) and notice an edit.
+    Manifest.load(output_dir, MANIFEST_FILE).record_hashes([REFERENCE_FILE, *names, *extra])
 
     # 4. poses.json and the optional preview.
     document = {
@@ -292,4 +298,5 @@ def redraw_from_json(poses_json: str | Path, output_dir: str | Path | None = Non
     write_image(output_dir / REFERENCE_FILE, draw_pose(Pose.from_dict(document["reference"]["pose"]), *canvas))
     for entry in document["frames"]:
         write_image(output_dir / entry["file"], draw_pose(Pose.from_dict(entry["aligned"]), *canvas))
+    manifest.record_hashes(names)    # the redrawn images are now the tool's files (see list_pose_frames)
     return len(document["frames"])

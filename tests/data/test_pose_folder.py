@@ -178,3 +178,51 @@ def test_sixteen_bit_png_reference_reaches_the_model_scaled(tmp_path):
     assert tensor.shape == (1, 3, 16, 16)
     assert -1.0 <= tensor.min() < -0.9 and 0.9 < tensor.max() <= 1.0
     assert (tensor > 0.99).float().mean() < 0.05
+
+
+def manifest_folder(tmp_path):
+    """A pose folder with the manifest run_align_pose writes: its files listed, its images' SHA-256 recorded."""
+    from diffsynth.data.pose_folder import MANIFEST_FILE
+    from diffsynth.data.safe_write import Manifest
+
+    names = [frame_file_name(i, COUNT) for i in range(COUNT)]
+    folder = tmp_path / "poses"
+    folder.mkdir()
+    manifest = Manifest(folder, MANIFEST_FILE)
+    manifest.reserve([REFERENCE_POSE_FILE, *names])           # listed first, then written, then hashed
+    write_pose_folder(tmp_path / "staging", names)
+    for file in (tmp_path / "staging").iterdir():
+        file.rename(folder / file.name)
+    manifest.record_hashes([REFERENCE_POSE_FILE, *names])
+    return folder
+
+
+def test_a_folder_with_a_manifest_has_exactly_the_frames_it_lists(tmp_path):
+    folder = manifest_folder(tmp_path)
+    write_image(folder / "00005.jpg", draw_pose(nose_pose(0.9), CANVAS_W, CANVAS_H))   # a stray frame-like name
+    write_image(folder / "2023.jpg", draw_pose(nose_pose(0.9), CANVAS_W, CANVAS_H))    # a user's photo
+    clip = read_pose_clip(folder, CANVAS_H, CANVAS_W, num_frames=None)
+    assert [p.name for p in clip.files] == [frame_file_name(i, COUNT) for i in range(COUNT)]
+    assert [p.name for p in list_pose_frames(folder)] == [p.name for p in clip.files]
+
+
+@pytest.mark.parametrize("damage", ["edited", "truncated", "deleted", "reference"])
+def test_a_changed_frame_is_refused_naming_it(tmp_path, damage):
+    folder = manifest_folder(tmp_path)
+    name = REFERENCE_POSE_FILE if damage == "reference" else "0003.jpg"
+    if damage == "deleted":
+        (folder / name).unlink()
+    elif damage == "truncated":
+        (folder / name).write_bytes((folder / name).read_bytes()[:100])
+    else:
+        write_image(folder / name, draw_pose(nose_pose(0.9), CANVAS_W, CANVAS_H))
+    with pytest.raises(ValueError, match=f"{name}.*(differs|missing).*SHA-256") as caught:
+        read_pose_clip(folder, CANVAS_H, CANVAS_W, num_frames=None)
+    assert str(folder / name) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_an_unreadable_frame_in_a_folder_without_a_manifest_is_named(pose_dir):
+    name = sorted(p.name for p in pose_dir.glob("*.jpg") if p.name != REFERENCE_POSE_FILE)[0]
+    (pose_dir / name).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match=f"cannot read image {pose_dir / name}"):
+        read_pose_clip(pose_dir, CANVAS_H, CANVAS_W, num_frames=None)

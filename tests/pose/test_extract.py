@@ -412,3 +412,48 @@ def test_warnings_do_not_fire_for_a_complete_pose(tmp_path, det_model, pose_mode
         warnings.simplefilter("error", PoseAlignmentWarning)
         assert _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir",
                     tmp_path / "o", "--det_model", det_model, "--pose_model", pose_model) == 0
+
+
+def test_the_manifest_vouches_for_the_pose_images_and_a_redraw_renews_it(tmp_path, det_model, pose_model,
+                                                                          reference_image, make_frame):
+    from diffsynth.data.pose_folder import list_pose_frames, read_pose_clip
+
+    video = _write_video(tmp_path / "drive.mp4", [make_frame(), make_frame()])
+    out = tmp_path / "poses"
+    assert _run("--ref_name", reference_image, "--source_video_paths", video, "--saved_pose_dir", out,
+                "--det_model", det_model, "--pose_model", pose_model) == 0
+    hashes = json.loads((out / ".run_align_pose.json").read_text())["sha256"]
+    assert sorted(hashes) == ["0000.jpg", "0001.jpg", "pose.jpg"]
+    cv2.imwrite(str(out / "00002.jpg"), make_frame())                 # not listed: not a frame
+    assert [p.name for p in list_pose_frames(out)] == ["0000.jpg", "0001.jpg"]
+    cv2.imwrite(str(out / "0001.jpg"), make_frame())                  # edited by hand: refused, named
+    with pytest.raises(ValueError, match="0001.jpg differs"):
+        read_pose_clip(out, 32, 32)
+    document = json.loads((out / "poses.json").read_text())
+    document["frames"][0]["aligned"]["body"][0] = None                # the supported edit: poses.json + redraw
+    (out / "poses.json").write_text(json.dumps(document))
+    assert redraw_from_json(out / "poses.json") == 2
+    assert read_pose_clip(out, 32, 32).dwpose_data.shape[1] == 2
+
+
+def test_a_centre_crop_that_cuts_the_person_out_says_so(tmp_path, det_model, pose_model, make_frame, monkeypatch,
+                                                        capsys):
+    from diffsynth.pose import extract
+
+    real = extract.create_backend
+
+    def bright_only(*args, **kwargs):    # the stand-in pose model always finds someone: find only bright figures
+        backend = real(*args, **kwargs)
+        estimate = backend.estimate_image
+        backend.estimate_image = lambda image: estimate(image) if image.max() > 200 else FramePose(None)
+        return backend
+    monkeypatch.setattr(extract, "create_backend", bright_only)
+    wide = np.full((720, 2400, 3), 40, np.uint8)
+    wide[:, :640] = cv2.resize(make_frame(), (640, 960))[:720]        # the person on the left, the centre empty
+    cv2.imwrite(str(tmp_path / "wide.png"), wide)
+    video = _write_video(tmp_path / "drive.mp4", [make_frame()])
+    args = ("--ref_name", tmp_path / "wide.png", "--source_video_paths", video, "--det_model", det_model,
+            "--pose_model", pose_model, "--canvas", "480x720")
+    assert _run(*args, "--saved_pose_dir", tmp_path / "crop", "--resize", "crop") == 1
+    assert "--resize crop cut the person out" in capsys.readouterr().err
+    assert _run(*args, "--saved_pose_dir", tmp_path / "pad", "--resize", "pad") == 0
