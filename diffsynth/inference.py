@@ -17,7 +17,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 
-from .data.pose_folder import comparison_panels, list_pose_frames, read_pose_clip, read_rgb, reference_pose_file
+from .data.image_file import read_image_rgb
+from .data.pose_folder import comparison_panels, list_pose_frames, read_pose_clip, reference_pose_file
 from .data.safe_write import check_output_file
 from .data.video import save_video
 from .loading import ModelManager
@@ -116,7 +117,7 @@ def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str
 
     check_output_file(out_path, overwrite=overwrite, inputs=[ref_image], flag="OVERWRITE = True (overwrite=True)")
     clip = read_pose_clip(pose_dir, height, width, max_frames, frame_interval, seed)
-    reference = Image.fromarray(read_rgb(_require(ref_image, "reference image")))
+    reference = Image.fromarray(read_image_rgb(_require(ref_image, "reference image")))   # upright, as the pose tool read it
     long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
     if long_video:   # decode and write chunk by chunk: memory does not grow with the number of frames
         pipe_kwargs.setdefault("output_type", "iterator")

@@ -1,50 +1,17 @@
 """Images in and out of the models: decoding any PIL mode to 8-bit RGB, resizing as upstream, tensors <-> frames.
 
-All PIL use of the pipelines lives here, so pipelines and models only see tensors. 16-bit and float images are
-*scaled* to 8 bits (PIL's own `convert("RGB")` clips them: a 16-bit grey photo came out 98% white).
+All PIL use of the pipelines lives here, so pipelines and models only see tensors. Decoding any image to 8-bit
+RGB (`to_rgb_uint8`) and reading files (`read_image_rgb`) live in `image_file.py`, which needs no torch.
 """
 from __future__ import annotations
 
-from typing import List, Union
+from typing import List
 
 import numpy as np
 import torch
 from PIL import Image
 
-ImageLike = Union[Image.Image, np.ndarray]
-
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """Grey values of a 16-bit, 32-bit int or float image -> uint8, by the range the mode implies."""
-    values = values.astype(np.float64)
-    finite = values[np.isfinite(values)]
-    peak = float(finite.max()) if finite.size else 0.0
-    if mode in _SIXTEEN_BIT_MODES:
-        scale = 255 / 65535
-    elif mode == "F" and peak <= 1.0:
-        scale = 255.0                     # float images in [0, 1]
-    elif peak <= 255:
-        scale = 1.0                       # "I"/"F" images that hold 8-bit values
-    else:
-        scale = 255 / 65535               # "I"/"F" images that hold 16-bit values (how PIL opens 16-bit PNGs)
-    scaled = np.nan_to_num(values * scale, nan=0.0, posinf=255.0, neginf=0.0)
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
-def to_rgb_uint8(image: ImageLike) -> np.ndarray:
-    """A PIL image of any mode, or an H x W x 3 uint8 array, as a contiguous H x W x 3 uint8 RGB array."""
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image arrays must be H x W x 3 uint8 RGB; got {image.dtype} {image.shape}")
-        return np.ascontiguousarray(image)
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected a PIL image or an H x W x 3 uint8 array; got {type(image).__name__}")
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
-        grey = _scale_to_uint8(np.asarray(image), image.mode)
-        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-    return np.asarray(image.convert("RGB")).copy()
+from .image_file import ImageLike, to_rgb_uint8
 
 
 def resize_rgb(array: np.ndarray, height: int, width: int, resample=Image.BILINEAR) -> np.ndarray:

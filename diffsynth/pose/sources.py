@@ -9,19 +9,16 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..data.image_file import read_image_bgr
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_FPS = 30.0
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """BGR uint8 image; raises FileNotFoundError / ValueError with the path when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path} (not an image, or a format OpenCV cannot decode)")
-    return image
+    """BGR uint8 image, upright (the project's one reader, `data.image_file.read_image_rgb`); raises
+    FileNotFoundError / ValueError with the path when it cannot be read."""
+    return read_image_bgr(path)
 
 
 def _natural_key(path: Path):
