@@ -4,8 +4,11 @@ are unchanged.
 The folder is a `run_align_pose` output folder (pose.jpg, 0000.jpg…, poses.json, reference.png) whose manifest
 (`.run_align_pose.json`) also records, once every file is complete, what it was made from: the SHA-256 of the
 reference and of the driving video, the canvas, the resize mode, the backend and its model files, the smoothing.
-A later run with the same record reuses the folder; any difference recomputes it, deleting only the files the
-manifest lists (never a file this tool did not write).
+A later run with the same record reuses the folder while its pose images are still the ones written (their SHA-256
+in the manifest); any difference recomputes it, deleting only the files the manifest lists (never a file this tool
+did not write). The frames are exactly those the manifest lists (`list_pose_frames`): another `00005.jpg` or a
+user's `2023.jpg` in the folder is not a pose. A folder that is a symlink is refused (never written through); what
+a killed run leaves (the temporary files of its atomic writes, with or without a manifest) is cleaned and recomputed.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 
-from ..data.pose_folder import MANIFEST_FILE, POSES_FILE, REFERENCE_IMAGE_FILE, list_pose_frames
-from ..data.safe_write import Manifest, check_output_folder
+from ..data.pose_folder import (MANIFEST_FILE, POSES_FILE, REFERENCE_IMAGE_FILE, REFERENCE_POSE_FILE, is_frame_file,
+                                list_pose_frames)
+from ..data.safe_write import Manifest, check_output_folder, is_temporary_name
 
-CACHE_FORMAT = "diffsynth.animate.poses/1"
+CACHE_FORMAT = "diffsynth.animate.poses/2"       # 2: the pose images' SHA-256 are in the manifest
 
 
 @dataclass
@@ -67,27 +71,45 @@ def cache_key(reference, driving, canvas: Tuple[int, int], resize: str, backend:
 
 
 def _complete(manifest: Manifest) -> bool:
-    return bool(manifest.files) and all((manifest.folder / name).is_file() for name in manifest.files)
+    """Every listed file is there and every pose image is the one the run wrote (its recorded SHA-256)."""
+    images = [n for n in manifest.files if is_frame_file(n) or n in (REFERENCE_POSE_FILE, REFERENCE_IMAGE_FILE)]
+    return bool(manifest.files) and all((manifest.folder / name).is_file() for name in manifest.files) and \
+        bool(images) and not manifest.changed(images)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete what a run killed in the middle of a write leaves: the hidden temporary files of atomic writes
+    (`.<name>.<12 hex>.tmp<suffix>`, see `safe_write`); nothing else."""
+    for entry in folder.iterdir():
+        if is_temporary_name(entry.name) and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
 
 
 def prepare_poses(reference, driving, folder, canvas: Tuple[int, int], resize: str = "pad",
                   backend: str = "dwpose", det_model: Optional[str] = None, pose_model: Optional[str] = None,
                   smooth: bool = False, progress: bool = False) -> PoseFolder:
     """Extract and align the poses of `driving` to `reference` into `folder` on a `canvas` (width, height), or
-    reuse the folder when an earlier run recorded the same inputs. A non-empty folder without a manifest (not made
-    by this tool) is refused."""
+    reuse the folder when an earlier run recorded the same inputs and its pose images are unchanged. A folder that
+    is a symlink, or a non-empty one without a manifest (not made by this tool), is refused."""
     from ..pose.extract import SmoothingOptions, load_manifest, run_align_pose  # noqa: PLC0415
     from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL  # noqa: PLC0415
 
     folder = check_output_folder(folder, inputs=[reference, driving])
+    if folder.is_symlink():
+        raise ValueError(f"pose folder {folder} is a symbolic link; refusing to write through it: remove the link "
+                         f"(its target is kept) or choose another --out")
     models = (str(det_model or DEFAULT_DET_MODEL), str(pose_model or DEFAULT_POSE_MODEL))
     key = cache_key(reference, driving, canvas, resize, backend, models, smooth)
     reused = False
     if folder.is_dir() and any(folder.iterdir()):
         manifest = load_manifest(folder)
         if not manifest.files:
-            raise FileExistsError(f"pose folder {folder} exists and was not written by diffsynth (no "
-                                  f"{MANIFEST_FILE}); move it away or choose another --out")
+            strangers = sorted(p.name for p in folder.iterdir() if not is_temporary_name(p.name))
+            if strangers:
+                shown = ", ".join(strangers[:3]) + (f" and {len(strangers) - 3} more" if len(strangers) > 3 else "")
+                raise FileExistsError(f"pose folder {folder} holds files not written by diffsynth ({shown}; no "
+                                      f"{MANIFEST_FILE}); move them away or choose another --out")
+        _remove_leftovers(folder)      # a killed run's temporary files: ours by name, never a user's file
         reused = manifest.inputs == key and _complete(manifest)
     if not reused:
         run_align_pose(reference, driving, folder, backend=backend, det_model=models[0], pose_model=models[1],

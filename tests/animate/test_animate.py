@@ -128,3 +128,65 @@ def test_torchrun_ranks_split_the_pairs(tmp_path, pose_models, photo, driving, m
     done = Animator(settings_for(pose_models)).animate_batch(
         [(photo, tmp_path / f"missing{i}.mp4") for i in range(3)], tmp_path / "out", preview_only=True)
     assert [drv.name for _, drv, _ in done.failed] == ["missing1.mp4"]     # rank 1 of 2 takes pair 1 only
+
+
+def pose_args(pose_models):
+    return dict(det_model=pose_models[0], pose_model=pose_models[1])
+
+
+def test_the_pose_cache_takes_only_its_own_unchanged_frames(tmp_path, pose_models, photo, driving):
+    folder = tmp_path / "clip.poses"
+    first = prepare_poses(photo, driving, folder, (64, 32), "pad", **pose_args(pose_models))
+    (folder / "00005.jpg").write_bytes((folder / "0000.jpg").read_bytes())   # a stray frame-like file
+    (folder / "2023.jpg").write_bytes((folder / "0001.jpg").read_bytes())    # a user's photo kept beside
+    again = prepare_poses(photo, driving, folder, (64, 32), "pad", **pose_args(pose_models))
+    assert again.reused and again.frames == first.frames == 7
+    cv2.imwrite(str(folder / "0003.jpg"), np.zeros((32, 64, 3), np.uint8))   # an edited frame: extracted again
+    edited = prepare_poses(photo, driving, folder, (64, 32), "pad", **pose_args(pose_models))
+    assert not edited.reused and cv2.imread(str(folder / "0003.jpg")).max() > 0
+    assert (folder / "2023.jpg").is_file() and (folder / "00005.jpg").is_file()   # user files untouched
+
+
+def test_a_pose_folder_that_is_a_symlink_is_not_written_through(tmp_path, pose_models, photo, driving):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "clip.poses").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="clip.poses is a symbolic link"):
+        prepare_poses(photo, driving, tmp_path / "clip.poses", (64, 32), **pose_args(pose_models))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_interrupted_run_leaves_a_folder_the_next_run_adopts(tmp_path, pose_models, photo, driving,
+                                                               monkeypatch):
+    from diffsynth.pose import extract
+
+    folder = tmp_path / "clip.poses"
+    real, calls = extract.write_image, []
+
+    def killed_at_the_third_frame(path, image, replace=True):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real(path, image, replace=replace)
+    monkeypatch.setattr(extract, "write_image", killed_at_the_third_frame)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_poses(photo, driving, folder, (64, 32), **pose_args(pose_models))
+    monkeypatch.undo()
+    (folder / ".0004.0123456789ab.tmp.jpg").write_bytes(b"half")       # what a kill -9 mid-write leaves
+    assert prepare_poses(photo, driving, folder, (64, 32), **pose_args(pose_models)).frames == 7
+    assert not (folder / ".0004.0123456789ab.tmp.jpg").exists()
+
+
+def test_only_leftovers_of_a_killed_run_without_a_manifest_are_adopted(tmp_path, pose_models, photo, driving):
+    folder = tmp_path / "clip.poses"
+    folder.mkdir()
+    (folder / "..run_align_pose.a1b2c3d4e5f6.tmp.json").write_text("{")    # killed while writing the manifest
+    assert prepare_poses(photo, driving, folder, (64, 32), **pose_args(pose_models)).frames == 7
+    assert not (folder / "..run_align_pose.a1b2c3d4e5f6.tmp.json").exists()
+    other = tmp_path / "other.poses"
+    other.mkdir()
+    (other / ".0001.a1b2c3d4e5f6.tmp.jpg").write_bytes(b"half")
+    (other / "2023.jpg").write_bytes(b"my photo")
+    with pytest.raises(FileExistsError, match=r"not written by diffsynth \(2023.jpg;"):
+        prepare_poses(photo, driving, other, (64, 32), **pose_args(pose_models))
+    assert (other / "2023.jpg").read_bytes() == b"my photo"
