@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 import itertools
 from typing import Iterable, List, Optional, Sequence, Union
@@ -110,6 +111,21 @@ def list_images(folder: Union[str, os.PathLike]) -> List[Path]:
     return sorted(files, key=key)
 
 
+_FFMPEG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
+
+
+def _short_reason(error: BaseException) -> str:
+    """One short line from a reader's error: for ffmpeg's (the banner, the build configuration and every library
+    version, ~2,600 characters) the messages its demuxers printed, else the error's own first line."""
+    text = str(error)
+    head, _, stderr = text.partition("=== stderr ===")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    messages = [_FFMPEG_PREFIX.sub("", line) for line in lines if _FFMPEG_PREFIX.match(line)]
+    reason = "; ".join(dict.fromkeys(messages[:2] or lines[-1:])) or " ".join(head.split())
+    reason = reason or type(error).__name__
+    return reason if len(reason) <= 200 else reason[:199] + "…"
+
+
 class VideoData:
     """Frames of a video file or an image folder as PIL images, optionally resized to (height, width).
 
@@ -122,11 +138,16 @@ class VideoData:
         if (video_file is None) == (image_folder is None):
             raise ValueError("pass exactly one of video_file= or image_folder=")
         self.height, self.width = height, width
+        self._video_file = video_file
         if video_file is not None:
             if not Path(video_file).is_file():
                 raise FileNotFoundError(f"video file {video_file} does not exist")
-            self._reader = imageio.get_reader(video_file)
-            self._length = self._reader.count_frames()
+            try:
+                self._reader = imageio.get_reader(video_file)
+                self._length = self._reader.count_frames()
+            except Exception as error:  # noqa: BLE001 - imageio/ffmpeg raise OSError, RuntimeError, IndexError...
+                raise ValueError(f"cannot read video {video_file}: {_short_reason(error)} (damaged, or not a "
+                                 f"video)") from None
             self._images = None
         else:
             self._images = list_images(image_folder)
@@ -145,10 +166,16 @@ class VideoData:
         if not -self._length <= index < self._length:
             raise IndexError(f"frame {index} out of range for {self._length} frames")
         index %= self._length
-        if self._reader is not None:
-            image = Image.fromarray(self._reader.get_data(index)).convert("RGB")
-        else:
-            image = Image.open(self._images[index]).convert("RGB")
+        source = self._video_file if self._reader is not None else self._images[index]
+        try:
+            if self._reader is not None:
+                image = Image.fromarray(self._reader.get_data(index)).convert("RGB")
+            else:
+                with Image.open(self._images[index]) as file:
+                    image = file.convert("RGB")
+        except Exception as error:  # noqa: BLE001 - decoders raise many kinds; one line naming the file instead
+            raise ValueError(f"cannot read frame {index} of {source}: {_short_reason(error)} (damaged, or not "
+                             f"{'a video' if self._reader is not None else 'an image'})") from None
         if self.height is not None and self.width is not None and image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.BICUBIC)
         return image

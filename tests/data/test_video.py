@@ -208,3 +208,27 @@ def test_a_generator_failing_mid_stream_leaves_the_old_file_and_is_closed(tmp_pa
     with pytest.raises(ValueError, match="uint8"):
         save_video(stream, tmp_path / "b.mp4", progress=False)
     assert closed[-1] == "second" and list(tmp_path.iterdir()) == [path]   # the writer's error closes the source
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_video_is_named_in_one_short_line(tmp_path, damage):
+    path = tmp_path / "dance.mp4"
+    if damage == "garbage":
+        path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    else:
+        good = save_video(color_frames(12, 96, 128), tmp_path / "good.mp4", progress=False)
+        path.write_bytes(open(good, "rb").read()[:1500])
+    with pytest.raises(ValueError) as caught:
+        VideoData(video_file=str(path)).raw_data()
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message and len(message) < 400     # not ffmpeg's banner
+    assert "ffmpeg version" not in message and "configuration:" not in message
+
+
+def test_a_damaged_image_in_a_frame_folder_is_named(tmp_path):
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    video = VideoData(image_folder=str(tmp_path))
+    with pytest.raises(ValueError, match=f"cannot read frame 1 of {tmp_path / '1.png'}"):
+        video.raw_data()
