@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -78,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = p.add_argument_group("training")
     train.add_argument("--learning_rate", type=float, default=1e-5)
     train.add_argument("--accumulate_grad_batches", type=int, default=1)
-    train.add_argument("--max_epochs", type=int, default=1)
-    train.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (-1: off)")
+    train.add_argument("--max_epochs", type=int, default=None,
+                       help="stop after this many epochs (default: 1, or no epoch limit when --max_steps is given)")
+    train.add_argument("--max_steps", type=int, default=-1,
+                       help="stop after this many optimizer steps (-1: off); wins over the default --max_epochs")
     train.add_argument("--train_architecture", default="lora", choices=["lora", "full"])
     train.add_argument("--lora_rank", type=int, default=4)
     train.add_argument("--lora_alpha", type=float, default=4.0)
@@ -134,8 +137,11 @@ def weight_dtype(precision: str) -> torch.dtype:
 
 
 def resolve_strategy(name: str):
-    """Lightning strategy; DeepSpeed is imported only when asked for."""
+    """Lightning strategy; DeepSpeed is imported only when asked for, and refused without CUDA."""
     if name.startswith("deepspeed"):
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--training_strategy {name} needs CUDA GPUs and none is available here: use "
+                             "--training_strategy auto (one device, CPU included) or ddp (several processes)")
         try:
             import deepspeed  # noqa: F401, PLC0415
         except ImportError as error:
@@ -251,6 +257,31 @@ def resumable(args) -> bool:
     return not args.training_strategy.startswith("deepspeed")
 
 
+def resolve_max_epochs(args) -> int:
+    """--max_epochs as given; by default 1, or no epoch limit (-1) when --max_steps is given, so that --max_steps is
+    not cut short by the default single epoch."""
+    if args.max_epochs is not None:
+        return args.max_epochs
+    return -1 if args.max_steps is not None and args.max_steps >= 0 else 1
+
+
+def describe_length(args, items_per_epoch: int, world_size: int = 1) -> str:
+    """How long the run trains, stated before it starts; a --max_steps that --max_epochs cuts short is a warning."""
+    per_epoch = max(math.ceil(math.ceil(items_per_epoch / max(world_size, 1)) / max(args.accumulate_grad_batches, 1)),
+                    1)
+    max_epochs, max_steps = resolve_max_epochs(args), args.max_steps
+    epoch_steps = max_epochs * per_epoch if max_epochs >= 0 else None
+    if max_steps >= 0 and epoch_steps is not None and epoch_steps < max_steps:
+        logger.warning("--max_steps %d will not be reached: --max_epochs %d ends the run after %d optimizer steps "
+                       "(%d per epoch); raise --max_epochs or leave it out", max_steps, max_epochs, epoch_steps,
+                       per_epoch)
+    limits = [n for n in (max_steps if max_steps >= 0 else None, epoch_steps) if n is not None]
+    text = (f"training until optimizer step {min(limits)}" if limits else "training without a step limit") + \
+        f" ({per_epoch} steps per epoch)"
+    logger.info(text)
+    return text
+
+
 def build_trainer(args, stop=None):
     import lightning.pytorch as pl  # noqa: PLC0415
     from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
@@ -265,7 +296,7 @@ def build_trainer(args, stop=None):
         logger.warning("--training_strategy %s: resumable checkpoints are not written (DeepSpeed shards the "
                        "optimizer); the release checkpoints are", args.training_strategy)
     return pl.Trainer(
-        max_epochs=args.max_epochs, max_steps=args.max_steps,
+        max_epochs=resolve_max_epochs(args), max_steps=args.max_steps,
         accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=args.devices, num_nodes=args.num_nodes,
         precision=args.precision, strategy=resolve_strategy(args.training_strategy),
         default_root_dir=args.output_path, accumulate_grad_batches=args.accumulate_grad_batches,
@@ -278,7 +309,7 @@ def build_dataset(args):
     if args.cached_dataset_path:
         from .cache import CachedDataset  # noqa: PLC0415
 
-        dataset = CachedDataset(args.cached_dataset_path)
+        dataset = CachedDataset(args.cached_dataset_path)       # CacheError names a bad file (main: one line)
         s = dataset.settings
         logger.info("training from the cache %s: %d items per epoch, %d frames at %dx%d, %d cached epoch(s)",
                     args.cached_dataset_path, len(dataset), s["num_frames"], s["height"], s["width"],
@@ -289,9 +320,12 @@ def build_dataset(args):
     from .dataset import UniAnimateDataset  # noqa: PLC0415
 
     paths = [p.strip() for p in args.dataset_path.split(",") if p.strip()]
-    return UniAnimateDataset(paths, num_frames=args.num_frames, height=args.height, width=args.width,
-                             frame_interval=args.frame_interval, samples_per_epoch=args.steps_per_epoch,
-                             seed=args.seed)
+    try:
+        return UniAnimateDataset(paths, num_frames=args.num_frames, height=args.height, width=args.width,
+                                 frame_interval=args.frame_interval, samples_per_epoch=args.steps_per_epoch,
+                                 seed=args.seed)
+    except (FileNotFoundError, ValueError) as error:       # no samples, a missing folder, a bad size: one line
+        raise SystemExit(f"--dataset_path: {error}") from error
 
 
 def build_module(args, configs=None):
@@ -328,11 +362,13 @@ def build_module(args, configs=None):
 
 
 # ------------------------------------------------------------------------------------------------ resume
-def find_resume_path(args) -> Optional[Path]:
+def find_resume_path(args, dataset=None) -> Optional[Path]:
     """The checkpoint to continue from (--resume_from_checkpoint, or the newest one under --output_path with
-    --resume), checked against the current flags before any model is loaded."""
+    --resume), checked against the current flags (and the number of items per epoch of `dataset`) before any model
+    is loaded. Settings that cannot change (LoRA rank, alpha, targets, architecture; the items per epoch) are
+    refused with their names; a changed --learning_rate is applied (module.on_train_start)."""
     from .module import check_resume_settings  # noqa: PLC0415
-    from .resume import RESUME_KEY, latest_resume_checkpoint, read_resume_checkpoint  # noqa: PLC0415
+    from .resume import RESUME_KEY, latest_resume_checkpoint, loader_state, read_resume_checkpoint  # noqa: PLC0415
 
     if args.resume and args.resume_from_checkpoint:
         raise SystemExit("pass --resume or --resume_from_checkpoint, not both")
@@ -357,6 +393,19 @@ def find_resume_path(args) -> Optional[Path]:
     check_resume_settings(checkpoint[RESUME_KEY], {
         "train_architecture": args.train_architecture, "lora_rank": args.lora_rank,
         "lora_alpha": float(args.lora_alpha), "lora_target_modules": targets}, str(path))
+    stored = loader_state(checkpoint)
+    if dataset is not None and stored is not None and int(stored["length"]) != len(dataset):
+        from .module import TrainingError  # noqa: PLC0415
+
+        raise TrainingError(f"{path} was written for {int(stored['length'])} items per epoch, the dataset now has "
+                            f"{len(dataset)} (--dataset_path or --steps_per_epoch changed): the data order cannot be "
+                            f"continued. Pass --steps_per_epoch {int(stored['length'])}, or start a new run in "
+                            "another --output_path")
+    groups = [g for o in checkpoint.get("optimizer_states", []) for g in o.get("param_groups", [])]
+    old_lr = {float(g["lr"]) for g in groups if "lr" in g}
+    if old_lr and old_lr != {float(args.learning_rate)}:
+        logger.warning("--learning_rate %g is applied; the checkpoint was trained with %s", args.learning_rate,
+                       ", ".join(f"{v:g}" for v in sorted(old_lr)))
     logger.info("resuming from %s (epoch %s, step %s)", path, checkpoint.get("epoch"), checkpoint.get("global_step"))
     if args.pretrained_lora_path:
         logger.info("--pretrained_lora_path is ignored when resuming: the checkpoint holds the weights")
@@ -375,10 +424,12 @@ def train(args, configs=None):
 
     if args.seed is not None:
         pl.seed_everything(args.seed, workers=True)
-    args.resume_path = find_resume_path(args)
-    dataset = build_dataset(args)
+    resolve_strategy(args.training_strategy)   # DeepSpeed without CUDA or not installed: one line, before anything
+    dataset = build_dataset(args)              # names an empty folder, a bad sample or cache file, before the models
+    args.resume_path = find_resume_path(args, dataset)
     stop = StopRequest()
     trainer = build_trainer(args, stop)        # fails fast on a missing DeepSpeed/SwanLab, before loading models
+    describe_length(args, len(dataset), trainer.world_size)
     module = build_module(args, configs)
     loader = make_loader(dataset, args.seed, args.dataloader_num_workers)
     with stop, warnings.catch_warnings():
@@ -427,13 +478,38 @@ def data_process(args, configs=None):
                           device=device)
 
 
+def user_errors() -> tuple:
+    """Errors that come from the inputs (files, data, flags), reported by `main` in one line without a traceback."""
+    from .cache import CacheError  # noqa: PLC0415
+    from .dataset import SampleError  # noqa: PLC0415
+    from .module import TrainingError  # noqa: PLC0415
+    from .resume import NonFiniteError  # noqa: PLC0415
+
+    return TrainingError, SampleError, CacheError, NonFiniteError
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line. An error re-raised from a DataLoader worker carries the worker's
+    traceback in its message: only its last line (the error itself) is kept."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]                           # "package.module.SampleError: message"
+        head, sep, rest = text.partition(": ")
+        if sep and head.split(".")[-1] == type(error).__name__:
+            text = rest
+    return " ".join(text.split())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.task == "data_process":
-        data_process(args)
-        return
-    trainer = train(args)
+    try:
+        if args.task == "data_process":
+            data_process(args)
+            return
+        trainer = train(args)
+    except user_errors() as error:
+        raise SystemExit(f"error: {one_line(error)}") from None
     if trainer.stopped_by_signal:
         logger.warning("stopped by signal %d at step %d; continue with --resume", trainer.stopped_by_signal,
                        trainer.global_step)
@@ -442,4 +518,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 __all__ = ["build_parser", "parse_args", "build_trainer", "build_dataset", "build_module", "train", "data_process",
            "main", "weight_dtype", "resolve_strategy", "resolve_encoder_paths", "load_model_configs",
-           "find_resume_path", "EpochSetter", "SaveSettings"]
+           "find_resume_path", "EpochSetter", "SaveSettings", "resolve_max_epochs", "describe_length", "user_errors",
+           "one_line"]

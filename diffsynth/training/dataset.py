@@ -17,6 +17,7 @@ Item keys: `video` [3, F, H, W] float in [-1, 1]; `dwpose_data` [3, F, H, W] flo
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -84,6 +85,58 @@ def find_sample_folders(roots: Union[str, os.PathLike, Sequence[Union[str, os.Pa
     return sorted(found)
 
 
+def check_sample_folder(folder: Path) -> Optional[str]:
+    """What makes a sample folder unusable, found from its listing alone (no image is decoded), or None: an
+    unreadable meta.json, no frame list, a missing `frames/` or `poses/` folder or a listed file missing from one;
+    for upstream pickle folders, a missing pose pickle."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        if not (folder / LEGACY_POSE_FILE).is_file():
+            return f"no {LEGACY_POSE_FILE} beside {LEGACY_FRAME_FILE}"
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"{META_FILE} is unreadable ({type(error).__name__}: {error})"
+    names = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return f"{META_FILE} lists no frames (its \"files\")"
+    for sub in (FRAMES_DIR, POSES_DIR):
+        if not (folder / sub).is_dir():
+            return f"no {sub}/ folder ({META_FILE} lists {len(names)} frames)"
+        present = set(os.listdir(folder / sub))
+        missing = [n for n in names if n not in present]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            return f"{sub}/{missing[0]}{more} missing ({META_FILE} lists {len(names)} frames)"
+    return None
+
+
+def sample_content_hash(folder: Path) -> str:
+    """sha256 of a sample's content: meta.json and every listed frame and pose file (name and bytes), or upstream's
+    two pickles. A data_process cache records it, to notice data that changed after it was encoded."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+
+    def add(path: Path, name: str) -> None:
+        digest.update(name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+
+    meta_path = folder / META_FILE
+    if meta_path.is_file():
+        add(meta_path, META_FILE)
+        for name in json.loads(meta_path.read_text()).get("files", []):
+            for sub in (FRAMES_DIR, POSES_DIR):
+                add(folder / sub / name, f"{sub}/{name}")
+    else:
+        for name in (LEGACY_FRAME_FILE, LEGACY_POSE_FILE):
+            add(folder / name, name)
+    return digest.hexdigest()
+
+
 def random_crop_box(width: int, height: int, rng: np.random.Generator) -> Tuple[int, int, int, int]:
     """(left, top, right, bottom) with up to 1/14 of each side cut independently."""
     x1, x2 = (int(v) for v in rng.integers(0, width // CROP_DIVISOR + 1, size=2))
@@ -101,12 +154,17 @@ class UniAnimateDataset(Dataset):
         samples_per_epoch: dataset length (item i uses video i mod #videos); default one item per video.
         seed: with a seed, item i of epoch e is always the same (see `set_epoch`); None draws fresh randomness.
         text: caption for samples whose meta.json has no "text" (upstream always uses "a person is dancing").
-        max_retries: on an unreadable sample, log a warning and try this many other videos before raising.
+        max_retries: on an unreadable sample, log a warning and try this many other videos before raising
+            (default 0: the first unreadable sample stops with an error naming its folder; a bad sample is never
+            replaced silently).
+
+    Every sample folder is checked when the dataset is made (`check_sample_folder`: meta.json, `frames/`,
+    `poses/`, every listed file), so a broken one is named before any model loads.
     """
 
     def __init__(self, dataset_path, num_frames: int = 81, height: int = 832, width: int = 480,
                  frame_interval: int = 1, samples_per_epoch: Optional[int] = None, seed: Optional[int] = None,
-                 text: str = DEFAULT_TEXT, max_retries: int = 3):
+                 text: str = DEFAULT_TEXT, max_retries: int = 0):
         if num_frames < 1 or (num_frames - 1) % 4:
             raise ValueError(f"num_frames must be 4k+1 (e.g. 81); got {num_frames}")
         if height % 16 or width % 16:
@@ -114,6 +172,15 @@ class UniAnimateDataset(Dataset):
         if frame_interval < 1:
             raise ValueError(f"frame_interval must be >= 1; got {frame_interval}")
         self.folders = find_sample_folders(dataset_path)
+        problems = [(folder, problem) for folder in self.folders for problem in [check_sample_folder(folder)] if problem]
+        if problems:
+            listed = "; ".join(f"{folder}: {problem}" for folder, problem in problems[:3])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise SampleError(f"{len(problems)} of {len(self.folders)} training samples cannot be used: {listed}{more}. "
+                              "Redo them with prepare_training_data.py --overwrite, or move them out of the dataset "
+                              "folder")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"--steps_per_epoch must be >= 1; got {samples_per_epoch}")
         self.num_frames, self.height, self.width = num_frames, height, width
         self.frame_interval = frame_interval
         self.samples_per_epoch = samples_per_epoch
@@ -144,7 +211,16 @@ class UniAnimateDataset(Dataset):
                 errors.append(f"{folder}: {type(error).__name__}: {error}")
                 if attempt < self.max_retries:
                     logger.warning("skipping unreadable training sample %s (%s); trying another", folder, error)
-        raise SampleError("could not read training samples:\n  " + "\n  ".join(errors))
+        if len(errors) == 1:
+            raise SampleError(f"training sample {errors[0]}. Fix or remove that sample folder (then --resume needs "
+                              "--steps_per_epoch with the old number of items per epoch)")
+        raise SampleError(f"could not read {len(errors)} training samples: " + "; ".join(errors))
+
+    def content_hashes(self) -> dict:
+        """{sample folder: `sample_content_hash`}, computed once."""
+        if getattr(self, "_hashes", None) is None:
+            self._hashes = {str(folder): sample_content_hash(folder) for folder in self.folders}
+        return self._hashes
 
     # --------------------------------------------------------------------------------------------- one sample
     def load_sample(self, folder: Path, rng: np.random.Generator) -> dict:
@@ -204,4 +280,4 @@ class UniAnimateDataset(Dataset):
 
 
 __all__ = ["UniAnimateDataset", "SampleError", "find_sample_folders", "select_frames", "random_crop_box",
-           "DEFAULT_TEXT"]
+           "check_sample_folder", "sample_content_hash", "DEFAULT_TEXT"]

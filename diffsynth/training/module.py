@@ -37,6 +37,7 @@ from ..data.images import image_to_tensor
 from ..pipelines.units import encode_prompt, encode_reference_image
 from ..prompters import WanPrompter, resolve_tokenizer_path
 from ..schedulers import FlowMatchScheduler
+from .resume import NonFiniteError, find_nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -272,12 +273,40 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         """The default step, marking the moment the weights start to change (after the forward and backward), so
-        an interrupt during the update is not saved as a resumable point."""
+        an interrupt during the update is not saved as a resumable point. Non-finite gradients stop the run before
+        the update (the weights stay finite); not with a GradScaler (fp16), which skips such steps itself."""
         def closure():
             result = optimizer_closure()
+            if not self._grad_scaler():
+                self.check_finite_gradients()
             self.weights_ahead_of_snapshot = True
             return result
         optimizer.step(closure=closure)
+
+    def _grad_scaler(self):
+        try:
+            return getattr(self.trainer.precision_plugin, "scaler", None)
+        except RuntimeError:                       # not attached to a Trainer
+            return None
+
+    def check_finite_gradients(self) -> None:
+        grads = [(name, p.grad) for name, p in self.named_parameters() if p.requires_grad and p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+            return
+        bad = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+        raise NonFiniteError(f"step {self.global_step + 1}: {len(bad)} gradients hold NaN/Inf (e.g. {bad[:3]}) "
+                             "although the loss is finite; the weights were not updated and no checkpoint is "
+                             "written. Lower --learning_rate (or use fp32 / bf16), then continue with --resume")
+
+    def on_train_start(self) -> None:
+        """A resumed run uses the --learning_rate given now (the optimizer state restored from the checkpoint
+        carries the old one)."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group["lr"] != self.learning_rate:
+                    logger.warning("learning rate of %s: %g (given now) replaces %g (the checkpoint's)",
+                                   group.get("name", "a parameter group"), self.learning_rate, group["lr"])
+                    group["lr"] = self.learning_rate
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Release files: replace Lightning's checkpoint by the flat release dict (readable by `load_lora_v2` and
@@ -287,9 +316,14 @@ class UniAnimateTrainingModule(pl.LightningModule):
         if self.saving_resumable:
             checkpoint["state_dict"] = self.trainable_state_dict()
             checkpoint[RESUME_KEY] = self.training_settings()
-            return
-        checkpoint.clear()
-        checkpoint.update(self.release_state_dict())
+            checked = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states")}
+        else:
+            checkpoint.clear()
+            checkpoint.update(self.release_state_dict())
+            checked = checkpoint
+        bad = find_nonfinite(checked)          # raised before anything is written: no checkpoint of NaN weights
+        if bad:
+            raise NonFiniteError(f"step {self.global_step}: NaN/Inf in {', '.join(bad)}; no checkpoint written")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming: the checkpoint must come from the same training setup and hold every trainable tensor."""
@@ -297,6 +331,10 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
         check_resume_settings(checkpoint.get(RESUME_KEY), self.training_settings(), "the checkpoint")
         state = checkpoint.get("state_dict", {})
+        bad = find_nonfinite({"state_dict": state, "optimizer_states": checkpoint.get("optimizer_states", [])})
+        if bad:
+            raise NonFiniteError(f"the resumable checkpoint holds NaN/Inf in {', '.join(bad)}: resume from an "
+                                 "earlier one")
         # A run started from a --pretrained_lora_path guider of another width (that flag is ignored when resuming):
         # rebuild it at the checkpoint's width before Lightning loads the weights and the optimizer.
         self._fit_pose_guider(pose_guider_state_dict(state), "the resumable checkpoint")
@@ -314,25 +352,38 @@ class UniAnimateTrainingModule(pl.LightningModule):
         complete shards of one export (`<name>-0000i-of-0000n.safetensors|bin`). Errors: several other checkpoint
         files in the folder (ambiguous), missing shards, a file without LoRA tensors (e.g. the base DiT), missing
         LoRA tensors of the configured targets, another rank, a missing or incomplete pose guider, and a stored
-        `network_alpha` other than `lora_alpha`.
+        alpha other than `lora_alpha`. A LoRA may be in any layout `load_lora_v2` reads (diffsynth/PEFT, ComfyUI,
+        diffusers, kohya: the table in `loading/lora_formats.py`); a pose-guider file beside it is read too.
         """
+        from ..loading.files import CheckpointError  # noqa: PLC0415
+        from ..loading.lora import read_training_lora  # noqa: PLC0415
+
         paths = resolve_pretrained_files(split_paths(path))
         source = describe(path)
         full = self.train_architecture == "full"
-        with Checkpoint(paths) as ckpt:
-            keys = list(ckpt.infos)
-            # Read only what can be used: a DeepSpeed export also holds the frozen DiT, T5 and VAE (tens of GB).
-            wanted = [k for k in keys if is_pose_key(k) or k == ALPHA_KEY
-                      or (k.startswith("pipe.dit.") if full else ".lora_" in k)]
-            state = dict(ckpt.iter_tensors(wanted, dtype=torch.float32))
-        alpha = state.pop(ALPHA_KEY, None)
-        if alpha is not None and not full and not np.isclose(float(alpha), float(self.lora_alpha), rtol=1e-6):
-            raise TrainingError(f"{source} was trained with lora_alpha {float(alpha):g} (its network_alpha) but "
-                                f"--lora_alpha is {self.lora_alpha:g}: the LoRA would act "
-                                f"{self.lora_alpha / float(alpha):g} times as strongly. Pass --lora_alpha "
-                                f"{float(alpha):g} to continue from it")
-        pose = pose_guider_state_dict({k: v for k, v in state.items() if is_pose_key(k)})
-        dit_state = {strip_lora_prefix(k): v for k, v in state.items() if not is_pose_key(k)}
+        if full:
+            with Checkpoint(paths) as ckpt:
+                keys = list(ckpt.infos)
+                # Read only what can be used: a DeepSpeed export also holds the frozen DiT, T5 and VAE (tens of GB).
+                wanted = [k for k in keys if is_pose_key(k) or k.startswith("pipe.dit.")]
+                state = dict(ckpt.iter_tensors(wanted, dtype=torch.float32))
+            pose = pose_guider_state_dict({k: v for k, v in state.items() if is_pose_key(k)})
+            dit_state = {strip_lora_prefix(k): v for k, v in state.items() if not is_pose_key(k)}
+            looks_like_base = any(k.endswith("self_attn.q.weight") and ".lora_" not in k for k in keys)
+        else:
+            # Any LoRA layout of the loaders' table (diffsynth/PEFT, ComfyUI, diffusers, kohya), with the pose-guider
+            # file beside it; only LoRA, alpha and pose tensors are read.
+            try:
+                read = read_training_lora(paths, [name for name, _ in self.dit.named_modules()], source)
+            except CheckpointError as error:
+                raise TrainingError(str(error)) from error
+            for alpha, where in read.alphas.items():
+                if not np.isclose(alpha, float(self.lora_alpha), rtol=1e-6):
+                    raise TrainingError(f"{source} was trained with lora_alpha {alpha:g} (its {where}) but "
+                                        f"--lora_alpha is {self.lora_alpha:g}: the LoRA would act "
+                                        f"{self.lora_alpha / alpha:g} times as strongly. Pass --lora_alpha "
+                                        f"{alpha:g} to continue from it")
+            pose, dit_state, looks_like_base = read.pose, read.state, read.looks_like_base
         own = self.dit.state_dict()
         expected = sorted(name for name, p in self.dit.named_parameters() if p.requires_grad)
         unknown = sorted(k for k in dit_state if k not in own)
@@ -340,7 +391,6 @@ class UniAnimateTrainingModule(pl.LightningModule):
             raise TrainingError(f"{source}: {len(unknown)} tensors fit no DiT parameter (e.g. {unknown[:3]}); "
                                 "was it trained with other --lora_target_modules or another model?")
         if not dit_state:
-            looks_like_base = any(k.endswith("self_attn.q.weight") and ".lora_" not in k for k in keys)
             raise TrainingError(
                 f"{source} holds no {'DiT weights (pipe.dit.*)' if full else 'LoRA tensors (*.lora_A/B.*)'}"
                 + (": it looks like base model weights, not a UniAnimate checkpoint" if looks_like_base else "")
@@ -424,6 +474,14 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
+        if not bool(torch.isfinite(loss)):
+            # Stopping (rather than skipping the step) keeps a diverged run from going on silently; nothing is
+            # saved, and the last resumable checkpoint (finite, see resume.py) is named in the log.
+            sample = batch.get("path") if isinstance(batch, dict) else None
+            sample = sample[0] if isinstance(sample, (list, tuple)) and sample else sample
+            raise NonFiniteError(f"step {self.global_step + 1}: the loss is {float(loss.detach())} (sample "
+                                 f"{sample}); the run stops, with no checkpoint of this step. Lower --learning_rate "
+                                 "or check that sample, then continue with --resume")
         self.log("train_loss", loss, prog_bar=True, batch_size=1)
         return loss
 

@@ -35,11 +35,40 @@ from ..data.safe_write import atomic_output, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+
+class NonFiniteError(RuntimeError):
+    """NaN or Inf in a loss, gradients, weights or a loaded file: training stops instead of going on with them."""
+
+
 RESUME_PREFIX = "resume-"
 RESUME_SUFFIX = ".ckpt"
 RESUME_KEY = "unianimate_resume"          # the module's training settings in a resumable checkpoint
 LOSS_FILE = "loss.csv"
 LOSS_COLUMNS = ("step", "epoch", "loss", "lr")
+
+
+# ----------------------------------------------------------------------------------------------- finite values
+def find_nonfinite(obj: Any, prefix: str = "", limit: int = 5) -> List[str]:
+    """The keys (dotted paths) of floating-point tensors holding NaN or Inf in a nested dict/list of tensors,
+    at most `limit` of them."""
+    found: List[str] = []
+
+    def visit(value, key):
+        if len(found) >= limit:
+            return
+        if isinstance(value, torch.Tensor):
+            if (value.is_floating_point() or value.is_complex()) and value.numel() \
+                    and not bool(torch.isfinite(value).all()):
+                found.append(key)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                visit(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(v, f"{key}.{i}" if key else str(i))
+
+    visit(obj, prefix)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------- data order
@@ -229,7 +258,21 @@ def read_resume_checkpoint(path) -> Dict[str, Any]:
     if not isinstance(checkpoint, dict) or RESUME_KEY not in checkpoint:
         raise ValueError(f"{path} is not a resumable checkpoint of this trainer (no {RESUME_KEY!r} entry); a release "
                          "file (epoch=E-step=S.ckpt) holds only weights: use --pretrained_lora_path for it")
+    bad = find_nonfinite({"state_dict": checkpoint.get("state_dict", {}),
+                          "optimizer_states": checkpoint.get("optimizer_states", [])})
+    if bad:
+        raise ValueError(f"{path} holds NaN/Inf values in {', '.join(bad)}: resuming would train on them. Resume "
+                         "from an earlier resumable checkpoint with --resume_from_checkpoint")
     return checkpoint
+
+
+def loader_state(checkpoint: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The `EpochSampler` state stored in a resumable checkpoint (None when it is not there)."""
+    try:
+        state = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return state if isinstance(state, dict) and "length" in state else None
 
 
 class ResumeCheckpoint(Callback):
@@ -310,7 +353,15 @@ class ResumeCheckpoint(Callback):
         if trainer.global_step > self.start_step and self.last_saved_step != trainer.global_step:
             self.save(trainer, pl_module)
 
+    def last_good(self) -> str:
+        """The newest resumable checkpoint this run wrote (each one was checked finite before it was written)."""
+        return str(self.written[-1]) if self.written else "none of this run"
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, NonFiniteError):
+            logger.error("stopped on non-finite values, nothing saved; the last resumable checkpoint with finite "
+                         "weights is %s", self.last_good())
+            return
         if not isinstance(exception, (KeyboardInterrupt, SystemExit)) or self.last_saved_step == trainer.global_step:
             return
         reason = None
@@ -335,6 +386,12 @@ class ResumeCheckpoint(Callback):
             logger.warning("no checkpoint folder (ModelCheckpoint) configured: resumable checkpoint not written")
             return None
         final = folder / resume_name(trainer.current_epoch, trainer.global_step)
+        # A checkpoint of non-finite weights is never written, so the rotation below never deletes the last good one
+        # (the module's on_save_checkpoint checks the optimizer state too).
+        bad = find_nonfinite(pl_module.trainable_state_dict())
+        if bad:
+            raise NonFiniteError(f"step {trainer.global_step}: the weights hold NaN/Inf ({', '.join(bad)}); no "
+                                 f"checkpoint written. The last good one is {self.last_good()}")
         pl_module.saving_resumable = True
         try:
             if trainer.is_global_zero:
@@ -427,6 +484,7 @@ class LossLog(Callback):
                 csv.writer(f, lineterminator="\n").writerow(row)
 
 
-__all__ = ["EpochSampler", "ResumableDataLoader", "make_loader", "capture_rng_state", "restore_rng_state",
+__all__ = ["NonFiniteError", "find_nonfinite", "loader_state", "EpochSampler", "ResumableDataLoader", "make_loader",
+           "capture_rng_state", "restore_rng_state",
            "StopRequest", "ResumeCheckpoint", "LossLog", "find_resume_checkpoints", "latest_resume_checkpoint",
            "read_resume_checkpoint", "resume_name", "RESUME_KEY", "LOSS_FILE"]

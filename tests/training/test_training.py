@@ -494,6 +494,7 @@ def test_deepspeed_is_optional(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_deepspeed)
     assert cli.resolve_strategy("auto") == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)     # with a GPU, a missing DeepSpeed is named
     with pytest.raises(SystemExit, match="pip install deepspeed"):
         cli.resolve_strategy("deepspeed_stage_2")
 

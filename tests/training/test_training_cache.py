@@ -79,7 +79,7 @@ def test_data_process_writes_each_item_once(setup, cache):
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")}
     cli.main(argv(setup, cache, "--task", "data_process", "--cached_dataset_path", cache, "--cache_epochs", 2))
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.safetensors")} == stamps
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(SystemExit, match=r"other settings or from other data: settings: seed \(0 -> 1\)\."):
         cli.main(argv(setup, cache, "--task", "data_process", "--cached_dataset_path", cache, "--seed", 1))
 
 
