@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from .animate.names import clip_name, output_label
 from .animate.run import AnimateResult, Animator, OutputPaths, error_line, generation_size
 from .animate.settings import DEFAULT_PROMPT, TINY, VRAM_TIERS, AnimateSettings, ProgressEvent
 from .data.safe_write import check_output_file, make_folder
@@ -190,7 +191,9 @@ class Jobs:
 
     @staticmethod
     def _clip_name(photo: Path, driving: Path) -> str:
-        return f"{photo.stem}_{driving.stem}.mp4"
+        """`<photo>_<video>.mp4`; an upload's long name is shortened (with a hash of it), so that the job's file
+        names stay within the file system's 255 bytes."""
+        return clip_name(photo, driving)
 
     def preview(self, photo, driving, settings: AnimateSettings, progress=None) -> JobResult:
         """Extract and align the poses of `driving` to `photo` and write the check video."""
@@ -232,7 +235,16 @@ class Jobs:
         from .pose.sources import read_image  # noqa: PLC0415
 
         start = time.perf_counter()
-        document = json.loads((pose_dir / POSES_FILE).read_text(encoding="utf-8"))
+        if not pose_dir.is_dir():
+            raise FileNotFoundError(f"pose folder {pose_dir} not found; refresh the list")
+        try:
+            document = json.loads((pose_dir / POSES_FILE).read_text(encoding="utf-8"))
+            fps = float(document["source"]["fps"])
+            canvas = tuple(int(v) for v in document["canvas"]) if document.get("canvas") else None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"cannot read {pose_dir / POSES_FILE} ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:200]}): pick another pose folder, or make this one "
+                             f"again with run_align_pose.py --overwrite") from None
         reference = pose_dir / REFERENCE_IMAGE_FILE
         if not reference.is_file():
             if not photo:
@@ -240,16 +252,15 @@ class Jobs:
                                  f"poses were aligned to")
             reference = Path(photo)
         image = read_image(reference)
-        canvas = tuple(document["canvas"]) if document.get("canvas") else None
         size = canvas if canvas and not (canvas[0] % 16 or canvas[1] % 16) else \
             generation_size(image.shape[1], image.shape[0], settings)
         settings = settings.with_(size=size)
-        fps = float(document["source"]["fps"])
+        frames = list_pose_frames(pose_dir)       # names an unreadable, missing or changed frame before any work
         folder = new_job_folder(self.config.outputs)
-        paths = OutputPaths.for_clip(folder / f"{pose_dir.name}.mp4")
+        paths = OutputPaths.for_clip(folder / f"{output_label(pose_dir, with_suffix=True)}.mp4")
         for path in (paths.video, paths.comparison):
             check_output_file(path, inputs=[reference])
-        poses = PoseFolder(pose_dir, reference, len(list_pose_frames(pose_dir)), fps, size, True)
+        poses = PoseFolder(pose_dir, reference, len(frames), fps, size, True)
         result = AnimateResult(reference, pose_dir, pose_dir, reference, size, fps / settings.stride, True)
         animator = self._animator(settings, progress)
         animator.generate_along_poses(poses, result, paths)

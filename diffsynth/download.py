@@ -291,5 +291,6 @@ def _fetch(hub, repo: str, remote: RemoteFile, target_dir: Path, name: str, stam
     return True
 
 
-__all__ = ["download", "DownloadError", "DownloadReport", "GROUPS", "SOURCES", "RemoteFile", "Group", "HuggingFaceSource",
+__all__ = ["download", "DownloadError", "DownloadReport", "GROUPS", "SOURCES", "RemoteFile", "Group",
+           "HuggingFaceSource",
            "ModelScopeSource", "make_source", "verify", "file_hashes", "plan", "unsafe_name"]

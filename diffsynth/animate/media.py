@@ -113,4 +113,64 @@ def write_outputs(frames: Iterable, reference, dwpose_data, clip_path, compariso
     return audio
 
 
-__all__ = ["write_outputs", "has_audio", "mux_audio", "ffmpeg_exe"]
+def check_photo(path, max_pixels: int) -> tuple:
+    """(width, height) of a photo from its header, before anything decodes it: a file that is not a readable image
+    and a photo over `max_pixels` are refused (ValueError naming the file and the fix)."""
+    import warnings  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    fix = "downscale it (the generation uses about 1 megapixel at 720p)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as error:   # PIL's own limit, 2 x 89.5 MP: over ours unless it was raised
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+        raise ValueError(f"reference photo {path} is too large{size}: over the {max_pixels / 1e6:g}-megapixel "
+                         f"limit; {fix}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read reference photo {path}: {' '.join(str(error).split())}; give a JPEG or PNG "
+                         f"photo") from None
+    if width * height > max_pixels:
+        raise ValueError(f"reference photo {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over "
+                         f"the {max_pixels / 1e6:g}-megapixel limit (AnimateSettings.max_photo_pixels); {fix}")
+    return width, height
+
+
+EXACT_COUNT_BELOW = 256    # header frame counts below this are checked by reading the frames (cheap, and exact)
+
+
+def driving_frame_count(path) -> int:
+    """The number of driving frames of a video file, an image, or a folder of videos / images (as the pose
+    extraction reads them, with OpenCV). A video that cannot be opened or holds no frame raises ValueError naming
+    it. Short videos are counted frame by frame, long ones from the header."""
+    import cv2  # noqa: PLC0415
+
+    from ..pose.sources import FrameSource  # noqa: PLC0415
+
+    source = FrameSource.open(path)
+    if source.is_images:
+        return len(source.files)
+    total = 0
+    for file in source.files:
+        capture = cv2.VideoCapture(str(file))
+        try:
+            if not capture.isOpened():
+                raise ValueError(f"cannot read driving video {file}: not a video, or damaged")
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            if count < EXACT_COUNT_BELOW:
+                count = 0
+                while capture.grab():
+                    count += 1
+        finally:
+            capture.release()
+        if count == 0:
+            raise ValueError(f"cannot read driving video {file}: no frame could be decoded (damaged, or not a video)")
+        total += count
+    return total
+
+
+__all__ = ["write_outputs", "has_audio", "mux_audio", "ffmpeg_exe", "check_photo", "driving_frame_count"]

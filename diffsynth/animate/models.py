@@ -13,23 +13,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from .settings import VRAM_TIERS, AnimateSettings
+from .settings import VRAM_TIERS, AnimateSettings, parse_lora
 
 logger = logging.getLogger(__name__)
 
 WAN_FOLDER = "Wan2.1-I2V-14B-720P"
 UNIANIMATE_FILE = "UniAnimate-Wan2.1-14B-Lora-12000.ckpt"
-
-
-def parse_lora(spec: str) -> Tuple[str, float]:
-    """"path" or "path:strength" -> (path, strength)."""
-    path, sep, strength = str(spec).rpartition(":")
-    if sep and path and not os.path.exists(spec):
-        try:
-            return path, float(strength)
-        except ValueError:
-            pass
-    return str(spec), 1.0
 
 
 def tiny_checkpoints(folder: str, trained: bool = True):
@@ -100,6 +89,58 @@ def load_pipeline(settings: AnimateSettings, device: Optional[str] = None):
     return pipe
 
 
+WAN_FILES = ("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "models_t5_umt5-xxl-enc-bf16.pth",
+             "Wan2.1_VAE.pth", "google/umt5-xxl/")      # besides the DiT shards (`inference.WAN_I2V_FILES`)
+POSE_FILES = ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")
+
+
+def _dit_shards_missing(wan_dir: Path) -> list:
+    """The DiT shards a release folder lacks (all of `diffusion_pytorch_model-0000i-of-0000n.safetensors`)."""
+    shards = sorted(wan_dir.glob("diffusion_pytorch_model-*-of-*.safetensors"))
+    counts = {p.stem.rsplit("-of-", 1)[1] for p in shards}
+    if not shards or len(counts) != 1:
+        return ["diffusion_pytorch_model-0000{1..7}-of-00007.safetensors"]
+    count = counts.pop()
+    expected = [f"diffusion_pytorch_model-{i:0{len(count)}d}-of-{count}.safetensors" for i in range(1, int(count) + 1)]
+    return [name for name in expected if not (wan_dir / name).is_file()]
+
+
+def missing_checkpoints(settings: AnimateSettings, generate: bool = True) -> list:
+    """The release files `settings` needs and its models folder lacks, as paths relative to it (the pose models as
+    given): the pose models (dwpose backend), and for a generation with the release the Wan2.1 folder and the
+    UniAnimate checkpoint."""
+    missing = []
+    if settings.pose_backend == "dwpose":
+        missing += [path for path in settings.pose_model_paths() if not Path(path).is_file()]
+    if generate and not settings.tiny:
+        folder = Path(settings.models)
+        wan_dir = folder / WAN_FOLDER
+        for name in WAN_FILES:
+            path = wan_dir / name
+            if not (path.is_dir() if name.endswith("/") else path.is_file()):
+                missing.append(str(path))
+        missing += [str(wan_dir / name) for name in _dit_shards_missing(wan_dir)]
+        if not (folder / UNIANIMATE_FILE).is_file():
+            missing.append(str(folder / UNIANIMATE_FILE))
+    return missing
+
+
+def check_checkpoints(settings: AnimateSettings, generate: bool = True) -> None:
+    """FileNotFoundError naming the missing release files (see `missing_checkpoints`) and the command that
+    downloads them; run before any pose extraction or model loading."""
+    missing = missing_checkpoints(settings, generate)
+    if not missing:
+        return
+    folder = "checkpoints" if settings.tiny else settings.models
+    pose_only = all(Path(m).name in POSE_FILES for m in missing)
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    command = f"python -m diffsynth download{' --only dwpose' if pose_only else ''} --dir {folder}"
+    alternative = ("or give --det-model / --pose-model" if pose_only else
+                   "or try the tiny demo model with --models tiny")
+    raise FileNotFoundError(f"missing release file{'s' if len(missing) > 1 else ''} {shown}: download with "
+                            f"`{command}`, {alternative}")
+
+
 def step_cache(settings: AnimateSettings):
     """The TeaCache / MagCache config of `settings` (calibrated for the 720P I2V model the release is), or None."""
     from ..acceleration.block_cache import MagCacheConfig, TeaCacheConfig  # noqa: PLC0415
@@ -111,5 +152,6 @@ def step_cache(settings: AnimateSettings):
     return None
 
 
-__all__ = ["load_pipeline", "load_tiny_pipeline", "tiny_checkpoints", "step_cache", "parse_lora", "default_device",
+__all__ = ["missing_checkpoints", "check_checkpoints", "load_pipeline", "load_tiny_pipeline", "tiny_checkpoints",
+           "step_cache", "parse_lora", "default_device",
            "WAN_FOLDER", "UNIANIMATE_FILE"]

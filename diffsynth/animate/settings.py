@@ -3,6 +3,7 @@ the GPU-memory tiers behind `--vram`, and the progress events a caller (CLI, web
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -13,6 +14,8 @@ from ..pose.backends import BACKENDS
 TINY = "tiny"
 DEFAULT_PROMPT = "a person is dancing"
 MAX_SHORT_FRAMES = 81        # longer pose videos go to the long-video pipeline (overlapping 81-frame windows)
+MIN_CLIP_FRAMES = 5          # the shortest clip (4k + 1 frames, k >= 1): fewer driving frames are refused
+MAX_PHOTO_PIXELS = 100_000_000   # a larger photo is refused before it is decoded (432 MP took 8.9 GB and 194 s)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class AnimateSettings:
     cfg_parallel: bool = False           # torchrun: the two guidance branches on two groups of processes
     ring_size: int = 1                   # torchrun: ring attention over this many groups (yunchang)
     tiled: Optional[bool] = None         # VAE tiling; None: on, except for the tiny models
+    max_photo_pixels: int = MAX_PHOTO_PIXELS   # larger photos are refused up front (downscale them)
     extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
 
     def validate(self) -> "AnimateSettings":
@@ -102,6 +106,9 @@ class AnimateSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        _check_int("max_photo_pixels", self.max_photo_pixels, 1)
+        self._check_parallel()
+        self._check_loras()
         if self.vram not in VRAM_TIERS:
             raise ValueError(f"vram must be one of {', '.join(VRAM_TIERS)} (GB of GPU memory); got {self.vram!r}")
         if self.pose_backend not in BACKENDS:
@@ -110,6 +117,40 @@ class AnimateSettings:
             raise FileNotFoundError(f"models folder {self.models} not found: download the release with "
                                     f"`python -m diffsynth download --dir {self.models}`, or use --models tiny")
         return self
+
+    def _check_parallel(self) -> None:
+        """The sequence / CFG parallel flags split every video over the processes torchrun starts: refused in a
+        single process (where they would do nothing) and when the process count does not fit the layout."""
+        if not self.splits_each_video:
+            return
+        flags = ", ".join(flag for flag, on in (("--ulysses-size", self.ulysses_size > 1),
+                                                ("--ring-size", self.ring_size > 1),
+                                                ("--cfg-parallel", self.cfg_parallel)) if on)
+        needed = self.ulysses_size * self.ring_size * (2 if self.cfg_parallel else 1)
+        world = os.environ.get("WORLD_SIZE", "1")
+        if world != str(needed):
+            where = "this is a single process" if world == "1" else f"torchrun started {world} processes"
+            raise ValueError(f"{flags} split every video over {needed} processes, but {where}: start it with "
+                             f"`torchrun --nproc_per_node={needed} -m diffsynth animate ...` (or drop {flags})")
+
+    def _check_loras(self) -> None:
+        """Every --lora file exists; --fast has a step-distillation LoRA to run with (recognised by its file name,
+        as the pipeline does: `STEP_DISTILL_NAME`)."""
+        paths = [parse_lora(spec)[0] for spec in self.loras]
+        for path in paths:
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"LoRA file {path} not found (--lora PATH[:STRENGTH])")
+        if self.fast:
+            try:
+                from ..pipelines.request import STEP_DISTILL_NAME  # noqa: PLC0415
+            except ImportError:   # the pipelines before their request module (pipelines/base.py held the name)
+                from ..pipelines.base import STEP_DISTILL_NAME  # noqa: PLC0415
+
+            if not any(STEP_DISTILL_NAME.search(Path(p).name) for p in paths):
+                raise ValueError(
+                    "--fast (4 steps, cfg 1) needs a step-distillation LoRA, e.g. LightX2V's "
+                    "Wan21_I2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors: give it with --lora PATH "
+                    f"(recognised by its file name: {STEP_DISTILL_NAME.pattern}); without --fast all steps run")
 
     @property
     def tiny(self) -> bool:
@@ -132,6 +173,17 @@ class AnimateSettings:
     def with_(self, **changes) -> "AnimateSettings":
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+
+def parse_lora(spec: str) -> Tuple[str, float]:
+    """"path" or "path:strength" -> (path, strength)."""
+    path, sep, strength = str(spec).rpartition(":")
+    if sep and path and not os.path.exists(spec):
+        try:
+            return path, float(strength)
+        except ValueError:
+            pass
+    return str(spec), 1.0
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -161,5 +213,5 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-__all__ = ["AnimateSettings", "VramTier", "VRAM_TIERS", "ProgressEvent", "ProgressCallback", "TINY",
-           "DEFAULT_PROMPT", "MAX_SHORT_FRAMES"]
+__all__ = ["AnimateSettings", "parse_lora", "VramTier", "VRAM_TIERS", "ProgressEvent", "ProgressCallback", "TINY",
+           "DEFAULT_PROMPT", "MAX_SHORT_FRAMES", "MIN_CLIP_FRAMES", "MAX_PHOTO_PIXELS"]

@@ -361,5 +361,6 @@ class Manifest:
         return removed
 
 
-__all__ = ["Manifest", "sha256_of", "is_temporary_name", "atomic_output", "atomic_write_bytes", "atomic_write_text", "check_output_file",
+__all__ = ["Manifest", "sha256_of", "is_temporary_name",
+           "atomic_output", "atomic_write_bytes", "atomic_write_text", "check_output_file",
            "check_output_folder", "make_folder"]

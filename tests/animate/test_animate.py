@@ -190,3 +190,39 @@ def test_only_leftovers_of_a_killed_run_without_a_manifest_are_adopted(tmp_path,
     with pytest.raises(FileExistsError, match=r"not written by diffsynth \(2023.jpg;"):
         prepare_poses(photo, driving, other, (64, 32), **pose_args(pose_models))
     assert (other / "2023.jpg").read_bytes() == b"my photo"
+
+
+def test_inputs_sharing_a_stem_get_their_own_outputs(tmp_path, pose_models, driving):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "me.jpg"), landscape_photo())
+    cv2.imwrite(str(photos / "me.png"), landscape_photo(disc_x=0.5))
+    cv2.imwrite(str(photos / "you.png"), landscape_photo())
+    batch = animate_batch(photos, driving, tmp_path / "out", settings_for(pose_models), preview_only=True)
+    assert not batch.failed
+    assert sorted(r.preview.name for r in batch.done) == ["me-jpg_dance_pose_preview.mp4",
+                                                          "me-png_dance_pose_preview.mp4", "you_dance_pose_preview.mp4"]
+    assert len({r.pose_dir for r in batch.done}) == 3
+
+
+def test_a_batch_whose_names_would_still_collide_is_refused_before_any_work(tmp_path, pose_models, photo):
+    from diffsynth.animate.names import batch_clip_names
+
+    pairs = [(tmp_path / "a_b.png", tmp_path / "c.mp4"), (tmp_path / "a.png", tmp_path / "b_c.mp4")]
+    with pytest.raises(ValueError, match=r"a_b.png x c.mp4 and a.png x b_c.mp4 would both write a_b_c.mp4"):
+        Animator(settings_for(pose_models)).animate_batch(pairs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="would both write"):                  # one file on macOS and Windows
+        batch_clip_names([(tmp_path / "Me.png", tmp_path / "d.mp4"), (tmp_path / "me.png", tmp_path / "d.mp4")])
+
+
+def test_long_input_names_are_shortened_apart(tmp_path):
+    from diffsynth.animate.names import clip_name
+
+    first, second = "é" * 150 + "1.jpg", "é" * 150 + "2.jpg"
+    names = {clip_name(tmp_path / first, tmp_path / ("v" * 300 + ".mp4")),
+             clip_name(tmp_path / second, tmp_path / ("v" * 300 + ".mp4"))}
+    assert len(names) == 2
+    for name in names:
+        assert len(f"{name[:-4]}_pose_preview.mp4".encode()) < 255 and name.endswith(".mp4")
+    assert clip_name(tmp_path / "me.jpg", tmp_path / "dance.mp4") == "me_dance.mp4"

@@ -70,3 +70,89 @@ def test_help_lists_the_tiers_and_the_console_script_is_declared(capsys):
     for words in ("--vram", "24 = 6e9", "--preview", "--resize", "--models tiny|DIR"):
         assert words in text
     assert '"diffsynth=diffsynth.cli:main"' in (Path(__file__).parents[2] / "setup.py").read_text()
+
+
+def png_header_only(path, width: int, height: int):
+    """A PNG that declares width x height but holds almost no data: only a reader that decodes it would notice
+    (a real 432-megapixel photo took 8.9 GB and 194 s to decode)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def tiny_flags(pose_models):
+    return ["--models", "tiny", "--resolution", "3072", "--steps", "2", "--det-model", pose_models[0],
+            "--pose-model", pose_models[1]]
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("fast", ["--fast"], "--fast (4 steps, cfg 1) needs a step-distillation LoRA"),
+    ("fast plain lora", ["--fast", "--lora", "{tmp}/style.safetensors"], "needs a step-distillation LoRA"),
+    ("missing lora", ["--lora", "{tmp}/nope.safetensors:0.8"], "LoRA file {tmp}/nope.safetensors not found"),
+    ("ulysses", ["--ulysses-size", "2"], "--ulysses-size split every video over 2 processes, but this is a single "
+                                         "process: start it with `torchrun --nproc_per_node=2"),
+    ("ring", ["--ring-size", "2"], "--ring-size split every video over 2 processes"),
+    ("cfg parallel", ["--cfg-parallel"], "--cfg-parallel split every video over 2 processes"),
+    ("432 MP photo", ["--ref", "{tmp}/huge.png"], "huge.png is too large (432 megapixels): over the 100-megapixel"),
+    ("120 MP photo", ["--ref", "{tmp}/big.png"], "big.png is 12000x10000 (120 megapixels), over the 100-megapixel"),
+    ("damaged photo", ["--ref", "{tmp}/damaged.jpg"], "cannot read reference photo {tmp}/damaged.jpg"),
+    ("4-frame video", ["--driving", "{tmp}/short.mp4"], "short.mp4 gives 4 frames: a clip needs at least 5"),
+    ("stride", ["--stride", "2"], "gives 7 frames, 4 at --stride 2: a clip needs at least 5"),
+    ("damaged video", ["--driving", "{tmp}/damaged.mp4"], "cannot read driving video {tmp}/damaged.mp4"),
+    ("release", ["--models", "{tmp}/checkpoints"], "missing release files {tmp}/checkpoints/Wan2.1-I2V-14B-720P/"),
+    ("pose models", ["--det-model", "{tmp}/yolox_l.onnx"],
+     "missing release file {tmp}/yolox_l.onnx: download with `python -m diffsynth download --only dwpose --dir "
+     "checkpoints`"),
+])
+def test_bad_input_is_refused_before_any_work(tmp_path, photo, driving, tiny_flags, case, flags, message, capsys,
+                                              monkeypatch):
+    from .conftest import write_driving
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    (tmp_path / "style.safetensors").write_bytes(b"not read")
+    (tmp_path / "checkpoints").mkdir()
+    png_header_only(tmp_path / "huge.png", 21600, 20000)
+    png_header_only(tmp_path / "big.png", 12000, 10000)
+    (tmp_path / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100)
+    (tmp_path / "damaged.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\1" * 3000)
+    write_driving(tmp_path / "short.mp4", frames=4)
+    out = tmp_path / "out" / "o.mp4"
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    rc = main(["animate", "--ref", str(photo), "--driving", str(driving), "--out", str(out), *tiny_flags, *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and message.replace("{tmp}", str(tmp_path)) in err[0], err
+    assert not (tmp_path / "out").exists()                     # refused before the poses (and any model)
+
+
+def test_the_release_check_names_every_missing_file_and_the_tiny_alternative(tmp_path, photo, driving, pose_models,
+                                                                            capsys):
+    from diffsynth.animate.models import UNIANIMATE_FILE, WAN_FOLDER
+
+    models = tmp_path / "checkpoints"
+    wan = models / WAN_FOLDER
+    (wan / "google" / "umt5-xxl").mkdir(parents=True)
+    shards = [f"diffusion_pytorch_model-0000{i}-of-00007.safetensors" for i in (1, 2, 3, 5, 6, 7)]   # no 4
+    for name in ("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "models_t5_umt5-xxl-enc-bf16.pth",
+                 "Wan2.1_VAE.pth", *shards):
+        (wan / name).write_bytes(b"x")
+    rc = main(["animate", "--ref", str(photo), "--driving", str(driving), "--out", str(tmp_path / "o.mp4"),
+               "--models", str(models), "--det-model", pose_models[0], "--pose-model", pose_models[1]])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err
+    assert f"{wan}/diffusion_pytorch_model-00004-of-00007.safetensors, {models / UNIANIMATE_FILE}: download" in err
+    assert f"`python -m diffsynth download --dir {models}`" in err and "--models tiny" in err
+    assert not (tmp_path / "o.poses").exists()
+    (wan / "diffusion_pytorch_model-00004-of-00007.safetensors").write_bytes(b"x")
+    (models / UNIANIMATE_FILE).write_bytes(b"x")
+    from diffsynth.animate.models import missing_checkpoints
+    from diffsynth.cli import build_parser, settings_from_args
+
+    args = build_parser().parse_args(["animate", "--ref", "p", "--driving", "d", "--models", str(models),
+                                      "--det-model", pose_models[0], "--pose-model", pose_models[1]])
+    assert missing_checkpoints(settings_from_args(args)) == []

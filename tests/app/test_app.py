@@ -3,6 +3,7 @@ end on the tiny models, the per-process model cache, the job folders, one-line e
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +20,12 @@ def controls(**changes):
     return {**CONTROLS, **changes}
 
 
-def test_controls_map_to_settings():
-    config = AppConfig(models="tiny", vram="16", loras=("x.safetensors:0.5",), det_model="d.onnx")
+def test_controls_map_to_settings(tmp_path):
+    lora = tmp_path / "x_lightx2v_distill.safetensors"          # --fast needs one named like a step-distill LoRA
+    lora.write_bytes(b"")
+    config = AppConfig(models="tiny", vram="16", loras=(f"{lora}:0.5",), det_model="d.onnx")
     s = settings_from_controls(config, **controls())
-    assert (s.models, s.vram, s.loras, s.det_model) == ("tiny", "16", ("x.safetensors:0.5",), "d.onnx")
+    assert (s.models, s.vram, s.loras, s.det_model) == ("tiny", "16", (f"{lora}:0.5",), "d.onnx")
     assert (s.resolution, s.steps, s.cfg, s.seed, s.fast) == ("480p", 30, 2.5, 7, False)
     assert s.teacache is None and s.magcache is None and s.prompt == "a person is dancing"
     s = settings_from_controls(config, **controls(resolution=" 720p ", steps=4.0, cache="TeaCache", threshold=0.3,
@@ -110,7 +113,7 @@ def test_generate_along_an_existing_pose_folder(app_config, app_inputs, tiny_app
     assert find_pose_folders(app_config.outputs.parent) == [str(pose_dir)]
     job = jobs.generate(None, None, settings, pose_folder=str(pose_dir))
     clip = VideoData(video_file=str(job.video))
-    assert len(clip) == 5 and clip[0].size == (64, 32) and job.video.name == f"{pose_dir.name}.mp4"
+    assert len(clip) == 5 and clip[0].size == (64, 32) and job.video.name == "photo_dance-poses.mp4"
 
 
 def test_missing_inputs_and_bad_flags_are_one_line(app_config, tmp_path, capsys):
@@ -174,3 +177,38 @@ def test_importing_the_app_module_does_not_need_gradio():
     code = "import sys, diffsynth.app; print('gradio' in sys.modules, 'selenium' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.split() == ["False", "False"]
+
+
+def test_long_upload_names_are_shortened(app_config, app_inputs, tmp_path):
+    photo, driving = tmp_path / ("p" * 240 + ".png"), tmp_path / ("d" * 240 + ".mp4")
+    photo.write_bytes(app_inputs[0].read_bytes())
+    driving.write_bytes(Path(app_inputs[1]).read_bytes())
+    jobs = Jobs(app_config, ModelCache(lambda settings: pytest.fail("a preview loads no model")))
+    settings = settings_from_controls(app_config, **controls(resolution=app_config.resolution))
+    job = jobs.preview(str(photo), str(driving), settings)
+    assert job.preview.is_file() and max(len(p.name.encode()) for p in job.folder.iterdir()) < 255
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("poses.json", "cannot read {dir}/poses.json (UnicodeDecodeError"),
+    ("frame", "pose image {dir}/0002.jpg differs from the file run_align_pose wrote"),
+    ("reference.png", "cannot read image {dir}/reference.png"),
+    ("gone", "pose folder {dir} not found; refresh the list"),
+])
+def test_a_damaged_pose_folder_pick_is_named(app_config, app_inputs, damage, message):
+    import shutil
+
+    photo, driving = app_inputs[:2]
+    jobs = Jobs(app_config, ModelCache(lambda settings: pytest.fail("no model may load")))
+    settings = settings_from_controls(app_config, **controls(resolution=app_config.resolution, steps=2))
+    pose_dir = jobs.preview(str(photo), str(driving), settings).result.pose_dir
+    if damage == "gone":
+        shutil.rmtree(pose_dir)
+    elif damage == "frame":
+        (pose_dir / "0002.jpg").write_bytes((pose_dir / "0002.jpg").read_bytes()[:200])
+    else:
+        (pose_dir / damage).write_bytes(b"\x89PNG\r\n\x1a\n{ broken")
+    with pytest.raises(Exception) as caught:
+        jobs.generate(None, None, settings, pose_folder=str(pose_dir))
+    line = error_line(caught.value)
+    assert message.format(dir=pose_dir) in line and "\n" not in line and "Traceback" not in line
