@@ -230,6 +230,7 @@ class Jobs:
     def _generate_from_poses(self, photo, pose_dir: Path, settings: AnimateSettings, progress) -> JobResult:
         """Generate along an existing run_align_pose folder (its poses are already aligned to its reference: the
         folder's reference.png, else the uploaded photo). The generation size is the folder's canvas."""
+        from .animate.media import check_photo  # noqa: PLC0415
         from .animate.poses import PoseFolder  # noqa: PLC0415
         from .data.pose_folder import POSES_FILE, REFERENCE_IMAGE_FILE, list_pose_frames  # noqa: PLC0415
         from .pose.sources import read_image  # noqa: PLC0415
@@ -251,6 +252,7 @@ class Jobs:
                 raise ValueError(f"pose folder {pose_dir} has no {REFERENCE_IMAGE_FILE}: upload the photo its "
                                  f"poses were aligned to")
             reference = Path(photo)
+        check_photo(reference, settings.max_photo_pixels)     # an unreadable or huge upload, before decoding it
         image = read_image(reference)
         size = canvas if canvas and not (canvas[0] % 16 or canvas[1] % 16) else \
             generation_size(image.shape[1], image.shape[0], settings)

@@ -226,3 +226,13 @@ def test_long_input_names_are_shortened_apart(tmp_path):
     for name in names:
         assert len(f"{name[:-4]}_pose_preview.mp4".encode()) < 255 and name.endswith(".mp4")
     assert clip_name(tmp_path / "me.jpg", tmp_path / "dance.mp4") == "me_dance.mp4"
+
+
+@pytest.mark.parametrize("damaged", ["photo", "video"])
+def test_the_pose_cache_names_a_damaged_input_in_one_line(tmp_path, pose_models, photo, driving, damaged):
+    bad = tmp_path / ("bad.jpg" if damaged == "photo" else "bad.mp4")
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 200 if damaged == "photo" else b"\0\0\0\x18ftypmp42" + b"\1" * 900)
+    inputs = (bad, driving) if damaged == "photo" else (photo, bad)
+    with pytest.raises(ValueError) as caught:
+        prepare_poses(*inputs, tmp_path / "clip.poses", (64, 32), **pose_args(pose_models))
+    assert str(bad) in str(caught.value) and "\n" not in str(caught.value) and len(str(caught.value)) < 300

@@ -192,8 +192,9 @@ def test_long_upload_names_are_shortened(app_config, app_inputs, tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("poses.json", "cannot read {dir}/poses.json (UnicodeDecodeError"),
     ("frame", "pose image {dir}/0002.jpg differs from the file run_align_pose wrote"),
-    ("reference.png", "cannot read image {dir}/reference.png"),
+    ("reference.png", "cannot read reference photo {dir}/reference.png"),
     ("gone", "pose folder {dir} not found; refresh the list"),
+    ("huge upload", "is too large (432 megapixels): over the 100-megapixel limit"),
 ])
 def test_a_damaged_pose_folder_pick_is_named(app_config, app_inputs, damage, message):
     import shutil
@@ -202,13 +203,19 @@ def test_a_damaged_pose_folder_pick_is_named(app_config, app_inputs, damage, mes
     jobs = Jobs(app_config, ModelCache(lambda settings: pytest.fail("no model may load")))
     settings = settings_from_controls(app_config, **controls(resolution=app_config.resolution, steps=2))
     pose_dir = jobs.preview(str(photo), str(driving), settings).result.pose_dir
+    upload = None
     if damage == "gone":
         shutil.rmtree(pose_dir)
+    elif damage == "huge upload":               # no reference.png: the uploaded photo is the reference
+        from animate.test_cli import png_header_only
+
+        (pose_dir / "reference.png").unlink()
+        upload = str(png_header_only(pose_dir.parent / "huge.png", 21600, 20000))
     elif damage == "frame":
         (pose_dir / "0002.jpg").write_bytes((pose_dir / "0002.jpg").read_bytes()[:200])
     else:
         (pose_dir / damage).write_bytes(b"\x89PNG\r\n\x1a\n{ broken")
     with pytest.raises(Exception) as caught:
-        jobs.generate(None, None, settings, pose_folder=str(pose_dir))
+        jobs.generate(upload, None, settings, pose_folder=str(pose_dir))
     line = error_line(caught.value)
     assert message.format(dir=pose_dir) in line and "\n" not in line and "Traceback" not in line
