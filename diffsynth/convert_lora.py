@@ -12,9 +12,12 @@ folder of shards). OUT is a `.safetensors` file:
 The scale alpha / r is folded into lora_B (up) and no alpha is written, so every loader (ours, upstream UniAnimate,
 ComfyUI, diffusers) merges the same update: exact when alpha / r is a power of two (alpha = r included), otherwise
 lora_B is rounded once in its dtype. Full deltas (`.diff`, `.diff_b`, `.diff_m`) are kept under the output layout's
-module names. The pose-guider tensors go to a separate file beside OUT, `OUT` with `.pose_guider.safetensors`
-instead of `.safetensors`, which `load_lora_v2` reads together with OUT (and accepts on its own). Both files are
-written atomically; existing files are refused unless `--overwrite`.
+module names; a lora_B bias (diffusers, PEFT `lora_bias`) is written with the scale folded in, as `lora_B.bias`
+where the output layout has one and as the module's `.diff_b` otherwise. The pose-guider tensors go to a separate
+file beside OUT, `OUT` with `.pose_guider.safetensors` instead of `.safetensors`, which `load_lora_v2` reads
+together with OUT (and accepts on its own); the pose-guider file beside IN is read as the loaders do, so the pose
+guider survives every conversion. Both files are written atomically; existing files are refused unless
+`--overwrite`. Key names come from the layout table (`loading/lora_formats.py`).
 """
 from __future__ import annotations
 
@@ -29,9 +32,9 @@ import torch
 
 from .data.safe_write import atomic_output, check_output_file
 from .loading.files import CheckpointError, describe
-from .loading.lora import (LoraCheckpoint, LoraError, check_complete, pose_guider_state_dict, pose_sidecar_path,
-                           read_lora, resolve_without_model)
-from .loading.lora_formats import WRITABLE_LAYOUTS, layout_key
+from .loading.lora import (LoraCheckpoint, LoraError, check_alpha, check_complete, pose_guider_state_dict,
+                           pose_sidecar_path, read_lora, resolve_without_model, with_pose_sidecars)
+from .loading.lora_formats import LAYOUT_BY_NAME, WRITABLE_LAYOUTS, layout_key
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +49,25 @@ def convert_state_dict(lora: LoraCheckpoint, layout: str, network_alpha: Optiona
     if layout not in WRITABLE_LAYOUTS:
         raise ValueError(f"unknown LoRA layout {layout!r}; choose one of {', '.join(WRITABLE_LAYOUTS)}")
     check_complete(lora, source)
+    if network_alpha is not None:
+        network_alpha = check_alpha(network_alpha, "--network-alpha")
+    has_bias = "bias" in LAYOUT_BY_NAME[layout].write_suffixes
     tensors: Dict[str, torch.Tensor] = {}
     unnamed: List[str] = []
     for name, module in sorted(resolve_without_model(lora, source).items()):
         parts: Dict[str, torch.Tensor] = dict(module.deltas())
         if module.has_factors:
-            scale = lora.scale_of(module, network_alpha)
-            b = module.B if scale == 1.0 else (module.B.to(torch.float32) * scale).to(module.B.dtype)
-            parts.update(A=module.A, B=b)
+            scale = lora.scale_of(module, network_alpha, name, source)
+            fold = (lambda t: t) if scale == 1.0 else (lambda t: (t.to(torch.float32) * scale).to(t.dtype))
+            parts.update(A=module.A, B=fold(module.B))
+            if module.bias is not None:
+                if has_bias:
+                    parts["bias"] = fold(module.bias)
+                elif "diff_b" in parts:      # both a bias delta and a lora_B bias: one diff_b, summed in fp32
+                    parts["diff_b"] = (parts["diff_b"].to(torch.float32) + module.bias.to(torch.float32) * scale
+                                       ).to(parts["diff_b"].dtype)
+                else:
+                    parts["diff_b"] = fold(module.bias)
         for role, tensor in parts.items():
             try:
                 key = layout_key(layout, name, role)
@@ -89,8 +103,11 @@ def convert_lora(source, output, layout: str, overwrite: bool = False, network_a
         raise ValueError(f"output {str(output)!r} must be a .safetensors file name (not *.pose_guider.safetensors, "
                          "which is the name of the pose-guider file written beside it)")
     sidecar = pose_sidecar_path(output)
-    lora = read_lora(source)
     name = describe(source)
+    to_read, sidecars = with_pose_sidecars(source)     # the pose guider beside IN, as load_lora_v2 reads it
+    for found in sidecars:
+        logger.info("%s: also reading the pose guider beside it, %s", name, found)
+    lora = read_lora(to_read)
     tensors, pose = convert_state_dict(lora, layout, network_alpha, name)
     inputs = list(lora.files)
     check_output_file(output, overwrite=overwrite, inputs=inputs, flag="--overwrite")
@@ -116,6 +133,13 @@ def convert_lora(source, output, layout: str, overwrite: bool = False, network_a
     return output, (sidecar if pose else None)
 
 
+def _alpha_argument(text: str) -> float:
+    try:
+        return check_alpha(text, "--network-alpha")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffsynth.convert_lora",
                                      description="Convert a UniAnimate / Wan DiT LoRA between layouts.")
@@ -124,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        "OUT.pose_guider.safetensors)")
     parser.add_argument("--to", required=True, choices=WRITABLE_LAYOUTS, help="output layout")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--network-alpha", type=float, default=None,
+    parser.add_argument("--network-alpha", type=_alpha_argument, default=None,
                         help="training lora_alpha when the input does not store it (scale = alpha / rank)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -16,7 +16,6 @@ tensor is read, and a model is registered only once it is completely loaded.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from .files import (FP8_DTYPES, FP8_UPCAST, STORED, Checkpoint, CheckpointError,
                     NonFiniteTensorError, PathSpec, all_finite, describe, load_state_dict, target_dtype)
 from .formats import (MODEL_KINDS, ConfigError, Detection, ModelKind, UnknownFormatError, closest_layout, detect,
                       looks_like_lora, read_config_json)
-from .lora import (BaseWeights, LoraCheckpoint, LoraError, merge_loras, pose_guider_state_dict, read_lora,
+from .lora import (MERGE_PRECISIONS, BaseWeights, LoraCheckpoint, LoraError, check_alpha, check_strength,
+                   merge_loras, pose_guider_state_dict, read_lora,
                    with_pose_sidecars)
 
 logger = logging.getLogger(__name__)
@@ -476,7 +476,8 @@ def _is_weighted(item: Any) -> bool:
 
 def lora_entries(file_path: LoraSpec, lora_alpha: float) -> List[Tuple[PathSpec, float]]:
     """The (spec, strength) pairs of a load_lora_v2 call. A plain path or list is ONE LoRA (a list: its shards)
-    merged at `lora_alpha`; `(spec, strength)` or a list of such pairs is one LoRA per pair."""
+    merged at `lora_alpha`; `(spec, strength)` or a list of such pairs is one LoRA per pair. Every strength is
+    checked (`check_strength`: NaN/Inf refused naming the value, 0 or negative warned)."""
     if _is_weighted(file_path):
         pairs = [file_path]
     elif isinstance(file_path, (list, tuple)) and file_path and all(_is_weighted(x) for x in file_path):
@@ -485,14 +486,11 @@ def lora_entries(file_path: LoraSpec, lora_alpha: float) -> List[Tuple[PathSpec,
         raise ValueError("load_lora_v2 takes a path, a list of shards of ONE LoRA, or a list of (path, strength) "
                          f"pairs for several LoRAs; got a mixture: {file_path!r}")
     else:
-        return [(file_path, float(lora_alpha))]
+        return [(file_path, check_strength(lora_alpha, describe(file_path)))]
     if lora_alpha != 1.0:
         raise ValueError(f"load_lora_v2 got (path, strength) pairs and lora_alpha={lora_alpha}: give each LoRA's "
                          "strength in its pair, and leave lora_alpha at 1.0")
-    for spec, strength in pairs:
-        if not math.isfinite(strength):
-            raise ValueError(f"LoRA strength for {describe(spec)} must be a finite number, got {strength}")
-    return [(spec, float(strength)) for spec, strength in pairs]
+    return [(spec, check_strength(strength, describe(spec))) for spec, strength in pairs]
 
 
 class ModelManager:
@@ -570,7 +568,7 @@ class ModelManager:
             self.model_format.append(plan.detection.label)
 
     def load_lora_v2(self, file_path: LoraSpec, lora_alpha: float = 1.0, network_alpha: Optional[float] = None,
-                     keep_base_weights: bool = False) -> int:
+                     keep_base_weights: bool = False, merge_precision: str = "upstream") -> int:
         """Merge LoRA(s) into the loaded DiT(s) and collect their pose-guider tensors.
 
         Args:
@@ -589,14 +587,24 @@ class ModelManager:
                 `unload_loras()` restores the base model bit-exactly. Off by default: it costs CPU memory equal to
                 the touched weights as stored (bf16: ~26 GB for a 14B DiT with a LoRA on every block Linear), which
                 the usual load-merge-generate run does not need. Without it unload_loras refuses.
+            merge_precision: "upstream" (default): bf16/fp16 weights are merged with upstream's operations and
+                roundings (`W = W + strength * scale * mm(B, A)` in the weight's dtype, on CUDA when the weight is
+                on the CPU and CUDA is available, one LoRA after the other): bit-identical to upstream on the same
+                device. "float32": every update of a weight summed in fp32 and rounded once (one rounding, not
+                upstream's numbers). fp32 weights are merged in fp32 (`addmm`) and fp8 layers in fp32 either way.
         Returns:
             the number of weights changed.
 
-        All LoRAs of a call are summed in fp32 per weight and rounded to the weight's dtype once. Merging the same
+        The strength (`lora_alpha` or a pair's) must be finite (0 or negative: a warning); `network_alpha` and a
+        stored alpha must be positive and finite. Merging the same
         LoRA twice (same files by resolved path, or same tensors under another path or name) logs a warning: its
         update is added a second time. Every tensor is read and checked (NaN/Inf, shapes, names) before the first
         weight changes.
         """
+        if merge_precision not in MERGE_PRECISIONS:
+            raise ValueError(f"merge_precision must be one of {MERGE_PRECISIONS}, got {merge_precision!r}")
+        if network_alpha is not None:
+            network_alpha = check_alpha(network_alpha, "network_alpha")
         entries = lora_entries(file_path, lora_alpha)
         read: List[Tuple[Any, float, LoraCheckpoint, str]] = []
         for spec, strength in entries:
@@ -617,18 +625,18 @@ class ModelManager:
             dits = [m for m, n in zip(self.model, self.model_name) if n == "wan_video_dit"]
             if not dits:
                 raise LoraError(f"{to_merge[0][3]}: no DiT is loaded to merge the LoRA into; load the DiT first")
-            merged = merge_loras(dits, to_merge, self.base_weights if keep_base_weights else None)
+            merged = merge_loras(dits, to_merge, self.base_weights if keep_base_weights else None, merge_precision)
             if not keep_base_weights:
                 self._unrestorable.extend(source for *_, source in to_merge)
         for spec, strength, lora, source in read:
             self.pose_state_dict.update(lora.pose)
             self.loras.append(MergedLora(spec, lora.files, lora.digest, strength))
             ranks = sorted({m.rank for m in lora.modules.values() if m.has_factors})
-            deltas = sum(len(m.deltas()) for m in lora.modules.values())
-            logger.info("%s (%s layout): merged %d LoRA layers (rank %s) and %d full deltas at strength %s, "
-                        "collected %d pose tensors, skipped %d others", source, lora.layout,
+            deltas = sum(len(m.deltas()) + (m.bias is not None) for m in lora.modules.values())
+            logger.info("%s (%s layout): merged %d LoRA layers (rank %s) and %d full deltas / lora_B biases at "
+                        "strength %s, collected %d pose tensors, skipped %d non-LoRA tensors%s", source, lora.layout,
                         sum(m.has_factors for m in lora.modules.values()), ranks, deltas, strength, len(lora.pose),
-                        lora.ignored)
+                        lora.ignored, f", did not merge {len(lora.unmerged)} (named above)" if lora.unmerged else "")
         return merged
 
     def unload_loras(self) -> int:

@@ -128,11 +128,12 @@ def test_other_prefixes_and_kohya_alpha(tmp_path, trained, prefix):
     torch.testing.assert_close(dit_forward(manager.fetch_model("wan_video_dit")), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_weights_merge_in_fp32(tmp_path, trained):
+def test_bf16_weights_merge_in_fp32_on_request(tmp_path, trained):
+    """merge_precision="float32": the update summed in fp32, the weight rounded once (not upstream's numbers)."""
     base_sd, _, lora, _, _ = trained
     manager = _manager_with_dit(tmp_path, base_sd, torch.bfloat16)
     save_file(lora, str(tmp_path / "lora.safetensors"))
-    manager.load_lora_v2(tmp_path / "lora.safetensors", network_alpha=ALPHA)
+    manager.load_lora_v2(tmp_path / "lora.safetensors", network_alpha=ALPHA, merge_precision="float32")
     name = "blocks.0.ffn.2"
     a, b = lora[f"pipe.dit.{name}.lora_A.default.weight"], lora[f"pipe.dit.{name}.lora_B.default.weight"]
     want = (base_sd[f"{name}.weight"].bfloat16().float() + (ALPHA / RANK) * (b @ a)).bfloat16()

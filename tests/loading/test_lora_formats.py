@@ -204,7 +204,7 @@ def test_same_module_under_two_names_is_refused(tmp_path, base_sd):
     a, b = torch.ones(RANK, 24), torch.ones(24, RANK)
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": a,
                "diffusion_model.blocks.0.self_attn.q.lora_up.weight": b,
-               "pipe.dit.blocks.0.self_attn.q.lora_A.default.weight": a.clone()}, str(tmp_path / "dup.safetensors"))
+               "diffusion_model.blocks.0.self_attn.q.lora_A.weight": a.clone()}, str(tmp_path / "dup.safetensors"))
     with pytest.raises(LoraError, match="holds the A of module blocks.0.self_attn.q twice"):
         manager_with(tmp_path, base_sd).load_lora_v2(tmp_path / "dup.safetensors")
 
