@@ -112,11 +112,18 @@ def test_inference_hands_the_pipeline_the_folder_as_read(pose_dir, tmp_path):
     """animate_item -> pipeline arguments -> saved panels, with a pipeline stand-in that returns its pose frames."""
     received = {}
 
-    def pipeline(**kwargs):
-        received.update(kwargs)
-        poses = kwargs["dwpose_data"]
-        return [Image.fromarray(poses[:, i].permute(1, 2, 0).to(torch.uint8).numpy())
-                for i in range(poses.shape[1])]
+    class Pipeline:
+        """Called with keyword arguments, or through `generate(request, ...)`: records them, returns the poses."""
+
+        def __call__(self, **kwargs):
+            received.update(kwargs)
+            poses = kwargs["dwpose_data"]
+            return [Image.fromarray(poses[:, i].permute(1, 2, 0).to(torch.uint8).numpy())
+                    for i in range(poses.shape[1])]
+
+        def generate(self, request, **kwargs):
+            return self(num_frames=request.num_frames, **kwargs)
+    pipeline = Pipeline()
     Image.fromarray(np.full((50, 40, 3), (30, 200, 30), np.uint8)).save(tmp_path / "ref.png")
     out = animate_item(pipeline, str(tmp_path / "ref.png"), str(pose_dir), str(tmp_path / "out.mp4"),
                        height=CANVAS_H, width=CANVAS_W, max_frames=None)
