@@ -34,7 +34,8 @@ from .data.safe_write import atomic_output, check_output_file
 from .loading.files import CheckpointError, describe
 from .loading.lora import (LoraCheckpoint, LoraError, check_alpha, check_complete, pose_guider_state_dict,
                            pose_sidecar_path, read_lora, resolve_without_model, with_pose_sidecars)
-from .loading.lora_formats import LAYOUT_BY_NAME, WRITABLE_LAYOUTS, layout_key
+from .loading import lora_formats
+from .loading.lora_formats import LAYOUT_BY_NAME, layout_key
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def convert_state_dict(lora: LoraCheckpoint, layout: str, network_alpha: Optiona
     The scale alpha / r (alpha from `network_alpha`, else the file) is folded into lora_B in fp32, so the output
     needs no alpha. Raises LoraError for incomplete factors, unresolvable kohya names or modules that `layout` has no
     name for."""
-    if layout not in WRITABLE_LAYOUTS:
-        raise ValueError(f"unknown LoRA layout {layout!r}; choose one of {', '.join(WRITABLE_LAYOUTS)}")
+    if layout not in lora_formats.WRITABLE_LAYOUTS:
+        raise ValueError(f"unknown LoRA layout {layout!r}; choose one of {', '.join(lora_formats.WRITABLE_LAYOUTS)}")
     check_complete(lora, source)
     if network_alpha is not None:
         network_alpha = check_alpha(network_alpha, "--network-alpha")
@@ -146,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("input", help="LoRA file (any supported layout) or folder of shards")
     parser.add_argument("output", help="output .safetensors file (the pose guider goes beside it, "
                                        "OUT.pose_guider.safetensors)")
-    parser.add_argument("--to", required=True, choices=WRITABLE_LAYOUTS, help="output layout")
+    parser.add_argument("--to", required=True, choices=lora_formats.WRITABLE_LAYOUTS, help="output layout")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--network-alpha", type=_alpha_argument, default=None,
                         help="training lora_alpha when the input does not store it (scale = alpha / rank)")

@@ -45,7 +45,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 import torch
 
 from .files import Checkpoint, CheckpointError, PathSpec, all_finite, describe, non_finite_error, resolve_paths
-from .lora_formats import (ALPHA_KEYS, DIFF_ROLES, KOHYA_PREFIX, LAYOUT_BY_NAME, LAYOUT_HELP, POSE_MARKERS, PREFIXES,
+from . import lora_formats
+from .lora_formats import (ALPHA_KEYS, DIFF_ROLES, KOHYA_PREFIX, LAYOUT_BY_NAME, POSE_MARKERS, PREFIXES,
                            UNSUPPORTED_MARKERS, LoraKey, candidates, choose_layout, is_pose_key, kohya_block_count,
                            layout_key, looks_like_lora_key, official_names, pattern_matches, strip_prefix,
                            underscore_index)
@@ -138,7 +139,7 @@ def check_alpha(value, what: str, stored: bool = False) -> float:
         alpha = math.nan
     if math.isfinite(alpha) and alpha > 0:
         return alpha
-    hint = (" (kohya's trainer reads a stored alpha of 0 as alpha = rank)" if alpha == 0 else "")
+    hint = " (kohya's trainer reads a stored alpha of 0 as alpha = rank)" if alpha == 0 and stored else ""
     message = (f"{what} is {value!r}: an alpha must be a positive finite number{hint}; "
                + ("pass network_alpha= (convert_lora: --network-alpha) to choose the scale" if stored
                   else "give the training lora_alpha"))
@@ -251,7 +252,7 @@ def _unknown_layout(spec: PathSpec, keys: List[str]) -> LoraError:
     shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} tensors)" if len(keys) > 5 else "")
     return LoraError(f"{describe(spec)} is not a LoRA layout this loader knows: no tensor is a LoRA factor, delta, "
                      f"alpha or pose-guider tensor (first keys: {shown or 'none'}). Supported layouts: "
-                     f"{LAYOUT_HELP}.")
+                     f"{lora_formats.LAYOUT_HELP}.")
 
 
 def _check_finite(ckpt: Checkpoint, tensors: Dict[str, torch.Tensor]) -> None:
@@ -589,7 +590,7 @@ def plan_merge(models: Sequence[torch.nn.Module], loras: Sequence[Tuple[LoraChec
                         target(pname).full.append((delta, factor))
             if unknown:
                 raise LoraError(f"{source}: {len(set(unknown))} LoRA modules are not Linear layers of the DiT "
-                                f"(e.g. {_list(set(unknown))}); layouts understood: {LAYOUT_HELP}")
+                                f"(e.g. {_list(set(unknown))}); layouts understood: {lora_formats.LAYOUT_HELP}")
             if unknown_deltas:
                 raise LoraError(f"{source}: {len(unknown_deltas)} full deltas change no parameter of the DiT "
                                 f"(e.g. {_list(unknown_deltas)}). Is the LoRA for another model?")

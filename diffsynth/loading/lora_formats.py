@@ -194,14 +194,45 @@ LORA_LAYOUTS: Tuple[LoraLayout, ...] = (
         prefixes=("lora_unet_",), suffixes={**_DOWN_UP, "alpha": (r"alpha",), **_DELTAS},
         to_official=_underscored, underscored=True, extra=".alpha"),
 )
-LAYOUTS = tuple(layout.name for layout in LORA_LAYOUTS)
-WRITABLE_LAYOUTS = tuple(layout.name for layout in LORA_LAYOUTS if layout.writable)
-LAYOUT_BY_NAME: Dict[str, LoraLayout] = {layout.name: layout for layout in LORA_LAYOUTS}
-LAYOUT_HELP = ", ".join(f"{layout.title} ({layout.example}" + (f"; {layout.extra}" if layout.extra else "") + ")"
-                        for layout in LORA_LAYOUTS) \
-    + ", plus pose-guider tensors (dwpose_embedding.*, randomref_embedding_pose.*)"
-# Every module-path prefix any layout strips (longest first), for callers that only need to drop one.
-PREFIXES = tuple(sorted({p for layout in LORA_LAYOUTS for p in layout.prefixes if p}, key=len, reverse=True))
+# Derived from the table (`_derive`): names, the writable ones, by name, the help text, every prefix.
+LAYOUTS: Tuple[str, ...] = ()
+WRITABLE_LAYOUTS: Tuple[str, ...] = ()
+LAYOUT_BY_NAME: Dict[str, LoraLayout] = {}
+LAYOUT_HELP = ""
+PREFIXES: Tuple[str, ...] = ()
+
+
+def _derive() -> None:
+    global LAYOUTS, WRITABLE_LAYOUTS, LAYOUT_HELP, PREFIXES
+    LAYOUTS = tuple(layout.name for layout in LORA_LAYOUTS)
+    WRITABLE_LAYOUTS = tuple(layout.name for layout in LORA_LAYOUTS if layout.writable)
+    LAYOUT_BY_NAME.clear()                     # the same dict object, so importers see the change
+    LAYOUT_BY_NAME.update({layout.name: layout for layout in LORA_LAYOUTS})
+    LAYOUT_HELP = ", ".join(f"{layout.title} ({layout.example}" + (f"; {layout.extra}" if layout.extra else "")
+                            + ")" for layout in LORA_LAYOUTS) \
+        + ", plus pose-guider tensors (dwpose_embedding.*, randomref_embedding_pose.*)"
+    # Every module-path prefix any layout strips (longest first), for callers that only need to drop one.
+    PREFIXES = tuple(sorted({p for layout in LORA_LAYOUTS for p in layout.prefixes if p}, key=len, reverse=True))
+
+
+def register_layout(layout: LoraLayout) -> None:
+    """Add a layout to the table (a plug-in, or a test): reading, merging, converting and the trainer then know
+    it. Its name must be new."""
+    global LORA_LAYOUTS
+    if layout.name in LAYOUT_BY_NAME:
+        raise ValueError(f"LoRA layout {layout.name!r} exists already")
+    LORA_LAYOUTS = LORA_LAYOUTS + (layout,)
+    _derive()
+
+
+def unregister_layout(name: str) -> None:
+    """Remove a layout added with `register_layout`."""
+    global LORA_LAYOUTS
+    LORA_LAYOUTS = tuple(layout for layout in LORA_LAYOUTS if layout.name != name)
+    _derive()
+
+
+_derive()
 KOHYA_PREFIX = LAYOUT_BY_NAME["kohya"].prefixes[0]
 
 
@@ -336,7 +367,7 @@ def guess_layout(raw_keys: Sequence[str]) -> Optional[str]:
     return choose_layout({k: candidates(k) for k in raw_keys})[0]
 
 
-__all__ = ["LoraLayout", "LORA_LAYOUTS", "LAYOUT_BY_NAME", "layout_key", "LAYOUTS", "WRITABLE_LAYOUTS",
+__all__ = ["LoraLayout", "LORA_LAYOUTS", "LAYOUT_BY_NAME", "register_layout", "unregister_layout", "layout_key", "LAYOUTS", "WRITABLE_LAYOUTS",
            "LAYOUT_HELP", "PREFIXES", "KOHYA_PREFIX", "DIFF_ROLES", "ROLES", "POSE_MARKERS", "ALPHA_KEYS",
            "LoraKey", "candidates", "pattern_matches", "choose_layout", "parse_key", "strip_prefix", "is_kohya",
            "is_pose_key", "looks_diffusers", "looks_like_lora_key", "guess_layout", "diffusers_to_official",
