@@ -63,7 +63,8 @@ from diffsynth.configs import PoseGuiderConfig, WanDiTConfig  # noqa: E402
 from diffsynth.models.pose_guider import PoseGuider  # noqa: E402
 from diffsynth.models.wan_dit import WanModel  # noqa: E402
 from diffsynth.pipelines import WanUniAnimateVideoPipeline  # noqa: E402
-from diffsynth.pipelines.base import FAST_PRESET  # noqa: E402
+from diffsynth.pipelines.request import FAST_PRESET, GenerationRequest  # noqa: E402
+from diffsynth.pipelines.schedule import make_scheduler  # noqa: E402
 from diffsynth.tiny import TINY_CLIP, TINY_DIT, TINY_T5, build_tiny_models  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -91,8 +92,8 @@ class RecordingPipeline(WanUniAnimateVideoPipeline):
     final_latents: Optional[torch.Tensor] = None
     recorded_caches: list = [None, None]
 
-    def new_step_caches(self, num_inference_steps, config):
-        self.recorded_caches = super().new_step_caches(num_inference_steps, config)
+    def step_caches(self, request, num_steps):
+        self.recorded_caches = super().step_caches(request, num_steps)
         return self.recorded_caches
 
     def finish(self, latents, *args, **kwargs):
@@ -226,8 +227,8 @@ def modulation_change(pipe: RecordingPipeline, steps: int) -> dict:
     of the default schedule, raw and through the `MODEL_ID` polynomial (the amount added to its accumulator)."""
     from diffsynth.acceleration.teacache import TEACACHE_COEFFICIENTS
 
-    pipe.configure_scheduler(steps)
-    mods = [pipe.dit.embed_timestep(torch.tensor([float(t)]))[1] for t in pipe.scheduler.timesteps]
+    timesteps = make_scheduler(GenerationRequest(num_inference_steps=steps)).timesteps
+    mods = [pipe.dit.embed_timestep(torch.tensor([float(t)]))[1] for t in timesteps]
     rel = np.array([float((a - b).abs().mean() / b.abs().mean()) for a, b in zip(mods[1:], mods[:-1])])
     rescaled = np.poly1d(TEACACHE_COEFFICIENTS[MODEL_ID])(rel)
     return dict(rel_l1_min=float(rel.min()), rel_l1_max=float(rel.max()), rel_l1_median=float(np.median(rel)),

@@ -263,7 +263,7 @@ class Jobs:
         for path in (paths.video, paths.comparison):
             check_output_file(path, inputs=[reference])
         poses = PoseFolder(pose_dir, reference, len(frames), fps, size, True)
-        result = AnimateResult(reference, pose_dir, pose_dir, reference, size, fps / settings.stride, True)
+        result = AnimateResult(reference, pose_dir, pose_dir, size, fps / settings.stride, True)
         animator = self._animator(settings, progress)
         animator.generate_along_poses(poses, result, paths)
         result.seconds = time.perf_counter() - start
@@ -379,7 +379,8 @@ def config_from_args(args) -> AppConfig:
                        pose_root=Path(args.pose_root) if args.pose_root else None, pose_backend=args.pose_backend,
                        det_model=args.det_model, pose_model=args.pose_model,
                        resolution=TINY_RESOLUTION if tiny else "480p", steps=TINY_STEPS if tiny else 50)
-    AnimateSettings(models=config.models, vram=config.vram, pose_backend=config.pose_backend).validate()
+    AnimateSettings(models=config.models, vram=config.vram,
+                    pose_backend=config.pose_backend).validate()        # a missing --lora is refused at start
     return config
 
 

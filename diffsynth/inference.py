@@ -13,16 +13,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import List, Optional, Sequence, Tuple, Type, Union
 
 import torch
+from tqdm import tqdm
 
 from .data.image_file import read_image_rgb
-from .data.pose_folder import comparison_panels, list_pose_frames, read_pose_clip, reference_pose_file
+from .acceleration.block_cache import TeaCacheConfig
+from .animate.generate import generate_frames, panels
+from .data.pose_folder import read_pose_clip
 from .data.safe_write import check_output_file
 from .data.video import save_video
 from .loading import ModelManager
 from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
+from .pipelines.request import UNIANIMATE_CFG_SCALE, UNIANIMATE_STEPS, GenerationRequest
+from .pipelines.windows import WindowSettings
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
     `torch_dtype`).
 
     `extra_loras`: more LoRA files (or `(path, strength)` pairs) merged after the UniAnimate one, e.g. a step-
-    distillation LoRA for `preset="fast"` (recognised by its file name, see `WanPipelineBase.resolve_preset`).
+    distillation LoRA for `preset="fast"` (recognised by its file name, see `GenerationRequest.resolved`).
     """
     files = {name: _require(os.path.join(wan_dir, spec), name, DOWNLOAD_HINT)
              for name, spec in WAN_I2V_FILES.items() if name != "dit"}
@@ -98,59 +103,37 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
     return pipe
 
 
-def read_pose_folder(pose_dir: str) -> Tuple[List[Path], Path]:
-    """Pose frames (numeric order) and the reference pose `pose.jpg` of a run_align_pose.py output folder."""
-    return list_pose_frames(pose_dir), reference_pose_file(pose_dir)
-
-
 def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str, out_path: str, height: int = 832,
                  width: int = 480, max_frames: Optional[int] = 81, frame_interval: int = 1, seed: int = 0,
                  prompt: str = "a person is dancing", negative_prompt: str = WAN_NEGATIVE_PROMPT,
-                 cfg_scale: float = 1.5, num_inference_steps: int = 50, use_teacache: bool = False,
-                 tiled: bool = True, overwrite: bool = False, **pipe_kwargs) -> str:
+                 cfg_scale: float = UNIANIMATE_CFG_SCALE, num_inference_steps: int = UNIANIMATE_STEPS,
+                 use_teacache: bool = False, tiled: bool = True, overwrite: bool = False,
+                 context_size: int = 21, context_overlap: int = 4, **request_fields) -> str:
     """Generate one video and save [reference | pose | generated] side by side at 15 fps.
 
-    `max_frames=None` (long-video pipelines) animates every `frame_interval`-th pose frame. An existing `out_path`
-    is refused before any generation unless `overwrite`.
+    A `WanUniAnimateLongVideoPipeline` runs the long-video window schedule (`context_size`, `context_overlap`) and
+    `max_frames=None` animates every `frame_interval`-th pose frame; otherwise a seeded window of `max_frames` pose
+    frames is picked (`select_frames`). `request_fields`: further `GenerationRequest` settings (e.g.
+    `preset="fast"`). An existing `out_path` is refused before any generation unless `overwrite`.
     """
-    from PIL import Image  # noqa: PLC0415 - the pipeline takes the reference as a PIL image
-
     check_output_file(out_path, overwrite=overwrite, inputs=[ref_image], flag="OVERWRITE = True (overwrite=True)")
     clip = read_pose_clip(pose_dir, height, width, max_frames, frame_interval, seed)
-    reference = Image.fromarray(read_image_rgb(_require(ref_image, "reference image")))   # upright, as the pose tool read it
+    reference = read_image_rgb(_require(ref_image, "reference image"))   # upright, as the pose tool read it
     long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
-    if long_video:   # decode and write chunk by chunk: memory does not grow with the number of frames
-        pipe_kwargs.setdefault("output_type", "iterator")
-    generated = pipe(prompt=prompt, negative_prompt=negative_prompt, input_image=reference,
-                     dwpose_data=clip.dwpose_data, random_ref_dwpose=clip.random_ref_dwpose, height=height,
-                     width=width, num_frames=clip.dwpose_data.shape[1], cfg_scale=cfg_scale,
-                     num_inference_steps=num_inference_steps, seed=seed, tiled=tiled,
-                     tea_cache_l1_thresh=0.3 if use_teacache else None,
-                     tea_cache_model_id="Wan2.1-I2V-14B-720P" if use_teacache else "", **pipe_kwargs)
+    step_cache = TeaCacheConfig(0.3, "Wan2.1-I2V-14B-720P") if use_teacache else None
+    request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, cfg_scale=cfg_scale,
+                                num_inference_steps=num_inference_steps, tiled=tiled, step_cache=step_cache,
+                                **request_fields)
+    # The long schedule decodes and writes chunk by chunk: memory does not grow with the number of frames.
+    generated = generate_frames(pipe, reference, clip.dwpose_data, clip.random_ref_dwpose, request,
+                                windows=WindowSettings(context_size, context_overlap) if long_video else None,
+                                progress_bar_cmd=tqdm, output="iterator" if long_video else "pil")
     if generated is None:   # multi-GPU, not rank 0: rank 0 writes the video
         return out_path
-    if isinstance(generated, list):
-        # The long pipeline rounds the frame count down to 4k+1: pair each generated frame with its pose.
-        panels = comparison_panels(reference, clip.dwpose_data[:, :len(generated)], generated)
-    else:
-        panels = _panel_stream(reference, clip.dwpose_data, generated)
-    path = save_video(panels, out_path, fps=15, quality=5, overwrite=overwrite)
-    logger.info("saved %s (%s frames%s)", path, len(panels) if isinstance(panels, list) else "streamed",
-                ", long video" if long_video else "")
+    path = save_video(panels(reference, clip.dwpose_data, generated), out_path, fps=15, quality=5,
+                      overwrite=overwrite)
+    logger.info("saved %s (%s)", path, "long video" if long_video else f"{clip.dwpose_data.shape[1]} frames")
     return path
-
-
-def _panel_stream(reference, dwpose_data: torch.Tensor, generated: Iterator) -> Iterator:
-    """`comparison_panels` for a stream of generated frames: one [reference | pose | generated] panel per frame,
-    made as each frame arrives (the long pipeline rounds the count down to 4k+1: pose frames after it are unused)."""
-    count = 0
-    for count, frame in enumerate(generated, 1):
-        if count > dwpose_data.shape[1]:
-            raise ValueError(f"more generated frames than the {dwpose_data.shape[1]} pose frames")
-        yield comparison_panels(reference, dwpose_data[:, count - 1:count], [frame])[0]
-    expected = (dwpose_data.shape[1] - 1) // 4 * 4 + 1
-    if count != expected:
-        raise ValueError(f"{count} generated frames for {expected} pose frames")
 
 
 def output_name(prefix: str, ref_image: str, pose_dir: str) -> str:
@@ -200,5 +183,5 @@ def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs
     return done
 
 
-__all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "read_pose_folder", "animate_item",
+__all__ = ["WAN_NEGATIVE_PROMPT", "load_unianimate_pipeline", "animate_item",
            "output_name", "run_items", "dit_shards", "prepare_processes"]

@@ -20,6 +20,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..data.pose_folder import list_pose_frames, pose_tensors, read_rgb, reference_pose_file
 from ..data.safe_write import check_output_file
+from .checks import check_inputs
+from .names import batch_clip_names, clip_name
 from .poses import PoseFolder, prepare_poses, write_pose_preview
 from .settings import AnimateSettings, ProgressCallback, ProgressEvent
 
@@ -27,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
-CONTEXT_SIZE, CONTEXT_OVERLAP = 21, 4   # long-video windows (latent frames), as the upstream long scripts
 
 
 class ModelLoadError(RuntimeError):
@@ -59,7 +60,6 @@ class AnimateResult:
     reference: Path
     driving: Path
     pose_dir: Path
-    prepared_reference: Path           # the image the pipeline got (reference.png, or the photo with stretch)
     size: Tuple[int, int]              # (width, height) of the generation
     fps: float
     poses_reused: bool
@@ -183,9 +183,10 @@ class Animator:
             raise FileNotFoundError(f"reference photo {reference} not found")
         if not driving.exists():
             raise FileNotFoundError(f"driving video {driving} not found")
-        paths = OutputPaths.for_clip(out or Path("outputs") / f"{reference.stem}_{driving.stem}.mp4")
+        paths = OutputPaths.for_clip(out or Path("outputs") / clip_name(reference, driving))
         for path in ([paths.preview] if preview_only else [paths.video, paths.comparison]):
             check_output_file(path, overwrite=settings.overwrite, inputs=[reference, driving], flag="--overwrite")
+        check_inputs(settings, reference, driving, preview_only, models_loaded=self._pipeline is not None)
         photo = read_image(reference)
         width, height = generation_size(photo.shape[1], photo.shape[0], settings)
 
@@ -204,7 +205,7 @@ class Animator:
             if state is not None and state.is_main:
                 _barrier()
         self.emit("poses", 1, 1, f"{poses.frames} pose frames ({'reused' if poses.reused else 'extracted'})")
-        result = AnimateResult(reference, driving, poses.path, poses.reference_image, (width, height),
+        result = AnimateResult(reference, driving, poses.path, (width, height),
                                poses.fps / settings.stride, poses.reused)
         if preview_only:
             self.emit("write", message=f"writing {paths.preview}")
@@ -218,11 +219,10 @@ class Animator:
     def generate_along_poses(self, poses: PoseFolder, result: AnimateResult, paths: OutputPaths) -> None:
         """Generate `result`'s clip and comparison into `paths` along an aligned pose folder (`prepare_poses`, or a
         run_align_pose folder wrapped in a `PoseFolder`); `result` gets the output paths and figures."""
-        from PIL import Image  # noqa: PLC0415
-
+        from ..data.image_file import read_image_rgb  # noqa: PLC0415
         from ..inference import WAN_NEGATIVE_PROMPT  # noqa: PLC0415
-        from ..pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline  # noqa: PLC0415
-        from ..pose.sources import read_image  # noqa: PLC0415
+        from ..pipelines.request import GenerationRequest  # noqa: PLC0415
+        from .generate import LONG_VIDEO_WINDOWS, generate_frames  # noqa: PLC0415
         from .media import write_outputs  # noqa: PLC0415
         from .models import step_cache  # noqa: PLC0415
 
@@ -234,25 +234,15 @@ class Animator:
         files = files[:count]
         dwpose_data, random_ref_dwpose = pose_tensors([read_rgb(f) for f in files],
                                                       read_rgb(reference_pose_file(poses.path)), height, width)
-        # Read like the pose tool read it (OpenCV applies the EXIF orientation), so poses and photo agree.
-        reference = read_image(poses.reference_image)[..., ::-1].copy()
-        pipe = self.pipeline
-        if long_video and not isinstance(pipe, WanUniAnimateLongVideoPipeline):
-            raise ValueError(f"{len(files)} frames need the long-video pipeline (WanUniAnimateLongVideoPipeline); "
-                             f"pass --max-frames {settings.max_short_frames} to animate the first ones only")
-        kwargs = dict(prompt=settings.prompt, input_image=Image.fromarray(reference),
-                      negative_prompt=WAN_NEGATIVE_PROMPT if settings.negative_prompt is None
-                      else settings.negative_prompt,
-                      dwpose_data=dwpose_data, random_ref_dwpose=random_ref_dwpose, height=height, width=width,
-                      num_frames=count, cfg_scale=settings.cfg, num_inference_steps=settings.steps,
-                      seed=settings.seed, tiled=not settings.tiny if settings.tiled is None else settings.tiled,
-                      step_cache=step_cache(settings), preset="fast" if settings.fast else None,
-                      progress_bar_cmd=self._steps, **settings.extra)
-        if long_video:
-            frames = pipe(**kwargs, context_size=CONTEXT_SIZE, context_overlap=CONTEXT_OVERLAP,
-                          output_type="iterator")
-        else:   # the short algorithm on the same models (the long pipeline is a short one too)
-            frames = WanUniAnimateVideoPipeline.__call__(pipe, **kwargs)
+        reference = read_image_rgb(poses.reference_image)   # the pose tool's reader: photo and poses agree
+        request = GenerationRequest(
+            prompt=settings.prompt, seed=settings.seed, cfg_scale=settings.cfg, num_inference_steps=settings.steps,
+            negative_prompt=WAN_NEGATIVE_PROMPT if settings.negative_prompt is None else settings.negative_prompt,
+            tiled=not settings.tiny if settings.tiled is None else settings.tiled, step_cache=step_cache(settings),
+            preset="fast" if settings.fast else None, **settings.extra)
+        frames = generate_frames(self.pipeline, reference, dwpose_data, random_ref_dwpose, request,
+                                 windows=LONG_VIDEO_WINDOWS if long_video else None, progress_bar_cmd=self._steps,
+                                 output="iterator" if long_video else "pil")
         result.pipeline = "long" if long_video else "short"
         if frames is None:   # multi-GPU sequence parallel, not rank 0: rank 0 writes
             return
@@ -275,11 +265,14 @@ class Animator:
 
         if shard is None:
             shard = not self.settings.splits_each_video
-        pairs = item_shard(list(pairs)) if shard else list(pairs)
+        pairs = list(pairs)
+        outs = batch_clip_names(pairs)        # every pair's own name, checked before any work (and before sharding)
+        jobs = list(zip(pairs, outs))
+        jobs = item_shard(jobs) if shard else jobs
         batch = BatchResult()
-        for index, (reference, driving) in enumerate(pairs, 1):
-            self._item = (index, len(pairs))
-            out = Path(out_dir) / f"{Path(reference).stem}_{Path(driving).stem}.mp4"
+        for index, ((reference, driving), name) in enumerate(jobs, 1):
+            self._item = (index, len(jobs))
+            out = Path(out_dir) / name
             try:
                 batch.done.append(self.animate(reference, driving, out, preview_only=preview_only))
             except ModelLoadError:

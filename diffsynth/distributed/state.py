@@ -59,10 +59,6 @@ class ParallelState:
     cfg_group: Optional[dist.ProcessGroup] = None   # the ranks sharing this rank's token shard (CFG parallel)
 
     @property
-    def sp_rank(self) -> int:
-        return self.rank % self.config.sp_size
-
-    @property
     def cfg_rank(self) -> int:
         """The CFG branch this rank computes under CFG parallel (0 = conditional, 1 = unconditional)."""
         return self.rank // self.config.sp_size

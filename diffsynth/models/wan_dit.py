@@ -34,10 +34,6 @@ class EmbeddedContext:
     text: torch.Tensor                   # [B, Lt, d]
     image: Optional[torch.Tensor] = None  # [B, Li, d], I2V only
 
-    @property
-    def batch_size(self) -> int:
-        return self.text.shape[0]
-
     def __iter__(self):   # `ctx, ctx_img = model.embed_context(...)`
         return iter((self.text, self.image))
 

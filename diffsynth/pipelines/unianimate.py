@@ -24,8 +24,12 @@ from ..data.images import check_pil_image, image_to_tensor
 from ..data.pose_folder import pose_tensors
 from ..models.wan_dit import condition_tokens
 from ..prompters import WanPrompter
-from .base import NoiseSource, WanPipelineBase
+from .base import WanPipelineBase
+from .denoise import NoiseSource, StepCallback, WholeVideo
+from .request import GenerationRequest
+from .schedule import make_scheduler
 from .timing import StageTimer
+from .windows import WindowSettings, prepare_windows
 from .units import check_sizes, encode_pose_video, encode_reference_image, encode_reference_pose
 
 if TYPE_CHECKING:
@@ -69,12 +73,11 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
         return pipe
 
     # -------------------------------------------------------------------------------------------------- call
-    def check_inputs(self, input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt="",
-                     negative_prompt="", cfg_scale=1.0, num_inference_steps=1, input_video=None,
-                     denoising_strength=1.0) -> None:
+    def check_inputs(self, request: GenerationRequest, input_image, dwpose_data, random_ref_dwpose,
+                     input_video=None) -> None:
         """Every argument checked before any model runs; each error names the argument and the fix."""
-        self.check_common(prompt, negative_prompt, height, width, num_frames, cfg_scale, num_inference_steps,
-                          denoising_strength)
+        request.check()
+        height, width, num_frames = request.height, request.width, request.num_frames
         if input_image is None:
             raise ValueError("input_image is required: the reference photo (PIL image) of the person to animate")
         check_pil_image(input_image, "input_image")
@@ -97,6 +100,9 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
         if tuple(random_ref_dwpose.shape) != (height, width, 3):
             raise ValueError(f"random_ref_dwpose has shape {tuple(random_ref_dwpose.shape)}; expected "
                              f"[height, width, 3] = {[height, width, 3]}")
+        for name, value in (("dwpose_data", dwpose_data), ("random_ref_dwpose", random_ref_dwpose)):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} holds NaN or infinite values: pose frames are 0..255 pixel values")
 
     @torch.no_grad()
     def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional["Image"] = None,
@@ -108,8 +114,10 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
                  tea_cache_model_id: str = "", progress_bar_cmd=tqdm, dwpose_data: Optional[torch.Tensor] = None,
                  random_ref_dwpose: Optional[torch.Tensor] = None, *, step_cache=None, preset: Optional[str] = None,
                  denoising_step_list: Optional[Sequence[int]] = None, sampler: str = "euler",
-                 cfg_batch: Optional[bool] = None) -> List["Image"]:
-        """Generate `num_frames` frames of the reference person following the poses.
+                 cfg_batch: Optional[bool] = None, callback_on_step_end: Optional[StepCallback] = None
+                 ) -> List["Image"]:
+        """Generate `num_frames` frames of the reference person following the poses (upstream's call; a thin
+        adapter over `generate(GenerationRequest(...), ...)`).
 
         Args:
             input_image: reference photo (resized to height x width with PIL bicubic).
@@ -127,39 +135,59 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
                 upstream's order of operations), or None: batched when memory allows (`batched_cfg_fits`).
             input_video, denoising_strength: video-to-video; the input is encoded (with the call's tiling settings)
                 and noised part-way.
+            callback_on_step_end: diffusers' convention, `fn(pipe, step_index, timestep, {"latents": ...})`.
         Returns:
             a list of F PIL images. A one-line summary (time per stage, s/step, peak GPU memory) is printed to
             stderr unless `pipe.show_summary = False`; the figures stay in `pipe.last_timings`.
         """
-        settings = self.resolve_preset(preset, dict(cfg_scale=cfg_scale, sigma_shift=sigma_shift, sampler=sampler,
-                                                    num_inference_steps=num_inference_steps,
-                                                    denoising_step_list=denoising_step_list))
-        cfg_scale, num_inference_steps = settings["cfg_scale"], settings["num_inference_steps"]
-        self.check_inputs(input_image, dwpose_data, random_ref_dwpose, height, width, num_frames, prompt,
-                          negative_prompt, cfg_scale, num_inference_steps, input_video, denoising_strength)
-        timer = StageTimer(self.device)
-        steps = self.configure_schedule(settings, denoising_strength)
-        cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
-        latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
-        noise = NoiseSource(seed, rand_device, self.device, self.torch_dtype)
+        arguments = dict(locals())
+        del arguments["self"]
+        return self._call(arguments)
 
+    @torch.no_grad()
+    def generate(self, request: GenerationRequest, *, input_image: Optional["Image"] = None,
+                 dwpose_data: Optional[torch.Tensor] = None, random_ref_dwpose: Optional[torch.Tensor] = None,
+                 input_video: Optional[List["Image"]] = None, windows: Optional[WindowSettings] = None,
+                 progress_bar_cmd=tqdm, callback_on_step_end: Optional[StepCallback] = None, output: str = "pil"):
+        """One generation: the reference person along the poses. `windows=None` denoises the whole video at once
+        (up to 81 frames on the released model); `windows=WindowSettings(...)` runs the long-video window schedule
+        (`long_video.py`) for any length. `output`: "pil" (a list) or "iterator" (a `FrameStream`)."""
+        if windows is not None:
+            request, dwpose_data, input_video = windows.round_frames(request, dwpose_data, input_video)
+        request = request.resolved(self.step_distilled)
+        self.check_inputs(request, input_image, dwpose_data, random_ref_dwpose, input_video)
+        timer = StageTimer(self.device)
+        scheduler = self.scheduler = make_scheduler(request)
+        noise = NoiseSource(request.seed, request.rand_device, self.device, self.torch_dtype)
+        if windows is None:
+            prepared = self._prepare_whole_video(request, timer, noise, scheduler, input_image, dwpose_data,
+                                                 random_ref_dwpose, input_video)
+        else:
+            prepared = prepare_windows(self, request, windows, timer, noise, scheduler, input_image, dwpose_data,
+                                       random_ref_dwpose, input_video)
+        dit, latents, schedule, conditioning, window_shape = prepared
         with timer("encode"):
-            # 1. Noise, or the noised input video; 2-3. prompts and the reference.
-            latents = self.initial_latents(latent_shape, noise, input_video, height, width, tiled, tile_size,
-                                           tile_stride)
-            context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
-            clip_feature, y = self.encode_reference(input_image, height, width, num_frames, random_ref_dwpose)
+            guidance = self.prepare_guidance(dit, *conditioning, request.cfg_scale, request.cfg_batch, window_shape)
+        del conditioning, prepared
+        latents = self.denoise(dit, latents, guidance, schedule, scheduler, noise, timer, progress_bar_cmd,
+                               callback_on_step_end)
+        del schedule, guidance
+        return self.finish(latents, request, timer, request.num_frames, output)
+
+    def _prepare_whole_video(self, request, timer, noise, scheduler, input_image, dwpose_data, random_ref_dwpose,
+                             input_video):
+        """Noise (or the noised input video), prompts, the reference and the pose tokens of a one-window call."""
+        with timer("encode"):
+            latents = self.initial_latents(request, noise, scheduler, input_video)
+            context, context_neg = self.encode_prompts(request.prompt, request.negative_prompt, request.cfg_scale)
+            clip_feature, y = self.encode_reference(input_image, request.height, request.width, request.num_frames,
+                                                    random_ref_dwpose)
         with timer("pose"):
             pose_tokens = self.encode_pose_video(dwpose_data)
-        # 4. Per-generation invariants once (embedded contexts), then the denoising loop.
         dit = self._onload("dit")
-        dit.check_inputs(latents, self.scheduler.timesteps[:1], context, clip_feature, y, pose_tokens)
-        with timer("encode"):
-            guidance = self.prepare_guidance(dit, context, context_neg, clip_feature, y, cfg_scale, cfg_batch,
-                                             latent_shape)
-        caches = self.new_step_caches(steps, cache_config)
-        latents = self.denoise(dit, latents, guidance, pose_tokens, caches, noise, progress_bar_cmd, timer)
-        return self.finish(latents, tiled, tile_size, tile_stride, timer, num_frames)
+        dit.check_inputs(latents, scheduler.timesteps[:1], context, clip_feature, y, pose_tokens)
+        schedule = WholeVideo(pose_tokens, self.step_caches(request, len(scheduler.timesteps)))
+        return dit, latents, schedule, (context, context_neg, clip_feature, y), request.latent_shape()
 
     # ------------------------------------------------------------------------------- steps shared with long video
     def encode_reference(self, input_image: "Image", height: int, width: int, num_frames: int,

@@ -10,6 +10,7 @@ with height x width close to `max_area` (480*832), both multiples of 16 (Wan's `
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -18,7 +19,10 @@ from tqdm import tqdm
 from ..data.framing import fit_area
 from ..data.images import check_pil_image, image_to_tensor
 from ..prompters import WanPrompter
-from .base import NoiseSource, WanPipelineBase
+from .base import WanPipelineBase
+from .denoise import NoiseSource, StepCallback, WholeVideo
+from .request import GenerationRequest
+from .schedule import make_scheduler
 from .timing import StageTimer
 from .units import check_sizes, encode_reference_image
 
@@ -71,11 +75,9 @@ class WanVideoPipeline(WanPipelineBase):
             raise ValueError(f"the pipeline lacks {', '.join(missing)}: load the Wan2.1 DiT shards, the T5 and VAE "
                              ".pth files (and CLIP for I2V) with load_models() first")
 
-    def check_inputs(self, input_image, height, width, num_frames, prompt="", negative_prompt="", cfg_scale=5.0,
-                     num_inference_steps=50, input_video=None, denoising_strength=1.0) -> None:
+    def check_inputs(self, request: GenerationRequest, input_image, input_video=None) -> None:
         """Every argument checked before any model runs; each error names the argument and the fix."""
-        self.check_common(prompt, negative_prompt, height, width, num_frames, cfg_scale, num_inference_steps,
-                          denoising_strength)
+        request.check()
         if self.is_i2v and input_image is None:
             raise ValueError("this is an I2V DiT: pass input_image (PIL image), or load a T2V DiT for text-to-video")
         if not self.is_i2v and input_image is not None:
@@ -83,11 +85,11 @@ class WanVideoPipeline(WanPipelineBase):
         if input_image is not None:
             check_pil_image(input_image, "input_image")
         if input_video is not None:
-            if len(input_video) != num_frames:
-                raise ValueError(f"input_video has {len(input_video)} frames; num_frames is {num_frames}")
+            if len(input_video) != request.num_frames:
+                raise ValueError(f"input_video has {len(input_video)} frames; num_frames is {request.num_frames}")
             for i, frame in enumerate(input_video):
                 check_pil_image(frame, f"input_video[{i}]")
-        check_sizes(height, width, num_frames)
+        check_sizes(request.height, request.width, request.num_frames)
 
     @torch.no_grad()
     def __call__(self, prompt: str, negative_prompt: str = "", input_image: Optional["Image"] = None,
@@ -99,47 +101,53 @@ class WanVideoPipeline(WanPipelineBase):
                  tea_cache_l1_thresh: Optional[float] = None, tea_cache_model_id: str = "", progress_bar_cmd=tqdm,
                  *, max_area: int = DEFAULT_MAX_AREA, step_cache=None, preset: Optional[str] = None,
                  denoising_step_list: Optional[Sequence[int]] = None, sampler: str = "euler",
-                 cfg_batch: Optional[bool] = None) -> List["Image"]:
+                 cfg_batch: Optional[bool] = None, callback_on_step_end: Optional[StepCallback] = None
+                 ) -> List["Image"]:
         """Generate `num_frames` frames from the prompt (T2V) or the prompt and `input_image` (I2V).
 
         height/width default to 480x832 (T2V) or, for I2V, the reference's aspect at `max_area` pixels
         (`size_for_reference`). The other arguments are those of `WanUniAnimateVideoPipeline.__call__`.
         """
-        settings = self.resolve_preset(preset, dict(cfg_scale=cfg_scale, sigma_shift=sigma_shift, sampler=sampler,
-                                                    num_inference_steps=num_inference_steps,
-                                                    denoising_step_list=denoising_step_list))
-        cfg_scale, num_inference_steps = settings["cfg_scale"], settings["num_inference_steps"]
-        if height is None or width is None:
+        arguments = dict(locals())
+        del arguments["self"]
+        return self._call(arguments)
+
+    @torch.no_grad()
+    def generate(self, request: GenerationRequest, *, input_image: Optional["Image"] = None,
+                 input_video: Optional[List["Image"]] = None, max_area: int = DEFAULT_MAX_AREA,
+                 progress_bar_cmd=tqdm, callback_on_step_end: Optional[StepCallback] = None, output: str = "pil"):
+        """One T2V / I2V generation; `output`: "pil" (a list) or "iterator" (a `FrameStream`)."""
+        request = request.resolved(self.step_distilled)
+        if request.height is None or request.width is None:
             if input_image is not None and hasattr(input_image, "size"):
                 default_height, default_width = size_for_reference(*input_image.size, max_area=max_area)
             else:
                 default_height, default_width = DEFAULT_T2V_SIZE
-            height, width = height or default_height, width or default_width
-        self.check_inputs(input_image, height, width, num_frames, prompt, negative_prompt, cfg_scale,
-                          num_inference_steps, input_video, denoising_strength)
+            request = replace(request, height=request.height or default_height,
+                              width=request.width or default_width)
+        self.check_inputs(request, input_image, input_video)
         timer = StageTimer(self.device)
-        steps = self.configure_schedule(settings, denoising_strength)
-        cache_config = self.step_cache_config(step_cache, tea_cache_l1_thresh, tea_cache_model_id)
-        latent_shape = (1, 16, (num_frames - 1) // 4 + 1, height // 8, width // 8)
-        noise = NoiseSource(seed, rand_device, self.device, self.torch_dtype)
+        scheduler = self.scheduler = make_scheduler(request)
+        noise = NoiseSource(request.seed, request.rand_device, self.device, self.torch_dtype)
 
         with timer("encode"):
-            latents = self.initial_latents(latent_shape, noise, input_video, height, width, tiled, tile_size,
-                                           tile_stride)
-            context, context_neg = self.encode_prompts(prompt, negative_prompt, cfg_scale)
+            latents = self.initial_latents(request, noise, scheduler, input_video)
+            context, context_neg = self.encode_prompts(request.prompt, request.negative_prompt, request.cfg_scale)
             clip_feature = y = None
             if input_image is not None:
-                image = image_to_tensor(input_image, height, width)
+                image = image_to_tensor(input_image, request.height, request.width)
                 self._onload("image_encoder", "vae")
-                clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, self.device)
+                clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, request.num_frames,
+                                                         self.device)
         dit = self._onload("dit")
-        dit.check_inputs(latents, self.scheduler.timesteps[:1], context, clip_feature, y)
+        dit.check_inputs(latents, scheduler.timesteps[:1], context, clip_feature, y)
         with timer("encode"):
-            guidance = self.prepare_guidance(dit, context, context_neg, clip_feature, y, cfg_scale, cfg_batch,
-                                             latent_shape)
-        caches = self.new_step_caches(steps, cache_config)
-        latents = self.denoise(dit, latents, guidance, None, caches, noise, progress_bar_cmd, timer)
-        return self.finish(latents, tiled, tile_size, tile_stride, timer, num_frames)
+            guidance = self.prepare_guidance(dit, context, context_neg, clip_feature, y, request.cfg_scale,
+                                             request.cfg_batch, request.latent_shape())
+        schedule = WholeVideo(None, self.step_caches(request, len(scheduler.timesteps)))
+        latents = self.denoise(dit, latents, guidance, schedule, scheduler, noise, timer, progress_bar_cmd,
+                               callback_on_step_end)
+        return self.finish(latents, request, timer, request.num_frames, output)
 
 
 __all__ = ["WanVideoPipeline", "size_for_reference", "DEFAULT_MAX_AREA"]

@@ -83,8 +83,8 @@ def run(ulysses, cfg_parallel, fsdp=False, ring=1):
             return real_finish(latents, *args, **kwargs)
         pipe.finish = finish
         made = []
-        real_new = pipe.new_step_caches
-        pipe.new_step_caches = lambda *a: made.append(real_new(*a)) or made[-1]
+        real_new = pipe.step_caches
+        pipe.step_caches = lambda *a: made.append(real_new(*a)) or made[-1]
         frames_out = pipe(**inputs(frames), **extra)
         assert (frames_out is None) == (not state.is_main), "only rank 0 returns frames"
         results[name] = captured["latents"]

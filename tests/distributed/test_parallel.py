@@ -69,15 +69,15 @@ def test_ring_attention_refuses_an_uneven_token_count(tmp_path):
 
 def test_refused_combinations_say_why():
     from diffsynth.distributed import ParallelState
-    from diffsynth.pipelines import WanUniAnimateVideoPipeline
     from diffsynth.acceleration import TeaCacheConfig
+    from diffsynth.pipelines import GenerationRequest, WanUniAnimateVideoPipeline
 
     pipe = WanUniAnimateVideoPipeline(device="cpu")
     pipe.parallel = ParallelState(ParallelConfig(cfg_parallel=True), 0, 2, torch.device("cpu"))
     pipe._fsdp = True
     with pytest.raises(ValueError, match="step cache with CFG parallel and a sharded DiT"):
-        pipe.new_step_caches(4, TeaCacheConfig(0.1, "Wan2.1-I2V-14B-480P"))
-    assert pipe.new_step_caches(4, None) == [None, None]
+        pipe.step_caches(GenerationRequest(step_cache=TeaCacheConfig(0.1, "Wan2.1-I2V-14B-480P")), 4)
+    assert pipe.step_caches(GenerationRequest(), 4) == [None, None]
     from diffsynth.models.wan_dit import WanModel
     from tests.tiny import TINY_I2V
 

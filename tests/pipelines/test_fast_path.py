@@ -232,8 +232,8 @@ def test_cache_plan_predicts_the_steps_a_call_computes(models, inputs, config, m
     pipe = uni(models)
     plan = pipe.cache_plan(10, step_cache=step_cache, cfg_scale=1.5)
     made = []
-    real_new = pipe.new_step_caches
-    monkeypatch.setattr(pipe, "new_step_caches", lambda *a: made.extend(real_new(*a)) or made[-2:])
+    real_new = pipe.step_caches
+    monkeypatch.setattr(pipe, "step_caches", lambda *a: made.extend(real_new(*a)) or made[-2:])
     calls = []
     handle = models.dit.blocks[0].register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
     pipe(**dict(inputs, num_inference_steps=10), step_cache=step_cache)
@@ -291,19 +291,21 @@ def test_wan_video_pipeline_from_the_model_manager(models, inputs, tmp_path):
 @torch.no_grad()
 def test_video_to_video_starts_from_the_input_noised_to_the_first_sigma(models, inputs):
     """initial_latents with input_video at strength 0.5: (1 - sigma0) * encoded + sigma0 * seeded noise."""
-    from diffsynth.pipelines.base import NoiseSource
+    from diffsynth.pipelines import GenerationRequest
+    from diffsynth.pipelines.denoise import NoiseSource
+    from diffsynth.pipelines.schedule import make_scheduler
 
     pipe = uni(models)
-    steps = pipe.configure_scheduler(10, denoising_strength=0.5)
-    sigma0 = float(pipe.scheduler.sigmas[0])
-    assert steps == 10 and 0.1 < sigma0 < 0.9
+    request = GenerationRequest(num_inference_steps=10, denoising_strength=0.5, height=H, width=W, num_frames=5,
+                                tiled=False)
+    scheduler = make_scheduler(request)
+    sigma0 = float(scheduler.sigmas[0])
+    assert len(scheduler.timesteps) == 10 and 0.1 < sigma0 < 0.9
     video = [inputs["input_image"].resize((W, H))] * F
     shape = (1, 16, 2, H // 8, W // 8)
-    got = pipe.initial_latents(shape, NoiseSource(3, "cpu", pipe.device, torch.float32), video, H, W, False,
-                               (30, 52), (15, 26))
-    encoded = pipe.encode_input_video(video, H, W, False, (30, 52), (15, 26))
+    got = pipe.initial_latents(request, NoiseSource(3, "cpu", pipe.device, torch.float32), scheduler, video)
+    encoded = pipe.encode_input_video(video, request)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(got, (1 - sigma0) * encoded + sigma0 * noise, rtol=1e-6, atol=1e-6)
-    plain = pipe.initial_latents(shape, NoiseSource(3, "cpu", pipe.device, torch.float32), None, H, W, False,
-                                 (30, 52), (15, 26))
+    plain = pipe.initial_latents(request, NoiseSource(3, "cpu", pipe.device, torch.float32), scheduler, None)
     torch.testing.assert_close(plain, noise, rtol=0, atol=0)

@@ -68,9 +68,11 @@ def test_an_existing_output_is_refused_before_generating(workspace, tmp_path, ca
     root, _ = workspace
     calls = []
 
-    def pipeline(**kwargs):
-        calls.append(kwargs)
-        return [Image.new("RGB", (kwargs["width"], kwargs["height"]))] * kwargs["num_frames"]
+    class Pipeline:   # records the one generate step's call
+        def generate(self, request, **inputs):
+            calls.append(request)
+            return [Image.new("RGB", (request.width, request.height))] * request.num_frames
+    pipeline = Pipeline()
     out = tmp_path / "mine.mp4"
     out.write_bytes(b"a video of mine")
     with pytest.raises(FileExistsError, match="OVERWRITE"):

@@ -66,7 +66,7 @@ def test_one_window_equals_the_short_pipeline_with_the_private_noise(models, mon
     noise = torch.randn(1, 16, 3, H // 8, W // 8, generator=gen)
     noise[:, :, :2] = torch.randn(1, 16, 2, H // 8, W // 8, generator=gen)   # window 0's private frames
     short = make(WanUniAnimateVideoPipeline, models)
-    monkeypatch.setattr(short, "generate_noise", lambda *a, **k: noise.clone())
+    monkeypatch.setattr(short, "initial_latents", lambda *a, **k: noise.clone())
     assert np.array_equal(long_out, frames_of(short(**args)))
 
 
@@ -124,7 +124,7 @@ def test_seed_reproduces_and_frames_round_down(models, caplog):
 
 
 # ------------------------------------------------------------------- memory that does not grow with length
-import diffsynth.pipelines.long_video as long_video  # noqa: E402
+import diffsynth.pipelines.windows as windows  # noqa: E402
 
 
 def stress_args():
@@ -178,7 +178,7 @@ def test_generate_to_file_streams_the_short_pipeline_too(models, tmp_path, monke
     from diffsynth.data import VideoData
     assert len(VideoData(video_file=path)) == 9
     assert np.array_equal(np.stack(streamed), expected)      # the written frames came from the stream
-    assert not short._stream_decode                          # the flag does not outlive the call
+    assert isinstance(short(**args), list)                   # a plain call after it still returns the list
 
 
 def test_window_state_is_parked_while_other_windows_run(models, monkeypatch):
@@ -186,7 +186,7 @@ def test_window_state_is_parked_while_other_windows_run(models, monkeypatch):
     tokens are computed once per window ("offload") or at every window step ("recompute")."""
     pipe = make(WanUniAnimateLongVideoPipeline, models)
     seen, moves, made = [], [], []
-    real_move, real_tokens, real_predict = long_video._move_caches, pipe._window_pose_tokens, pipe.predict
+    real_move, real_tokens, real_predict = windows._move_caches, pipe.encode_pose_video, pipe.predict
 
     def move(caches, device):
         real_move(caches, device)
@@ -199,9 +199,9 @@ def test_window_state_is_parked_while_other_windows_run(models, monkeypatch):
         caches = rest[-1]
         seen.append(getattr(caches[0].previous_residual, "where", None))
         return real_predict(dit, window, timestep, *rest)
-    monkeypatch.setattr(long_video, "_move_caches", move)
+    monkeypatch.setattr(windows, "_move_caches", move)
     monkeypatch.setattr(pipe, "predict", predict)
-    monkeypatch.setattr(pipe, "_window_pose_tokens", lambda *a: made.append(1) or real_tokens(*a))
+    monkeypatch.setattr(pipe, "encode_pose_video", lambda *a: made.append(1) or real_tokens(*a))
     pipe.offload_device = torch.device("cpu", 0)             # a device object distinct from pipe.device
     pipe(**stress_args())
     assert len(made) == 3                                    # one pose-token pass per window, before the loop
