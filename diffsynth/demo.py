@@ -78,8 +78,14 @@ def synthetic_reference(height: int, width: int) -> np.ndarray:
 def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_frames: List[np.ndarray],
                     reference_pose: np.ndarray, prompt: str, steps: int, cfg_scale: float, seed: int,
                     torch_dtype: torch.dtype = torch.float32, tiled: bool = True) -> List[Image.Image]:
-    """The README's loading and generation code, verbatim but for the tiny configs and the CPU (`tiled=False`:
-    one VAE pass, as the demo model was evaluated)."""
+    """The README's loading code, verbatim but for the tiny configs and the CPU, then the one generate step every
+    front door uses (`animate.generate.generate_frames`; `tiled=False`: one VAE pass, as the demo model was
+    evaluated)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from .animate.generate import generate_frames  # noqa: PLC0415
+    from .pipelines import GenerationRequest  # noqa: PLC0415
+
     model_manager = ModelManager(device="cpu", progress=False)
     model_manager.load_models([checkpoints.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
     model_manager.load_models([checkpoints.dit_shards, checkpoints.text_encoder, checkpoints.vae],
@@ -89,10 +95,9 @@ def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_fr
     height, width = reference.shape[:2]
     dwpose_data, random_ref_dwpose = load_pose_data([Image.fromarray(p) for p in pose_frames],
                                                     Image.fromarray(reference_pose), height, width)
-    return pipe(prompt=prompt, negative_prompt="", input_image=Image.fromarray(reference), dwpose_data=dwpose_data,
-                random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(pose_frames),
-                cfg_scale=cfg_scale, num_inference_steps=steps, seed=seed, tiled=tiled, tile_size=(4, 4),
-                tile_stride=(2, 2))
+    request = GenerationRequest(prompt=prompt, cfg_scale=cfg_scale, num_inference_steps=steps, seed=seed,
+                                tiled=tiled, tile_size=(4, 4), tile_stride=(2, 2))
+    return generate_frames(pipe, reference, dwpose_data, random_ref_dwpose, request, progress_bar_cmd=tqdm)
 
 
 def _upscale(frame: np.ndarray, scale: int) -> np.ndarray:

@@ -112,10 +112,12 @@ def load_demo_pipeline(device: str = "cpu", folder=ASSET_DIR, torch_dtype: torch
 
 def generate(pipe, example, reference: Optional[np.ndarray] = None, reference_pose: Optional[np.ndarray] = None,
              poses: Optional[Sequence[np.ndarray]] = None, **overrides) -> List[np.ndarray]:
-    """Generate the frames of a `synthetic.Example` (or with another reference / poses) as uint8 RGB arrays."""
+    """Generate the frames of a `synthetic.Example` (or with another reference / poses) as uint8 RGB arrays, through
+    the front doors' generate step (`animate.generate.generate_frames`)."""
     from PIL import Image  # noqa: PLC0415
 
-    from .pipelines import load_pose_data  # noqa: PLC0415
+    from .animate.generate import generate_frames  # noqa: PLC0415
+    from .pipelines import GenerationRequest, load_pose_data  # noqa: PLC0415
 
     reference = example.reference if reference is None else reference
     reference_pose = example.reference_pose if reference_pose is None else reference_pose
@@ -123,10 +125,8 @@ def generate(pipe, example, reference: Optional[np.ndarray] = None, reference_po
     height, width = reference.shape[:2]
     dwpose_data, random_ref_dwpose = load_pose_data([Image.fromarray(p) for p in poses],
                                                     Image.fromarray(reference_pose), height, width)
-    settings = {**INFERENCE, **overrides}
-    frames = pipe(prompt=PROMPT, negative_prompt="", input_image=Image.fromarray(reference), dwpose_data=dwpose_data,
-                  random_ref_dwpose=random_ref_dwpose, height=height, width=width, num_frames=len(poses),
-                  tiled=False, progress_bar_cmd=lambda x: x, **settings)
+    request = GenerationRequest(prompt=PROMPT, tiled=False, **{**INFERENCE, **overrides})
+    frames = generate_frames(pipe, reference, dwpose_data, random_ref_dwpose, request)
     return [np.asarray(f) for f in frames]
 
 
