@@ -123,8 +123,8 @@ def encode_dataset(dataset, encoders, folder, settings: Dict[str, Any], epochs: 
                     if bar is not None:
                         bar.update()
                     continue
-                raise CacheError(f"{path} was written with other settings or from other data: {'; '.join(diffs)}. Use another "
-                                 "--cached_dataset_path, or delete this folder to encode the data again")
+                raise CacheError(f"{path} was written with other settings or from other data: {'; '.join(diffs)}. "
+                                 "Use another --cached_dataset_path, or delete this folder to encode the data again")
             item = dataset[index]
             tensors = encode_item(encoders, item, device)
             check_finite_item(tensors, f"the encoded item {index} of {item['path']} (not written to {path})")
@@ -189,7 +189,14 @@ class CachedDataset(Dataset):
             raise CacheError(f"{manifest_path} is unreadable ({error}): run data_process again") from error
         if self.manifest.get("format") != CACHE_FORMAT:
             raise CacheError(f"{manifest_path}: unknown cache format {self.manifest.get('format')!r}")
-        self.files = [[self.folder / name for name in names] for names in self.manifest["files"]]
+        try:
+            self.files = [[self.folder / name for name in names] for names in self.manifest["files"]]
+            if not self.files or not all(len(names) == int(self.manifest["items_per_epoch"]) > 0
+                                         for names in self.files):
+                raise ValueError("no items, or epochs of unequal length")
+        except (KeyError, TypeError, ValueError) as error:
+            raise CacheError(f"{manifest_path} lists no usable items ({type(error).__name__}: {error}): run "
+                             "data_process again") from error
         missing = [str(p) for names in self.files for p in names if not p.is_file()]
         if missing:
             raise CacheError(f"{len(missing)} cache files are missing (e.g. {missing[:3]}): run data_process again")

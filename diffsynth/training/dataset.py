@@ -172,13 +172,13 @@ class UniAnimateDataset(Dataset):
         if frame_interval < 1:
             raise ValueError(f"frame_interval must be >= 1; got {frame_interval}")
         self.folders = find_sample_folders(dataset_path)
-        problems = [(folder, problem) for folder in self.folders for problem in [check_sample_folder(folder)] if problem]
+        problems = [(f, problem) for f in self.folders for problem in [check_sample_folder(f)] if problem]
         if problems:
             listed = "; ".join(f"{folder}: {problem}" for folder, problem in problems[:3])
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise SampleError(f"{len(problems)} of {len(self.folders)} training samples cannot be used: {listed}{more}. "
-                              "Redo them with prepare_training_data.py --overwrite, or move them out of the dataset "
-                              "folder")
+            raise SampleError(f"{len(problems)} of {len(self.folders)} training samples cannot be used: {listed}"
+                              f"{more}. Redo them with prepare_training_data.py --overwrite, or move them out of the "
+                              "dataset folder")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"--steps_per_epoch must be >= 1; got {samples_per_epoch}")
         self.num_frames, self.height, self.width = num_frames, height, width

@@ -474,7 +474,10 @@ class UniAnimateTrainingModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
-        if not bool(torch.isfinite(loss)):
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:        # all processes stop together (a lone one would leave the rest hanging)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             # Stopping (rather than skipping the step) keeps a diverged run from going on silently; nothing is
             # saved, and the last resumable checkpoint (finite, see resume.py) is named in the log.
             sample = batch.get("path") if isinstance(batch, dict) else None

@@ -20,7 +20,7 @@ pytest.importorskip("peft")
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from diffsynth.training import cli  # noqa: E402
-from diffsynth.training.cache import CachedDataset, CacheError  # noqa: E402
+from diffsynth.training.cache import CACHE_FORMAT, CachedDataset, CacheError  # noqa: E402
 from diffsynth.training.dataset import SampleError, UniAnimateDataset  # noqa: E402
 from diffsynth.training.module import UniAnimateTrainingModule  # noqa: E402
 from diffsynth.training.resume import NonFiniteError, find_nonfinite, find_resume_checkpoints  # noqa: E402
@@ -270,6 +270,10 @@ def test_a_corrupt_cache_is_named_in_one_line_before_the_models(setup, cache, tm
     (folder / "cache.json").write_text("{not json")
     error = one_line_exit(train)
     assert f"{folder / 'cache.json'} is unreadable" in error, error
+    (folder / "cache.json").write_text(json.dumps({"format": CACHE_FORMAT, "settings": {}, "epochs": 1,
+                                                   "items_per_epoch": 0, "files": [[]]}))
+    error = one_line_exit(train)                                         # an empty cache
+    assert f"{folder / 'cache.json'} lists no usable items" in error, error
 
 
 def test_a_nonfinite_cache_item_is_refused_with_its_key_and_file(cache):
