@@ -1,5 +1,7 @@
 """CPU benchmarks: (1) loading a sharded fp32 DiT as bf16, streamed (ours) vs merge-then-cast (the upstream way);
-(2) merging a rank-64 LoRA into a 537M-parameter DiT, `load_lora_v2` vs a DiffSynth-Studio-style loader.
+(2) merging a rank-64 LoRA into a 537M-parameter DiT, `load_lora_v2` vs a DiffSynth-Studio-style loader, and whether
+the bf16 result is bit-identical to the peer's (= upstream's formula); (3) whether a faster "fp32 product, rounded
+to bf16, then alpha and the bf16 add" route would give upstream's bf16 merge bit for bit.
 
 Section 1 (`--only dit`):
 
@@ -18,17 +20,25 @@ in bf16 and in fp32, and a rank-64 bf16 LoRA (PEFT names) on every Linear of its
 from the page cache. Timed in one process, methods alternated, best of `--repeats`:
 
 - ours: `ModelManager.load_lora_v2(path, keep_base_weights=True)`: read + NaN/Inf checks + content digest + all
-  checks before the first change + fp32 merge + a CPU copy of each touched weight for `unload_loras` (a fresh
-  manager per run). The ratio is taken on this, the slower of our two.
+  checks before the first change + the default merge (bf16: upstream's operations in bf16; fp32: `addmm_`) + the
+  base weights kept for `unload_loras` (a fresh manager per run). The ratio is taken on this, the slowest of ours.
 - ours-no-backup: the default `load_lora_v2(path)` (no copy for unload_loras).
+- ours-float32: `load_lora_v2(path, merge_precision="float32")` (bf16: the update summed in fp32, one rounding).
 - diffsynth-studio-style: an independent minimal peer of DiffSynth-Studio's `GeneralLoRALoader`: read the whole
   file, cast to the model dtype, and per adapted module `W' = W.to(dtype) + alpha * torch.mm(up, down)` in the
   model dtype, then `module.load_state_dict`. No checks, no restore.
 
-Target: ours seconds <= diffsynth-studio-style seconds (ratio ours / peer <= 1), for both dtypes.
+Target: ours seconds <= diffsynth-studio-style seconds (ratio ours / peer <= 1), for both dtypes. After the
+timing, one more merge of each method into fresh copies of the bf16 DiT counts the weight elements whose bits differ
+from the peer's (target for the default: 0).
 
-    python benchmarks/bench_loading.py [--only dit|lora] [--preset wan2.1-t2v-1.3b] [--shards 3] [--tmp /tmp] [--keep]
-                                       [--repeats 3]
+Section 3 (`--only bits`): random bf16 weights and factors of the Wan 1.3B and 14B Linear shapes, ranks 16-128,
+strengths 1, 0.5, 0.7; counts the elements where `W + alpha * round_bf16(mm_fp32(up, down))` (products of bf16
+numbers are exact in fp32, so this route runs at fp32 GEMM speed) differs from upstream's
+`W + alpha * mm_bf16(up, down)` on this CPU.
+
+    python benchmarks/bench_loading.py [--only dit|lora|bits] [--preset wan2.1-t2v-1.3b] [--shards 3] [--tmp /tmp]
+                                       [--keep] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -151,7 +161,77 @@ def bench_dit(args) -> dict:
     for mode, row in result["methods"].items():
         print(f"{mode:<8}{row['peak_bytes'] / gib:>14.2f}{row['growth_bytes'] / gib:>12.2f}"
               f"{row['peak_over_target']:>13.2f}{row['seconds']:>10.1f}")
+    for dtype_name, row in result["by_dtype"].items():
+        if "elements_differing_from_peer" in row:
+            print(f"{dtype_name}: weight elements whose bits differ from the peer's merge: "
+                  f"{row['elements_differing_from_peer']}")
     print("PASS" if result["passes"] else "FAIL")
+    return result
+
+
+def _bits_against_peer(model, path: Path) -> dict:
+    """Merge once more with each method into fresh copies of `model` and count the elements whose bits differ from
+    the DiffSynth-Studio-style peer's merge (`W + alpha * torch.mm(up, down)` in the model dtype)."""
+    import copy
+
+    import torch
+    from diffsynth.loading import ModelManager
+
+    peer = copy.deepcopy(model)
+    diffsynth_studio_style(peer, path)
+    reference = peer.state_dict()
+    out = {}
+    for method, precision in (("ours-default", "upstream"), ("ours-float32", "float32")):
+        mine = copy.deepcopy(model)
+        manager = ModelManager(progress=False)
+        manager.model.append(mine)
+        manager.model_name.append("wan_video_dit")
+        manager.model_path.append("random")
+        manager.model_format.append("random")
+        manager.load_lora_v2(path, merge_precision=precision)
+        out[method] = sum(int((v.view(torch.int16) != reference[k].view(torch.int16)).sum())
+                          for k, v in mine.state_dict().items())
+        del manager, mine
+    out["elements"] = sum(v.numel() for v in reference.values())
+    return out
+
+
+BIT_SHAPES = {"wan2.1-1.3b": ((1536, 1536), (8960, 1536), (1536, 8960)),
+              "wan2.1-14b": ((5120, 5120), (13824, 5120), (5120, 13824))}
+
+
+def bench_bits(args) -> dict:
+    """Section 3: does the fp32-speed route give upstream's bf16 merge bit for bit? (Counts per shape.)"""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    rows, total, differ_weights, differ_products = [], 0, 0, 0
+    start = time.perf_counter()
+    for model, shapes in BIT_SHAPES.items():
+        for out_f, in_f in shapes:
+            for rank in (16, 32, 64, 128):
+                for alpha in (1.0, 0.5, 0.7):
+                    w = (torch.randn(out_f, in_f, generator=gen) * 0.02).to(torch.bfloat16)
+                    up = (torch.randn(out_f, rank, generator=gen) * 0.01).to(torch.bfloat16)
+                    down = (torch.randn(rank, in_f, generator=gen) * 0.05).to(torch.bfloat16)
+                    upstream_product = torch.mm(up, down)
+                    fast_product = torch.mm(up.float(), down.float()).to(torch.bfloat16)
+                    upstream = w + alpha * upstream_product
+                    fast = w + alpha * fast_product
+                    n_w = int((upstream.view(torch.int16) != fast.view(torch.int16)).sum())
+                    n_p = int((upstream_product.view(torch.int16) != fast_product.view(torch.int16)).sum())
+                    rows.append({"model": model, "shape": [out_f, in_f], "rank": rank, "alpha": alpha,
+                                 "elements": w.numel(), "weights_differing": n_w, "products_differing": n_p})
+                    total += w.numel()
+                    differ_weights += n_w
+                    differ_products += n_p
+    result = {"matrices": len(rows), "elements": total, "weights_differing": differ_weights,
+              "products_differing": differ_products, "bit_identical": differ_weights == 0, "rows": rows,
+              "seconds": time.perf_counter() - start, "torch": torch.__version__,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
+    print(f"fp32-product route vs upstream's bf16 formula: {differ_weights} of {total} merged weight elements "
+          f"differ ({differ_products} products) over {len(rows)} matrices; torch {torch.__version__}, "
+          f"{result['cpu_capability']}")
     return result
 
 
@@ -229,7 +309,8 @@ def _time_lora_method(method: str, model, path: Path) -> float:
         manager.model_path.append("random")
         manager.model_format.append("random")
         start = time.perf_counter()
-        count = manager.load_lora_v2(path, keep_base_weights=method == "ours")
+        count = manager.load_lora_v2(path, keep_base_weights=method == "ours",
+                                     merge_precision="float32" if method == "ours-float32" else "upstream")
         seconds = time.perf_counter() - start
         del manager                      # frees the CPU copies kept for unload_loras
     assert count == 10 * LORA_DIT["num_layers"], count
@@ -240,7 +321,7 @@ def bench_lora(args) -> dict:
     """Section 2: seconds to merge a rank-64 LoRA, ours vs the DiffSynth-Studio-style peer (best of repeats)."""
     import torch
 
-    methods = ("ours", "ours-no-backup", "diffsynth-studio-style")
+    methods = ("ours", "ours-no-backup", "ours-float32", "diffsynth-studio-style")
     directory = Path(tempfile.mkdtemp(prefix="bench_lora_", dir=args.tmp))
     result = {"dit": {**LORA_DIT}, "lora_rank": LORA_RANK, "lora_dtype": "bfloat16", "repeats": args.repeats,
               "torch_threads": torch.get_num_threads(), "target": "ours seconds <= diffsynth-studio-style seconds",
@@ -262,6 +343,8 @@ def bench_lora(args) -> dict:
                 "ratio_ours_over_peer": best["ours"] / best["diffsynth-studio-style"],
                 "ratio_ours_no_backup_over_peer": best["ours-no-backup"] / best["diffsynth-studio-style"],
                 "passes": best["ours"] <= best["diffsynth-studio-style"]}
+            if dtype_name == "bfloat16":
+                result["by_dtype"][dtype_name]["elements_differing_from_peer"] = _bits_against_peer(model, path)
             del model
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -274,7 +357,77 @@ def bench_lora(args) -> dict:
     for dtype_name, row in result["by_dtype"].items():
         print(f"{dtype_name:<10}" + "".join(f"{row['seconds'][m]:>23.2f}s" for m in methods)
               + f"{row['ratio_ours_over_peer']:>11.2f}")
+    for dtype_name, row in result["by_dtype"].items():
+        if "elements_differing_from_peer" in row:
+            print(f"{dtype_name}: weight elements whose bits differ from the peer's merge: "
+                  f"{row['elements_differing_from_peer']}")
     print("PASS" if result["passes"] else "FAIL")
+    return result
+
+
+def _bits_against_peer(model, path: Path) -> dict:
+    """Merge once more with each method into fresh copies of `model` and count the elements whose bits differ from
+    the DiffSynth-Studio-style peer's merge (`W + alpha * torch.mm(up, down)` in the model dtype)."""
+    import copy
+
+    import torch
+    from diffsynth.loading import ModelManager
+
+    peer = copy.deepcopy(model)
+    diffsynth_studio_style(peer, path)
+    reference = peer.state_dict()
+    out = {}
+    for method, precision in (("ours-default", "upstream"), ("ours-float32", "float32")):
+        mine = copy.deepcopy(model)
+        manager = ModelManager(progress=False)
+        manager.model.append(mine)
+        manager.model_name.append("wan_video_dit")
+        manager.model_path.append("random")
+        manager.model_format.append("random")
+        manager.load_lora_v2(path, merge_precision=precision)
+        out[method] = sum(int((v.view(torch.int16) != reference[k].view(torch.int16)).sum())
+                          for k, v in mine.state_dict().items())
+        del manager, mine
+    out["elements"] = sum(v.numel() for v in reference.values())
+    return out
+
+
+BIT_SHAPES = {"wan2.1-1.3b": ((1536, 1536), (8960, 1536), (1536, 8960)),
+              "wan2.1-14b": ((5120, 5120), (13824, 5120), (5120, 13824))}
+
+
+def bench_bits(args) -> dict:
+    """Section 3: does the fp32-speed route give upstream's bf16 merge bit for bit? (Counts per shape.)"""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    rows, total, differ_weights, differ_products = [], 0, 0, 0
+    start = time.perf_counter()
+    for model, shapes in BIT_SHAPES.items():
+        for out_f, in_f in shapes:
+            for rank in (16, 32, 64, 128):
+                for alpha in (1.0, 0.5, 0.7):
+                    w = (torch.randn(out_f, in_f, generator=gen) * 0.02).to(torch.bfloat16)
+                    up = (torch.randn(out_f, rank, generator=gen) * 0.01).to(torch.bfloat16)
+                    down = (torch.randn(rank, in_f, generator=gen) * 0.05).to(torch.bfloat16)
+                    upstream_product = torch.mm(up, down)
+                    fast_product = torch.mm(up.float(), down.float()).to(torch.bfloat16)
+                    upstream = w + alpha * upstream_product
+                    fast = w + alpha * fast_product
+                    n_w = int((upstream.view(torch.int16) != fast.view(torch.int16)).sum())
+                    n_p = int((upstream_product.view(torch.int16) != fast_product.view(torch.int16)).sum())
+                    rows.append({"model": model, "shape": [out_f, in_f], "rank": rank, "alpha": alpha,
+                                 "elements": w.numel(), "weights_differing": n_w, "products_differing": n_p})
+                    total += w.numel()
+                    differ_weights += n_w
+                    differ_products += n_p
+    result = {"matrices": len(rows), "elements": total, "weights_differing": differ_weights,
+              "products_differing": differ_products, "bit_identical": differ_weights == 0, "rows": rows,
+              "seconds": time.perf_counter() - start, "torch": torch.__version__,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
+    print(f"fp32-product route vs upstream's bf16 formula: {differ_weights} of {total} merged weight elements "
+          f"differ ({differ_products} products) over {len(rows)} matrices; torch {torch.__version__}, "
+          f"{result['cpu_capability']}")
     return result
 
 
@@ -300,20 +453,44 @@ def write_report(results: dict) -> None:
                   f"({lora['lora_bytes'] / 2**20:.0f} MiB), read from the page cache; seconds are the best of "
                   f"{lora['repeats']} alternated runs on {lora['torch_threads']} torch threads. "
                   f"Target: {lora['target']}.", "",
-                  "| DiT dtype | ours, keep_base_weights=True | ours, default | diffsynth-studio-style | ours / peer |",
-                  "|---|---|---|---|---|"]
+                  "| DiT dtype | ours, keep_base_weights=True | ours, default | ours, merge_precision=float32 "
+                  "| diffsynth-studio-style | ours / peer |",
+                  "|---|---|---|---|---|---|"]
         for dtype_name, row in lora["by_dtype"].items():
             sec = row["seconds"]
             lines.append(f"| {dtype_name} | {sec['ours']:.2f} s | {sec['ours-no-backup']:.2f} s | "
+                         f"{sec.get('ours-float32', float('nan')):.2f} s | "
                          f"{sec['diffsynth-studio-style']:.2f} s | {row['ratio_ours_over_peer']:.2f} |")
-        lines += ["", "PASS" if lora["passes"] else "FAIL", "",
-                  "ours includes reading, NaN/Inf checks, the content digest, every check before the first change, "
-                  "an fp32 merge and a CPU copy of each touched weight (for `unload_loras`); the peer merges in the "
-                  "model dtype without checks.", "",
+        lines += ["", "PASS" if lora["passes"] else "FAIL", ""]
+        bits = lora["by_dtype"].get("bfloat16", {}).get("elements_differing_from_peer")
+        if bits:
+            lines += [f"bf16 merge, weight elements whose bits differ from the peer's (`W + alpha * torch.mm(up, down)` "
+                      f"in bf16, i.e. upstream's formula), of {bits['elements']:,}: default "
+                      f"**{bits['ours-default']:,}**, merge_precision=\"float32\" {bits['ours-float32']:,}.", ""]
+        lines += ["ours includes reading, NaN/Inf checks, the content digest, every check before the first change, "
+                  "the merge (bf16 default: upstream's operations in bf16; fp32: in place) and, in the first "
+                  "column, the base weights kept for `unload_loras`; the peer merges in the model dtype without "
+                  "checks.", "",
                   f"1-minute load average {lora['load_average_before']:.1f} before and "
                   f"{lora['load_average_after']:.1f} after the run on {results.get('machine', {}).get('cpus')} CPUs: "
                   "on a shared machine single runs vary several-fold (every run is in the JSON, `all_seconds`), "
                   "so compare the best runs and rerun on a quiet machine.", ""]
+    bits = results.get("merge_bits")
+    if bits:
+        lines += ["## Would an fp32-speed route give upstream's bf16 merge?", "",
+                  "`W + alpha * round_bf16(mm_fp32(up, down))` (products of bf16 factors are exact in fp32) against "
+                  "upstream's `W + alpha * mm_bf16(up, down)`, random bf16 matrices of the Wan 1.3B and 14B Linear "
+                  f"shapes, ranks 16/32/64/128, alpha 1/0.5/0.7: {bits['matrices']} matrices, "
+                  f"{bits['elements']:,} weight elements, torch {bits['torch']}, CPU capability "
+                  f"{bits['cpu_capability']}, {bits['torch_threads']} threads.", "",
+                  f"- merged weights differing: **{bits['weights_differing']:,}** "
+                  f"({bits['weights_differing'] / bits['elements']:.1e} of all)",
+                  f"- bf16 products differing: {bits['products_differing']:,}", "",
+                  ("Bit-identical." if bits["bit_identical"] else
+                   "Not bit-identical: the bf16 GEMM accumulates in fp32 too, but in another order (and the fp32 "
+                   "sum of rank-many exact products is itself rounded), so its product lands on the other side of "
+                   "a bf16 rounding boundary now and then. The default merge therefore calls the same bf16 "
+                   "`torch.mm` as upstream."), ""]
     machine = results.get("machine")
     if machine:
         lines += [f"Machine: Python {machine['python']}, {machine['platform']}, {machine['cpus']} CPUs.", ""]
@@ -328,7 +505,7 @@ def _machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("dit", "lora"), help="run one section (default: both)")
+    parser.add_argument("--only", choices=("dit", "lora", "bits"), help="run one section (default: all)")
     parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--tmp", default=tempfile.gettempdir(), help="where the checkpoints are written")
@@ -336,14 +513,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="LoRA section: runs per method (best is kept)")
     args = parser.parse_args()
 
-    # Section 1 keeps its keys at the top level of the JSON (as before section 2 existed); section 2 is "lora_merge".
+    # Section 1 keeps its keys at the top level of the JSON (as before section 2 existed); section 2 is "lora_merge",
+    # section 3 "merge_bits".
     # Running one section keeps the other's last results.
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.only in (None, "dit"):
-        results = {"lora_merge": results["lora_merge"]} if "lora_merge" in results else {}
+        results = {k: results[k] for k in ("lora_merge", "merge_bits") if k in results}
         results.update(bench_dit(args))
     if args.only in (None, "lora"):
         results["lora_merge"] = bench_lora(args)
+    if args.only in (None, "bits"):
+        results["merge_bits"] = bench_bits(args)
     results["machine"] = _machine()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
