@@ -8,6 +8,7 @@ from PIL import Image
 
 from diffsynth.pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline, context_windows
 from diffsynth.pipelines.units import dit_step
+from diffsynth.schedulers import FlowMatchScheduler
 from diffsynth.tiny import build_tiny_models
 
 H, W = 32, 32
@@ -71,8 +72,10 @@ def test_one_window_equals_the_short_pipeline_with_the_private_noise(models, mon
 
 
 @torch.no_grad()
-def reference_long(m, args, context_size, overlap):
-    """The windowed loop of upstream spec 3.6, written out with the short pipeline's encoders (seeded privates)."""
+def reference_long(m, args, context_size, overlap, step_list=None):
+    """The windowed loop of upstream spec 3.6, written out with the short pipeline's encoders (seeded privates).
+    With `step_list`: that explicit schedule and the renoise sampler (x0 re-noised to the next sigma with one fresh
+    draw per step for the whole video, and each later window's private frames drawing their own noise after it)."""
     pipe = make(WanUniAnimateVideoPipeline, m)
     T = (args["num_frames"] - 1) // 4 + 1
     gen = torch.Generator().manual_seed(args["seed"])
@@ -82,17 +85,32 @@ def reference_long(m, args, context_size, overlap):
     ctx, ctx_neg = pipe.encode_prompts(args["prompt"], args["negative_prompt"], args["cfg_scale"])
     clip, y = pipe.encode_reference(args["input_image"], H, W, 4 * context_size - 3, args["random_ref_dwpose"])
     poses = [pipe.encode_pose_video(args["dwpose_data"][:, 4 * s: 4 * e - 3]) for s, e in windows]
-    sched = pipe.scheduler
-    sched.set_timesteps(args["num_inference_steps"])
+    sched = FlowMatchScheduler(shift=5.0)
+    if step_list is None:
+        sched.set_timesteps(args["num_inference_steps"])
+    else:
+        sched.set_timesteps(None, denoising_step_list=step_list)
     for i, t in enumerate(sched.timesteps):
         acc, cnt = torch.zeros_like(latents), torch.zeros(1, 1, T, 1, 1)
         sigma, sigma_next = sched.sigmas[i], (sched.sigmas[i + 1] if i + 1 < len(sched.sigmas) else 0.0)
+        fresh = torch.randn(latents.shape, generator=gen) if step_list and i + 1 < len(sched.sigmas) else None
         for k, (s, e) in enumerate(windows):
             inp = latents[:, :, s:e].clone()
             inp[:, :, 0:2] = first[k]
             pos = dit_step(m.dit, inp, t[None], ctx, clip, y, poses[k])
-            neg = dit_step(m.dit, inp, t[None], ctx_neg, clip, y, None)
-            out = inp + (neg + args["cfg_scale"] * (pos - neg)) * (sigma_next - sigma)
+            neg = dit_step(m.dit, inp, t[None], ctx_neg, clip, y, None) if args["cfg_scale"] != 1 else pos
+            v = neg + args["cfg_scale"] * (pos - neg)
+            if step_list is None:
+                out = inp + v * (sigma_next - sigma)
+            else:
+                x0 = inp - sigma * v
+                if fresh is None:
+                    out = x0
+                else:
+                    eps = fresh[:, :, s:e].clone()
+                    if k > 0:
+                        eps[:, :, 0:2] = torch.randn(1, 16, 2, H // 8, W // 8, generator=gen)
+                    out = (1 - sigma_next) * x0 + sigma_next * eps
             if k == 0:
                 acc[:, :, s:e] += out
                 cnt[:, :, s:e] += 1
@@ -109,6 +127,23 @@ def test_windowed_loop_matches_the_spec(models):
     got = frames_of(make(WanUniAnimateLongVideoPipeline, models)(**args, context_size=5, context_overlap=2))
     expected = reference_long(models, args, context_size=5, overlap=2)
     assert got.shape == (29, H, W, 3)
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+@pytest.mark.parametrize("how", ["explicit", "preset"])
+def test_renoise_windowed_loop_matches_the_spec(models, how):
+    """The step-distill path on long video: the renoise sampler over an explicit step list, directly or through
+    preset="fast" (which must resolve to the same schedule, cfg 1 and sampler)."""
+    args = dict(inputs(29), cfg_scale=1.0)
+    pipe = make(WanUniAnimateLongVideoPipeline, models)
+    if how == "preset":
+        pipe.step_distilled = True
+        extra = dict(preset="fast", cfg_scale=3.0)          # the preset overrides the guidance
+    else:
+        extra = dict(denoising_step_list=[1000, 750, 500, 250], sampler="renoise")
+    got = frames_of(pipe(**dict(args, **extra), context_size=5, context_overlap=2))
+    expected = reference_long(models, args, context_size=5, overlap=2, step_list=[1000, 750, 500, 250])
     diff = np.abs(got.astype(int) - expected.astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.01
 
