@@ -98,3 +98,23 @@ def test_canvas():
     assert width > height and width % 16 == 0 and abs(width / height - 16 / 9) < 0.1
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         resolve_canvas("big", 10, 10)
+
+
+@pytest.mark.parametrize("mode, source, target", [
+    ("pad", (41, 20), (41, 27)),      # 7 rows of padding: 3 above, 4 below
+    ("pad", (20, 41), (27, 41)),      # 7 columns
+    ("crop", (41, 27), (41, 20)),     # 7 rows cut: 4 from the top, 3 from the bottom
+    ("crop", (27, 41), (20, 41)),
+])
+def test_odd_leftovers_keep_keypoints_on_their_pixels(mode, source, target):
+    """No resampling (scale 1) and an odd number of leftover pixels: a one-pixel marker lands exactly where
+    `map_normalised` puts it, so the framed photo and its keypoints cannot be half a pixel apart."""
+    picture = np.zeros((source[1], source[0], 3), np.uint8)
+    marker = (13, 11)
+    picture[marker[1], marker[0]] = 255
+    framed = frame_image(picture, *target, mode)
+    framing = plan_framing(*source, *target, mode)
+    assert framing.scale == (1.0, 1.0)
+    predicted = framing.map_normalised(np.array([marker[0] + 0.5, marker[1] + 0.5]) / source) * target
+    ys, xs = np.nonzero(framed.max(axis=2) > 127)
+    assert len(xs) == 1 and np.allclose([xs[0] + 0.5, ys[0] + 0.5], predicted, atol=1e-9)
