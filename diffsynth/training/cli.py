@@ -328,6 +328,15 @@ def build_dataset(args):
         raise SystemExit(f"--dataset_path: {error}") from error
 
 
+def check_model_paths(args) -> None:
+    """Every model file named on the command line exists, checked before the first (large) one is loaded."""
+    flags = ["dit_path"] + ([] if args.cached_dataset_path else [f"{name}_path" for name in ENCODER_FLAGS])
+    for flag in flags:
+        for path in (p.strip() for p in str(getattr(args, flag) or "").split(",") if p.strip()):
+            if not Path(path).expanduser().exists():
+                raise SystemExit(f"--{flag}: {path} not found")
+
+
 def build_module(args, configs=None):
     """The LightningModule; without encoders when training from --cached_dataset_path."""
     from ..loading.formats import ConfigError  # noqa: PLC0415
@@ -340,6 +349,7 @@ def build_module(args, configs=None):
     else:
         resolve_encoder_paths(args)
         encoders = (args.text_encoder_path, args.vae_path, args.image_encoder_path)
+    check_model_paths(args)
     configs = [*(configs or []), *load_model_configs(args.model_config)] or None
     try:
         return UniAnimateTrainingModule(
@@ -355,6 +365,8 @@ def build_module(args, configs=None):
             tile_size=(args.tile_size_height, args.tile_size_width),
             tile_stride=(args.tile_stride_height, args.tile_stride_width),
             pose_dropout=args.pose_dropout, reference_dropout=args.reference_dropout, configs=configs, progress=True)
+    except FileNotFoundError as error:          # e.g. no tokenizer beside the T5 file: one line, no traceback
+        raise SystemExit(str(error)) from error
     except ConfigError as error:
         raise SystemExit(f"{error}\nOn the command line, give that config with --model_config FILE.json, e.g. "
                          '{"image_encoder": {"image_size": 224, "patch_size": 14, "dim": 1280, "mlp_dim": 5120, '
@@ -518,5 +530,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 __all__ = ["build_parser", "parse_args", "build_trainer", "build_dataset", "build_module", "train", "data_process",
            "main", "weight_dtype", "resolve_strategy", "resolve_encoder_paths", "load_model_configs",
-           "find_resume_path", "EpochSetter", "SaveSettings", "resolve_max_epochs", "describe_length", "user_errors",
-           "one_line"]
+           "find_resume_path", "EpochSetter", "SaveSettings", "resolve_max_epochs", "check_model_paths",
+           "describe_length", "user_errors", "one_line"]

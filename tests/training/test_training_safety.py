@@ -203,6 +203,20 @@ def test_deepspeed_without_cuda_is_refused_in_one_line(setup, tmp_path, monkeypa
     assert "deepspeed_stage_2 needs CUDA" in error and "--training_strategy auto" in error, error
 
 
+def test_a_missing_model_file_is_named_before_any_model_loads(setup, tmp_path, monkeypatch):
+    from diffsynth.training import module as module_lib
+
+    monkeypatch.setattr(module_lib, "UniAnimateTrainingModule", lambda *a, **k: pytest.fail("a model was loaded"))
+    root, ckpt = setup
+    missing = str(tmp_path / "diffusion_pytorch_model-00002-of-00002.safetensors")
+    args = argv(setup, tmp_path / "run")
+    args[args.index("--dit_path") + 1] = f"{ckpt.dit_shards[0]},{missing}"
+    args += ["--text_encoder_path", ckpt.text_encoder, "--vae_path", ckpt.vae,
+             "--image_encoder_path", ckpt.image_encoder]
+    error = one_line_exit(args)
+    assert error == f"--dit_path: {missing} not found", error
+
+
 # ------------------------------------------------------------------------------------------------ bad data
 def test_an_empty_dataset_is_named_in_one_line_before_the_models(setup, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
