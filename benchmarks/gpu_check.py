@@ -13,6 +13,12 @@ during the denoising loop its GPU peak is the all-resident one; it is reported a
 
 Writes benchmarks/results/gpu_check_<device>.json and prints a table. Random weights: speed and memory are those of
 the real model, the frames are noise.
+
+Simulated vs measured: `python benchmarks/gpu_check.py --simulate` runs this same script (same models, same calls)
+on the shape-only simulated device of benchmarks/sim_device.py, on any CPU, and writes
+benchmarks/results/simulate.gpu_check_<size>.json. On a CUDA machine the script reads that file (when present for
+the same size and steps) and prints each tier's simulated peak next to `torch.cuda.max_memory_allocated`, with the
+ratio: the check of the simulator the first lent GPU gives.
 """
 from __future__ import annotations
 
@@ -75,6 +81,9 @@ def build(size: str, dtype: torch.dtype, staging: torch.device):
 
 
 # ------------------------------------------------------------------------------------------------- measuring
+_SIM = None   # the sim_device.SimDevice while this script runs simulated (--simulate)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -82,12 +91,16 @@ def sync(device: torch.device) -> None:
 
 def reset_peak(device: torch.device) -> None:
     gc.collect()
-    if device.type == "cuda":
+    if _SIM is not None:
+        _SIM.tracker.reset_peaks()
+    elif device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_gb(device: torch.device):
+    if _SIM is not None:
+        return round(_SIM.peak() / 2**30, 2)
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
@@ -158,20 +171,59 @@ def main(argv=None) -> dict:
     parser.add_argument("--cfg_scale", type=float, default=1.5)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: 720p,pose,vae,fp8")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_check_<device>.json)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="run on the simulated device (shape-only, any CPU; default size full)")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = args.size or ("full" if device.type == "cuda" else "tiny")
+    if args.simulate:
+        return simulate_main(args)
+    return run(args)
+
+
+def simulate_main(args) -> dict:
+    """This script on the simulated device (benchmarks/sim_device.py): every figure simulated."""
+    global _SIM
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sim_device import DEVICE, SimDevice  # noqa: PLC0415
+
+    size = args.size or "full"
+    args.out = args.out or str(RESULTS / f"simulate.gpu_check_{size}.json")
+    with SimDevice(flops=False) as sim:
+        _SIM = sim
+        try:
+            return run(args, device=DEVICE, size=size)
+        finally:
+            _SIM = None
+
+
+def simulated_file(size: str) -> Path:
+    return RESULTS / f"simulate.gpu_check_{size}.json"
+
+
+def run(args, device=None, size=None) -> dict:
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = size or args.size or ("full" if device.type == "cuda" else "tiny")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     dtype = torch.bfloat16
     dit_config, _, (height, width, frames), (height_720, width_720) = SIZES[size]
     start = time.perf_counter()
-    dit, vae, guider = build(size, dtype, device)
+    if _SIM is not None:    # shapes only: no random values to draw
+        dit_cfg, vae_cfg = SIZES[size][0], SIZES[size][1]
+        dit = _SIM.build(lambda: WanModel(dit_cfg).to(dtype).eval())
+        vae = _SIM.build(lambda: WanVideoVAE(vae_cfg).to(dtype).eval())
+        guider = _SIM.build(lambda: PoseGuider(PoseGuiderConfig(out_dim=dit_cfg.dim)).eval())
+    else:
+        dit, vae, guider = build(size, dtype, device)
     # The upstream scripts' middle tier keeps ~7B of the 16.4B parameters resident; a tiny DiT keeps the same share.
     middle = 7e9 if size == "full" else 0.43 * sum(p.numel() for p in dit.parameters())
+    if _SIM is not None:
+        device_name, backend = "simulated device (benchmarks/sim_device.py, shape-only)", "flash (simulated)"
+    elif device.type == "cuda":
+        device_name, backend = torch.cuda.get_device_name(device), resolve_backend()
+    else:
+        device_name, backend = f"CPU {platform.machine()}", "sdpa"
     result = {
-        "script": "benchmarks/gpu_check.py", "size": size, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}",
-        "torch": torch.__version__, "attention_backend": resolve_backend() if device.type == "cuda" else "sdpa",
+        "script": "benchmarks/gpu_check.py", "size": size, "device": str(device), "simulated": _SIM is not None,
+        "device_name": device_name, "torch": torch.__version__, "attention_backend": backend,
         "resolution": f"{width}x{height}x{frames}", "cfg_scale": args.cfg_scale,
         "dit_params": sum(p.numel() for p in dit.parameters()), "dit_bytes_bf16": parameter_bytes(dit),
         "build_s": None, "tiers": [], "notes": "random weights; umT5/CLIP outputs are random tensors",
@@ -218,6 +270,8 @@ def main(argv=None) -> dict:
         del video
     result["total_s"] = round(time.perf_counter() - start, 1)
 
+    if _SIM is None:
+        attach_simulated(result, size, args.steps)
     out = Path(args.out) if args.out else RESULTS / f"gpu_check_{device.type}{'' if size == 'full' else '_' + size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -226,12 +280,37 @@ def main(argv=None) -> dict:
     return result
 
 
+def attach_simulated(result: dict, size: str, steps: int) -> None:
+    """Put the simulated peak of each tier (from `--simulate`, same size and steps) next to the measured one."""
+    path = simulated_file(size)
+    if not path.exists():
+        return
+    simulated = json.loads(path.read_text())
+    if simulated.get("size") != size or simulated.get("tiers", [{}])[0].get("steps") != steps:
+        return
+    by_tier = {t["tier"]: t for t in simulated["tiers"]}
+    for tier in result["tiers"]:
+        sim = by_tier.get(tier["tier"])
+        if sim is not None and sim.get("peak_gpu_gb") is not None:
+            tier["simulated_gb"] = sim["peak_gpu_gb"]
+            if tier.get("peak_gpu_gb"):
+                tier["simulated_over_measured"] = round(sim["peak_gpu_gb"] / tier["peak_gpu_gb"], 3)
+    for part in ("pose_guider", "vae_decode_tiled"):
+        if part in result and part in simulated:
+            result[part]["simulated_gb"] = simulated[part].get("peak_gpu_gb")
+    result["simulated_from"] = str(path)
+
+
 def print_table(result: dict) -> None:
     print(f"\n{result['device_name']} ({result['device']}), {result['resolution']}, attention "
           f"{result['attention_backend']}, DiT {result['dit_params'] / 1e9:.2f}B params")
-    print(f"{'tier':<52} {'peak GPU GB':>11} {'s/step':>8} {'first step s':>12}")
+    print(f"{'tier':<52} {'peak GPU GiB':>12} {'simulated GiB':>13} {'sim/meas':>8} {'s/step':>8} {'first step s':>12}")
     for tier in result["tiers"]:
-        print(f"{tier['tier']:<52} {str(tier['peak_gpu_gb']):>11} {tier['s_per_step']:>8} {tier['first_step_s']:>12}")
+        print(f"{tier['tier']:<52} {str(tier['peak_gpu_gb']):>12} {str(tier.get('simulated_gb', '-')):>13} "
+              f"{str(tier.get('simulated_over_measured', '-')):>8} {tier['s_per_step']:>8} {tier['first_step_s']:>12}")
+    for part in ("pose_guider", "vae_decode_tiled"):
+        if part in result:
+            print(f"{part:<52} {str(result[part].get('peak_gpu_gb')):>12} {str(result[part].get('simulated_gb', '-')):>13}")
 
 
 if __name__ == "__main__":

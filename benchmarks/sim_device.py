@@ -69,6 +69,11 @@ _TO_COPY = torch.ops.aten._to_copy.default
 _COPY = torch.ops.aten.copy_.default
 
 
+_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32,
+                 torch.int64: np.int64, torch.bool: np.bool_, torch.float16: np.float16, torch.float32: np.float32,
+                 torch.float64: np.float64}
+
+
 def _leaves(args, kwargs) -> list:
     out = []
     for value in list(args) + list(kwargs.values()):
@@ -386,7 +391,7 @@ class SimDevice:
 
         def fake_numpy(tensor, *a, **kw):
             if isinstance(tensor, FakeTensor):   # shape only: a broadcast zero (no memory)
-                dtype = orig_numpy(torch.empty((), dtype=tensor.dtype)).dtype
+                dtype = _NUMPY_DTYPES.get(tensor.dtype, np.float32)
                 return np.broadcast_to(np.zeros((), dtype=dtype), tuple(tensor.shape))
             return orig_numpy(tensor, *a, **kw)
 

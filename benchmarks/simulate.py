@@ -193,11 +193,19 @@ class Session:
     """One simulated device and the full-size models, shared by several generations (building and packing the 14B
     DiT is a few seconds; `simulate(..., session=...)` reuses them). Models are reset to the CPU between runs."""
 
-    def __init__(self, flops: bool = False, exact_rope: bool = False, dit_config: Optional[WanDiTConfig] = None):
+    def __init__(self, flops: bool = False, exact_rope: bool = False, dit_config: Optional[WanDiTConfig] = None,
+                 reuse_encoders: bool = False):
         self.sim = SimDevice(flops=flops, exact_rope=exact_rope)
         self.dit_config = dit_config
         self.models: Optional[dict] = None
         self.fp8: Optional[bool] = None
+        self.built_config: Optional[WanDiTConfig] = None
+        # reuse_encoders: after the first generation at a resolution, umT5, CLIP and the reference VAE encode return
+        # outputs of the recorded shapes without running, and their stage figures are the first run's (they do not
+        # depend on the tier: the encoders stream the same way whatever the DiT budget, and the DiT is not on the
+        # device while they run). For the regression test's speed; the report runs everything.
+        self.reuse_encoders = reuse_encoders
+        self.encoder_records: Dict[str, dict] = {}
         self.sim.__enter__()
 
     def close(self) -> None:
@@ -210,14 +218,16 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def models_for(self, fp8: bool) -> dict:
+    def models_for(self, fp8: bool, dit_config: Optional[WanDiTConfig] = None) -> dict:
+        dit_config = dit_config or self.dit_config or WanDiTConfig.from_preset("wan2.1-i2v-14b")
         if self.models is None:
-            self.models = build_models(self.sim, fp8=fp8, dit_config=self.dit_config)
-        elif fp8 != self.fp8:
+            self.models = build_models(self.sim, fp8=fp8, dit_config=dit_config)
+        elif fp8 != self.fp8 or dit_config != self.built_config:
             self.reset()
             self.models["dit"] = None                 # the other DiT is freed before the new one is built
-            self.models["dit"] = build_models(self.sim, fp8=fp8, dit_config=self.dit_config, only_dit=True)["dit"]
-        self.fp8 = fp8
+            built = build_models(self.sim, fp8=fp8, dit_config=dit_config, only_dit=True)
+            self.models["dit"] = built["dit"]
+        self.fp8, self.built_config = fp8, dit_config
         return self.models
 
     def reset(self) -> None:
@@ -254,13 +264,13 @@ def simulate(tier: str = "0 resident", resolution: str = "480p", num_frames: int
     mutate: called with (sim, pipe) before the generation (the regression tests break things on purpose with it).
     decode: False stops the generation when the VAE decode starts (every stage before it is complete); the decode is
         the slowest stage to simulate (~190k ops at 480p) and does not depend on the tier's DiT placement.
-    session: reuse the models of a `Session` (then `flops`, `dit_config`, `exact_rope` are the session's).
+    session: reuse the models of a `Session` (then `flops` and `exact_rope` are the session's).
     """
     own = session is None
     session = session or Session(flops=flops, exact_rope=exact_rope, dit_config=dit_config)
     try:
         return _simulate(session, tier, resolution, num_frames, steps, cfg_scale, cfg_batch, long_windows, output,
-                         mutate, decode)
+                         mutate, decode, dit_config)
     finally:
         if own:
             session.close()
@@ -268,15 +278,53 @@ def simulate(tier: str = "0 resident", resolution: str = "480p", num_frames: int
             session.reset()
 
 
+ENCODER_STAGES = {"text_encoder": ("forward", "umT5 encode (2 prompts)"),
+                  "image_encoder": ("encode_image", "CLIP encode"),
+                  "vae": ("encode", "VAE encode (reference)")}
+
+
+@contextlib.contextmanager
+def encoder_reuse(session: Session, models: dict, resolution: str):
+    """See `Session.reuse_encoders`: record the encoders' outputs on the first run, replay their shapes after."""
+    if not session.reuse_encoders:
+        yield None
+        return
+    record = session.encoder_records.get(resolution)
+    replay = record is not None
+    record = record or {"outputs": {name: [] for name in ENCODER_STAGES}, "stages": {}}
+    undo = []
+    for name, (method, _) in ENCODER_STAGES.items():
+        model = models[name]
+        original = getattr(model, method)
+        calls = iter(list(record["outputs"][name])) if replay else None
+
+        def call(*args, _original=original, _name=name, _calls=calls, **kwargs):
+            if _calls is not None:
+                shape, dtype = next(_calls)
+                return torch.empty(shape, dtype=dtype, device=DEVICE)
+            out = _original(*args, **kwargs)
+            record["outputs"][_name].append((tuple(out.shape), out.dtype))
+            return out
+        setattr(model, method, call)
+        undo.append((model, method))
+    try:
+        yield record if replay else None
+    finally:
+        for model, method in undo:
+            model.__dict__.pop(method, None)
+    if not replay:
+        session.encoder_records[resolution] = record
+
+
 def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, cfg_batch, long_windows, output,
-              mutate, decode) -> dict:
+              mutate, decode, dit_config=None) -> dict:
     from PIL import Image  # noqa: PLC0415
 
     height, width = RESOLUTIONS[resolution]
     started = time.perf_counter()
     sim = session.sim
     flops_start = sim.flops
-    models = session.models_for(TIERS[tier][0])
+    models = session.models_for(TIERS[tier][0], dit_config)
     weights_host = sim.live("cpu")
     pipe = make_pipeline(models, tier, long_video=long_windows is not None)
     extra = {}
@@ -301,8 +349,9 @@ def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, 
                      cfg_scale=cfg_scale, num_inference_steps=steps, seed=0, cfg_batch=cfg_batch,
                      progress_bar_cmd=lambda x: x, **extra)
     frames = None
+    reuse = encoder_reuse(session, models, resolution)
     try:
-        with instrument(sim, pipe), contextlib.suppress(_DecodeReached):
+        with reuse as replayed, instrument(sim, pipe), contextlib.suppress(_DecodeReached):
             frames = pipe(**_call_arguments(pipe, arguments))
             if frames is not None and not isinstance(frames, list):   # a streamed decode runs when consumed
                 if decode:
@@ -317,6 +366,14 @@ def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, 
         stages = summarise_stages(sim)
         if not decode:
             stages = {k: v for k, v in stages.items() if "decode" not in k}
+        if session.reuse_encoders:
+            record = session.encoder_records[resolution]
+            if replayed is not None:
+                for _, label in ENCODER_STAGES.values():
+                    stages[label] = dict(record["stages"][label], reused=True)
+            else:
+                for _, label in ENCODER_STAGES.values():
+                    record["stages"][label] = dict(stages[label])
         streamers = getattr(pipe, "_streamers", {})
         return {
             "tier": tier, "resolution": resolution, "height": height, "width": width, "num_frames": num_frames,
@@ -358,19 +415,39 @@ def step_figures(result: dict) -> dict:
     return out
 
 
+def decode_peaks(results: List[dict]) -> Dict[str, int]:
+    """Device peak of the tiled VAE decode per resolution (simulated once per resolution; see `main`)."""
+    out = {}
+    for r in results:
+        stage = r["stages"].get("VAE decode (tiled)")
+        if stage and not r.get("long_windows"):
+            out[r["resolution"]] = max(out.get(r["resolution"], 0), stage["peak_device"])
+    return out
+
+
+def generation_peak(r: dict, decodes: Dict[str, int]) -> int:
+    """The run's device peak, with the decode of its resolution when the run stopped before decoding."""
+    return r["peak_device"] if r.get("decoded") else max(r["peak_device"], decodes.get(r["resolution"], 0))
+
+
 def table_rows(results: List[dict]) -> List[str]:
     stage_names = ["umT5 encode (2 prompts)", "CLIP encode", "VAE encode (reference)", "pose guider",
-                   "DiT step (one guided prediction)", "VAE decode (tiled)"]
-    head = ("| tier | res | CFG | peak GPU (simulated) | + allowance | host RAM peak | "
-            + " | ".join(["umT5", "CLIP", "VAE enc", "pose", "DiT step", "decode"]) + " | H2D GB/step |")
+                   "DiT step (one guided prediction)"]
+    decodes = decode_peaks(results)
+    head = ("| tier | res | CFG | peak GPU, simulated | + allowance | host RAM peak | "
+            + " | ".join(["umT5", "CLIP", "VAE enc", "pose guider", "DiT step", "decode"]) + " | H2D GB/step |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if r.get("long_windows"):
             continue
         stages = r["stages"]
-        cells = [f"{gib(stages[s]['peak_device']):.1f}" if s in stages else "-" for s in stage_names]
+        cells = [f"{gib(stages[s]['peak_device']):.2f}" if s in stages else "-" for s in stage_names]
+        dec = stages.get("VAE decode (tiled)", {}).get("peak_device")
+        cells.append(f"{gib(dec):.2f}" if dec else (f"({gib(decodes[r['resolution']]):.2f})"
+                                                     if r["resolution"] in decodes else "-"))
+        peak = generation_peak(r, decodes)
         rows.append(f"| {r['tier']} | {r['resolution']} | {'batched' if r['cfg_batch'] else 'one by one'} | "
-                    f"{gib(r['peak_device']):.1f} GiB | {gib(with_allowance(r['peak_device'])):.1f} GiB | "
+                    f"{gib(peak):.2f} GiB | {gib(with_allowance(peak)):.1f} GiB | "
                     f"{gib(r['peak_host']):.1f} GiB | " + " | ".join(cells) +
                     f" | {step_figures(r)['h2d_bytes_per_step'] / 1e9:.1f} |")
     return rows
@@ -401,7 +478,9 @@ def write_report(report: dict, out_dir: Path = RESULTS) -> None:
              f"{ALLOWANCE_FRACTION:.0%} of the simulated peak. GiB = 2^30 bytes, GB = 10^9.", "",
              f"Settings: {report['settings']}", "", "## Peak GPU memory per tier and stage (GiB, simulated)", ""]
     lines += table_rows(report["results"])
-    lines += ["", "Stage columns: the device peak while that stage runs (everything resident at the time included).",
+    lines += ["", "Stage columns: the device peak while that stage runs (everything resident at the time included); "
+              "(x): the decode simulated in the 0-resident run of that resolution (the DiT is offloaded before the "
+              "VAE runs, so the decode does not depend on the tier).",
               "Host RAM peak: fake-CPU storage during the generation (models parked in CPU memory, the streamed "
               "weights' buffers, pose frames, the returned frames); pinned on CUDA for the streamed buffers.", ""]
     if any(r.get("long_windows") for r in report["results"]):
@@ -429,37 +508,39 @@ def write_report(report: dict, out_dir: Path = RESULTS) -> None:
 
 
 def speed_rows(flop_results: List[dict], tier_results: List[dict]) -> List[dict]:
-    """FLOPs per forward / generation from the FLOP-counted runs, copies per step from the tier runs."""
+    """FLOPs per DiT forward / generation from the FLOP-counted runs; copies per step from the tier runs; the H100
+    lower bounds, and per block the compute time against the copy time of its streamed weights."""
+    layers = WanDiTConfig.from_preset("wan2.1-i2v-14b").num_layers
     rows = []
     for fr in flop_results:
         step = step_figures(fr)
-        forwards_per_step = 1 if fr["cfg_batch"] else 2          # the batched forward has batch 2
-        per_forward = step["flops_per_step"] / (2 if fr["cfg_scale"] != 1.0 else 1)
+        branches = 2 if fr["cfg_scale"] != 1.0 else 1
+        per_forward = step["flops_per_step"] / branches           # one branch, batch 1
         others = fr["flops_total"] - fr["stages"]["DiT step (one guided prediction)"]["flops"]
-        per_generation = others + 50 * step["flops_per_step"]
         for tr in tier_results:
-            if tr["resolution"] != fr["resolution"] or tr.get("long_windows") or not tr["cfg_batch"]:
+            if tr["resolution"] != fr["resolution"] or tr.get("long_windows"):
                 continue
             t = step_figures(tr)
-            dit_cfg = WanDiTConfig.from_preset("wan2.1-i2v-14b")
-            block_flops = step["flops_per_step"] / dit_cfg.num_layers
-            streamed = sum(tr["streamed_host_bytes"].get("dit", 0) for _ in [0])
-            block_bytes = streamed / max(1, dit_cfg.num_layers)     # streamed bytes per block (upper part)
-            compute_ms = block_flops / H100_BF16_FLOPS * 1e3
-            copy_ms = block_bytes / PCIE_BYTES_PER_S * 1e3 * (1 if tr["cfg_batch"] else 2)
-            rows.append({"resolution": fr["resolution"], "tier": tr["tier"], "flops_per_forward": per_forward,
-                         "flops_per_generation": per_generation, "forwards_per_step": forwards_per_step,
-                         "h2d_bytes_per_step": t["h2d_bytes_per_step"],
-                         "compute_s_per_step": step["flops_per_step"] / H100_BF16_FLOPS,
-                         "transfer_s_per_step": t["h2d_bytes_per_step"] / PCIE_BYTES_PER_S,
-                         "block_compute_ms": compute_ms, "block_copy_ms": copy_ms,
-                         "prefetch_hides": copy_ms <= compute_ms})
+            forwards = 1 if tr["cfg_batch"] else branches
+            streamed = tr["streamed_host_bytes"].get("dit", 0)
+            block_bytes = streamed / layers                         # streamed weights per block (blocks dominate)
+            compute_ms = per_forward * (branches if tr["cfg_batch"] else 1) / layers / H100_BF16_FLOPS * 1e3
+            copy_ms = block_bytes / PCIE_BYTES_PER_S * 1e3
+            rows.append({
+                "resolution": fr["resolution"], "tier": tr["tier"], "cfg_batch": tr["cfg_batch"],
+                "flops_per_forward": per_forward, "flops_per_generation": others + 50 * step["flops_per_step"],
+                "flops_other_stages": others, "forwards_per_step": forwards,
+                "h2d_bytes_per_step": t["h2d_bytes_per_step"],
+                "compute_s_per_step": step["flops_per_step"] / H100_BF16_FLOPS,
+                "transfer_s_per_step": t["h2d_bytes_per_step"] / PCIE_BYTES_PER_S,
+                "block_compute_ms": compute_ms, "block_copy_ms": copy_ms,
+                "prefetch_hides": copy_ms <= compute_ms})
     return rows
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the 480p tiers only (batched CFG), no FLOPs")
+    parser.add_argument("--quick", action="store_true", help="the 480p tiers only (batched CFG, no decode, no FLOPs)")
     parser.add_argument("--tiers", default=",".join(TIERS))
     parser.add_argument("--resolution", default="480p,720p")
     parser.add_argument("--steps", type=int, default=2)
@@ -469,32 +550,63 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
     resolutions = [r.strip() for r in args.resolution.split(",") if r.strip()]
+    windows = [] if args.quick else [int(w) for w in args.windows.split(",") if w.strip()]
     if args.quick:
-        resolutions, windows, do_flops = ["480p"], [], False
-    else:
-        windows = [int(w) for w in args.windows.split(",") if w.strip()]
-        do_flops = not args.no_flops
+        resolutions = ["480p"]
     results = []
-    for resolution in resolutions:
-        for tier in tiers:
-            for batch in ((True,) if args.quick or resolution != "480p" else (True, False)):
-                r = simulate(tier, resolution, steps=args.steps, cfg_batch=batch)
-                results.append(r)
-                print(f"{tier:>12} {resolution} cfg_batch={batch}: peak {gib(r['peak_device'])} GiB, host "
-                      f"{gib(r['peak_host'])} GiB ({r['sim_seconds']} s)", flush=True)
-    for n in windows:
-        r = simulate("0 resident", "480p", steps=1, long_windows=n, output="iterator")
+    failures = []
+
+    def run(label, **kw):
+        """One simulation; a failure is logged and reported, not fatal to the others."""
+        try:
+            r = simulate(**kw)
+        except Exception as exc:  # noqa: BLE001
+            import traceback  # noqa: PLC0415
+            failures.append({"run": label, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{label}: FAILED {type(exc).__name__}: {exc}\n{traceback.format_exc()}", flush=True)
+            return None
         results.append(r)
-        print(f"long video {n} windows: peak {gib(r['peak_device'])} GiB ({r['sim_seconds']} s)", flush=True)
-    flop_results = []
-    if do_flops:
+        log(r, label)
+        partial = dict(settings={"partial": True}, results=results, flop_runs=[], speed=[], failures=failures)
+        (Path(args.out_dir) / "simulate.partial.json").write_text(json.dumps(partial, indent=1, default=str))
+        return r
+
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+
+    def log(r, label):
+        print(f"{label}: peak {gib(r['peak_device'])} GiB (+allowance {gib(with_allowance(r['peak_device']))}), "
+              f"host {gib(r['peak_host'])} GiB [{r['sim_seconds']} s]", flush=True)
+
+    with Session() as session:
         for resolution in resolutions:
-            flop_results.append(simulate("0 resident", resolution, steps=1, cfg_batch=True, flops=True))
-            print(f"FLOPs {resolution}: {flop_results[-1]['flops_total']:.3e}", flush=True)
+            for tier in tiers:
+                # The decode does not depend on the tier (the DiT is offloaded before the VAE runs): simulated once
+                # per resolution, in the "0 resident" run.
+                for batch in ((True,) if args.quick or resolution != "480p" else (True, False)):
+                    decode = not args.quick and batch and tier == "0 resident"
+                    run(f"{tier} {resolution} cfg_batch={batch} decode={decode}", tier=tier, resolution=resolution,
+                        steps=args.steps, cfg_batch=batch, decode=decode, session=session)
+        for n in windows:
+            run(f"long video {n} windows", tier="0 resident", resolution="480p", steps=1, long_windows=n,
+                output="iterator", decode=False, session=session)
+    flop_results = []
+    if not args.quick and not args.no_flops:
+        with Session(flops=True) as session:
+            for resolution in resolutions:
+                try:
+                    r = simulate("0 resident", resolution, steps=1, cfg_batch=True, decode=resolution == "480p",
+                                 session=session)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append({"run": f"FLOPs {resolution}", "error": f"{type(exc).__name__}: {exc}"})
+                    print(f"FLOPs {resolution}: FAILED {exc}", flush=True)
+                    continue
+                flop_results.append(r)
+                print(f"FLOPs {resolution}: {r['flops_total']:.3e} [{r['sim_seconds']} s]", flush=True)
     report = {"settings": {"steps": args.steps, "cfg_scale": 1.5, "prompt_tokens": PROMPT_TOKENS,
                            "torch": torch.__version__, "attention": ATTENTION_KERNEL,
-                           "allowance": {"fixed_gib": ALLOWANCE_FIXED_GIB, "fraction": ALLOWANCE_FRACTION}},
-              "results": results, "flop_runs": flop_results,
+                           "allowance": {"fixed_gib": ALLOWANCE_FIXED_GIB, "fraction": ALLOWANCE_FRACTION},
+                           "h100_bf16_flops": H100_BF16_FLOPS, "pcie_bytes_per_s": PCIE_BYTES_PER_S},
+              "results": results, "flop_runs": flop_results, "failures": failures,
               "speed": speed_rows(flop_results, results) if flop_results else []}
     write_report(report, Path(args.out_dir))
     return report

@@ -22,3 +22,24 @@ def test_gpu_check_runs_every_tier_at_the_tiny_size(tmp_path):
     assert tiers["0 persistent"]["copies"] > 0
     assert result["dit_bytes_fp8"] < 0.6 * result["dit_bytes_bf16"]          # fp8 Linear weights
     assert all(t["s_per_step"] > 0 for t in result["tiers"])
+
+
+def test_gpu_check_runs_on_the_simulated_device_and_pairs_figures(tmp_path, monkeypatch):
+    """`--simulate` runs the same script on the shape-only device; a CUDA run then prints simulated next to measured."""
+    spec = importlib.util.spec_from_file_location("gpu_check_sim", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "simulate.gpu_check_tiny.json"
+    simulated = gpu_check.main(["--simulate", "--size", "tiny", "--steps", "2", "--out", str(out), "--skip",
+                                "vae,720p"])
+    assert simulated["simulated"] and json.loads(out.read_text()) == simulated
+    tiers = {t["tier"]: t for t in simulated["tiers"]}
+    assert tiers["0 persistent"]["copies"] > 0 and tiers["all resident"]["copies"] == 0
+    monkeypatch.setattr(gpu_check, "simulated_file", lambda size: out)
+    measured = {"tiers": [dict(t, peak_gpu_gb=2.0, simulated=False) for t in simulated["tiers"]]}
+    simulated["tiers"][0]["peak_gpu_gb"] = 1.5
+    out.write_text(json.dumps(simulated))
+    gpu_check.attach_simulated(measured, "tiny", 2)
+    assert measured["tiers"][0]["simulated_gb"] == 1.5 and measured["tiers"][0]["simulated_over_measured"] == 0.75
+    gpu_check.attach_simulated(measured := {"tiers": [dict(simulated["tiers"][0])]}, "tiny", 3)   # other steps
+    assert "simulated_gb" not in measured["tiers"][0]
