@@ -19,8 +19,8 @@ _EXPORTS = {
     "ModelManager": "loading.manager", "load_wan_dit": "loading.manager", "load_wan_vae": "loading.manager",
     "load_wan_text_encoder": "loading.manager", "load_wan_image_encoder": "loading.manager",
     "WanUniAnimateVideoPipeline": "pipelines.unianimate", "WanVideoPipeline": "pipelines.wan_video", "WanUniAnimateLongVideoPipeline": "pipelines.long_video", "load_pose_data": "pipelines.unianimate",
-    "TeaCache": "acceleration.teacache", "TeaCacheConfig": "acceleration.block_cache",
-    "MagCache": "acceleration.magcache", "MagCacheConfig": "acceleration.block_cache", "WAN_NEGATIVE_PROMPT": "inference",
+    "TeaCache": "acceleration.teacache", "TeaCacheConfig": "acceleration.teacache",
+    "MagCache": "acceleration.magcache", "MagCacheConfig": "acceleration.magcache", "WAN_NEGATIVE_PROMPT": "inference",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .data.image_file import read_image_rgb
-from .acceleration.block_cache import TeaCacheConfig
+from .acceleration.teacache import TeaCacheConfig
 from .animate.generate import generate_frames, panels
 from .data.pose_folder import read_pose_clip
 from .data.safe_write import check_output_file

@@ -16,14 +16,10 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import ClassVar, Iterable, List, Optional, Sequence, Union
 
 import torch
 
-if TYPE_CHECKING:
-    from .magcache import MagCache
-    from .teacache import TeaCache
 
 BRANCHES = (0, 1)   # 0: conditional (positive prompt), 1: unconditional (negative prompt)
 
@@ -109,53 +105,6 @@ class BlockCacheConfig(ABC):
         unconditional."""
 
 
-@dataclass(frozen=True)
-class TeaCacheConfig(BlockCacheConfig):
-    """TeaCache (see `teacache.py`): `rel_l1_thresh` >= 0 (0 computes every step; upstream suggests 0.1-0.3),
-    `model_id` one of `TEACACHE_COEFFICIENTS`. The same rule serves both branches."""
-
-    rel_l1_thresh: float
-    model_id: str
-    needs_modulation: ClassVar[bool] = True
-
-    def __post_init__(self):
-        self.new_cache(1)   # validates every field (one source of the checks: the cache constructor)
-
-    def new_cache(self, num_inference_steps: int, branch: int = 0) -> "TeaCache":
-        from .teacache import TeaCache
-        check_choice("branch", branch, BRANCHES)
-        return TeaCache(num_inference_steps, self.rel_l1_thresh, self.model_id)
-
-
-@dataclass(frozen=True)
-class MagCacheConfig(BlockCacheConfig):
-    """MagCache (see `magcache.py`); defaults are the authors' script defaults (MagCache4Wan2.1/magcache_generate.py).
-
-    threshold >= 0: bound on the accumulated error (0 computes every step); K >= 1: most consecutive skips;
-    retention_ratio in [0, 1]: leading fraction of steps always computed; model_id: one of `MAG_RATIOS`;
-    mag_ratios: optional own calibration (interleaved conditional, unconditional per step, step 0 first), which
-    replaces the published table of `model_id`.
-    """
-
-    threshold: float = 0.12
-    K: int = 2
-    retention_ratio: float = 0.2
-    model_id: str = "Wan2.1-I2V-14B-480P"
-    mag_ratios: Optional[Tuple[float, ...]] = None
-    needs_modulation: ClassVar[bool] = False
-
-    def __post_init__(self):
-        if self.mag_ratios is not None:
-            object.__setattr__(self, "mag_ratios", tuple(self.mag_ratios))   # hashable, immutable like the rest
-        self.new_cache(1)   # validates every field
-
-    def new_cache(self, num_inference_steps: int, branch: int = 0) -> "MagCache":
-        from .magcache import MagCache
-        return MagCache(num_inference_steps, threshold=self.threshold, K=self.K,
-                        retention_ratio=self.retention_ratio, model_id=self.model_id, branch=branch,
-                        mag_ratios=self.mag_ratios)
-
-
 # --- validation helpers: errors name the field and the allowed values --------------------------------------------
 
 def check_number(name: str, value, minimum: float, maximum: float = math.inf) -> float:
@@ -188,4 +137,4 @@ def check_schedule_length(values: Sequence, num_inference_steps: int) -> Sequenc
     return values
 
 
-__all__ = ["BlockCache", "BlockCacheConfig", "TeaCacheConfig", "MagCacheConfig", "BRANCHES"]
+__all__ = ["BlockCache", "BlockCacheConfig", "BRANCHES"]

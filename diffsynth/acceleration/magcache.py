@@ -16,12 +16,13 @@ branch 1 the unconditional one.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .block_cache import BRANCHES, BlockCache, check_choice, check_int, check_number
+from .block_cache import BRANCHES, BlockCache, BlockCacheConfig, check_choice, check_int, check_number
 
 # Published magnitude ratios, MagCache4Wan2.1/magcache_generate.py (commit e1862e09110943638562513e0128c3c7f790540a,
 # unchanged since the initial version), interleaved [cond step 0, uncond step 0, cond step 1, ...]. I2V tables are
@@ -167,4 +168,33 @@ def _check_table(mag_ratios: Sequence[float]) -> tuple:
     return values
 
 
-__all__ = ["MagCache", "MAG_RATIOS", "nearest_interp", "branch_ratios"]
+@dataclass(frozen=True)
+class MagCacheConfig(BlockCacheConfig):
+    """MagCache (see `magcache.py`); defaults are the authors' script defaults (MagCache4Wan2.1/magcache_generate.py).
+
+    threshold >= 0: bound on the accumulated error (0 computes every step); K >= 1: most consecutive skips;
+    retention_ratio in [0, 1]: leading fraction of steps always computed; model_id: one of `MAG_RATIOS`;
+    mag_ratios: optional own calibration (interleaved conditional, unconditional per step, step 0 first), which
+    replaces the published table of `model_id`.
+    """
+
+    threshold: float = 0.12
+    K: int = 2
+    retention_ratio: float = 0.2
+    model_id: str = "Wan2.1-I2V-14B-480P"
+    mag_ratios: Optional[Tuple[float, ...]] = None
+    needs_modulation: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.mag_ratios is not None:
+            object.__setattr__(self, "mag_ratios", tuple(self.mag_ratios))   # hashable, immutable like the rest
+        self.new_cache(1)   # validates every field
+
+    def new_cache(self, num_inference_steps: int, branch: int = 0) -> MagCache:
+        return MagCache(num_inference_steps, threshold=self.threshold, K=self.K,
+                        retention_ratio=self.retention_ratio, model_id=self.model_id, branch=branch,
+                        mag_ratios=self.mag_ratios)
+
+
+
+__all__ = ["MagCache", "MagCacheConfig", "MAG_RATIOS", "nearest_interp", "branch_ratios"]

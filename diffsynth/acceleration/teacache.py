@@ -7,12 +7,13 @@ always computed. One object per CFG branch (and per long-video window): each kee
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 
-from .block_cache import BlockCache, check_choice, check_number, check_schedule_length
+from .block_cache import BRANCHES, BlockCache, BlockCacheConfig, check_choice, check_number, check_schedule_length
 
 # Rescale polynomials, highest degree first (numpy.poly1d order), from the upstream TeaCache tables.
 TEACACHE_COEFFICIENTS = {
@@ -78,4 +79,22 @@ class TeaCache(BlockCache):
         return self
 
 
-__all__ = ["TeaCache", "TEACACHE_COEFFICIENTS"]
+@dataclass(frozen=True)
+class TeaCacheConfig(BlockCacheConfig):
+    """TeaCache (see `teacache.py`): `rel_l1_thresh` >= 0 (0 computes every step; upstream suggests 0.1-0.3),
+    `model_id` one of `TEACACHE_COEFFICIENTS`. The same rule serves both branches."""
+
+    rel_l1_thresh: float
+    model_id: str
+    needs_modulation: ClassVar[bool] = True
+
+    def __post_init__(self):
+        self.new_cache(1)   # validates every field (one source of the checks: the cache constructor)
+
+    def new_cache(self, num_inference_steps: int, branch: int = 0) -> TeaCache:
+        check_choice("branch", branch, BRANCHES)
+        return TeaCache(num_inference_steps, self.rel_l1_thresh, self.model_id)
+
+
+
+__all__ = ["TeaCache", "TeaCacheConfig", "TEACACHE_COEFFICIENTS"]

@@ -57,7 +57,7 @@ class GenerationRequest:
         if tea_cache_l1_thresh is not None:
             if arguments.get("step_cache") is not None:
                 raise ValueError("pass step_cache= or tea_cache_l1_thresh=, not both")
-            from ..acceleration.block_cache import TeaCacheConfig  # noqa: PLC0415
+            from ..acceleration.teacache import TeaCacheConfig  # noqa: PLC0415
             arguments["step_cache"] = TeaCacheConfig(tea_cache_l1_thresh, tea_cache_model_id)
         if arguments.get("denoising_step_list") is not None:
             arguments["denoising_step_list"] = tuple(arguments["denoising_step_list"])

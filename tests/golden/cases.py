@@ -158,7 +158,7 @@ def _streamed(pipe):
 
 
 def _magcache():
-    from diffsynth.acceleration.block_cache import MagCacheConfig
+    from diffsynth.acceleration.magcache import MagCacheConfig
 
     return MagCacheConfig(threshold=0.5, K=2, retention_ratio=0.2)
 
