@@ -143,7 +143,7 @@ def check_checkpoints(settings: AnimateSettings, generate: bool = True) -> None:
 
 def step_cache(settings: AnimateSettings):
     """The TeaCache / MagCache config of `settings` (calibrated for the 720P I2V model the release is), or None."""
-    from ..acceleration.block_cache import MagCacheConfig, TeaCacheConfig  # noqa: PLC0415
+    from ..acceleration import MagCacheConfig, TeaCacheConfig  # noqa: PLC0415
 
     if settings.teacache is not None:
         return TeaCacheConfig(float(settings.teacache), "Wan2.1-I2V-14B-720P")
