@@ -3,6 +3,8 @@ several GPUs (`enable_parallel`) and `torch.compile`. A mixin of `WanPipelineBas
 `MODEL_NAMES` and the attributes holding them."""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import List, Optional, Tuple
 
 import torch
@@ -45,6 +47,12 @@ class ModelPlacement:
         Results are bit-identical to a run without it. Call again to change the budget.
         """
         from ..acceleration.vram import enable_layer_streaming  # noqa: PLC0415
+
+        budget = num_persistent_param_in_dit
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
+                                   or math.isnan(budget) or budget < 0):
+            raise ValueError(f"num_persistent_param_in_dit must be None (all resident) or a number of parameters "
+                             f">= 0 (e.g. 6e9, as the upstream scripts); got {budget!r}")
 
         if self._compiled:
             raise RuntimeError("enable_vram_management must come before pipe.compile(): streamed weights change "

@@ -177,3 +177,30 @@ def test_pose_guider_stays_fp32_in_a_bf16_pipeline(models, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------- TeaCache
+
+
+@pytest.mark.parametrize("budget", [float("nan"), "6e9", -1, True])
+def test_a_bad_vram_budget_is_refused_naming_it(budget):
+    from diffsynth.models.wan_dit import WanModel
+    from tiny import TINY_I2V
+
+    pipe = WanUniAnimateVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.dit = WanModel(TINY_I2V)
+    with pytest.raises(ValueError, match="num_persistent_param_in_dit must be None"):
+        pipe.enable_vram_management(num_persistent_param_in_dit=budget)
+    assert not pipe.cpu_offload                          # refused before anything changed
+
+
+def test_nan_pose_frames_and_fractional_windows_are_refused_naming_them():
+    from diffsynth.pipelines import WindowSettings
+
+    pipe = WanUniAnimateVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    image = Image.new("RGB", (32, 32))
+    pose = torch.zeros(3, 5, 32, 32)
+    pose[0, 2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="dwpose_data holds NaN"):
+        pipe(prompt="", input_image=image, dwpose_data=pose, random_ref_dwpose=torch.zeros(32, 32, 3),
+             height=32, width=32, num_frames=5)
+    for field, value in (("context_size", 21.5), ("context_overlap", 4.0), ("pose_chunk_size", 0)):
+        with pytest.raises(ValueError, match=field):
+            WindowSettings(**{field: value})
