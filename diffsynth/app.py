@@ -379,7 +379,7 @@ def config_from_args(args) -> AppConfig:
                        pose_root=Path(args.pose_root) if args.pose_root else None, pose_backend=args.pose_backend,
                        det_model=args.det_model, pose_model=args.pose_model,
                        resolution=TINY_RESOLUTION if tiny else "480p", steps=TINY_STEPS if tiny else 50)
-    AnimateSettings(models=config.models, vram=config.vram,
+    AnimateSettings(models=config.models, vram=config.vram, loras=config.loras,
                     pose_backend=config.pose_backend).validate()        # a missing --lora is refused at start
     return config
 

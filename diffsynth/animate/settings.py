@@ -141,10 +141,7 @@ class AnimateSettings:
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"LoRA file {path} not found (--lora PATH[:STRENGTH])")
         if self.fast:
-            try:
-                from ..pipelines.request import STEP_DISTILL_NAME  # noqa: PLC0415
-            except ImportError:   # the pipelines before their request module (pipelines/base.py held the name)
-                from ..pipelines.base import STEP_DISTILL_NAME  # noqa: PLC0415
+            from ..pipelines.request import STEP_DISTILL_NAME  # noqa: PLC0415
 
             if not any(STEP_DISTILL_NAME.search(Path(p).name) for p in paths):
                 raise ValueError(

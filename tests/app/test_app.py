@@ -128,6 +128,8 @@ def test_missing_inputs_and_bad_flags_are_one_line(app_config, tmp_path, capsys)
         assert what in error_line(caught.value)
     assert main(["--models", str(tmp_path / "nowhere")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(FileNotFoundError, match=f"LoRA file {tmp_path / 'gone.safetensors'} not found"):
+        config_from_args(build_parser().parse_args(["--models", "tiny", "--lora", f"{tmp_path}/gone.safetensors:0.5"]))
 
 
 def test_flags_and_the_gradio_page(tmp_path):
