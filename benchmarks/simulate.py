@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import sys
@@ -296,7 +297,7 @@ def encoder_reuse(session: Session, models: dict, resolution: str):
     for name, (method, _) in ENCODER_STAGES.items():
         model = models[name]
         original = getattr(model, method)
-        calls = iter(list(record["outputs"][name])) if replay else None
+        calls = itertools.cycle(list(record["outputs"][name])) if replay else None
 
         def call(*args, _original=original, _name=name, _calls=calls, **kwargs):
             if _calls is not None:

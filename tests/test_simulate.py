@@ -29,7 +29,10 @@ sim_device = _load("sim_device")
 simulate = _load("simulate")
 
 # Simulated allocated peak (what torch.cuda.max_memory_allocated would show, before the allowance), 480x832x81,
-# cfg 1.5 with the branches one at a time, every stage up to the decode. The issue's targets.
+# every stage up to the decode. The issue's targets. The default suite runs one DiT branch per step (cfg 1: one
+# forward, to stay fast); cfg 1.5 with the branches one at a time adds the kept velocity and the negative context
+# (~12 MB) and is checked against the same ceilings in the slow suite. Batched CFG (batch 2) does not fit the 7B
+# and all-resident targets: see benchmarks/results/simulate.md.
 TIER_CEILINGS_GB = {"0 resident": 12, "fp8 + 0": 10, "7B resident": 20, "all resident": 40}
 
 
@@ -94,15 +97,45 @@ def session():
         yield s
 
 
+_RESULTS = {}
+
+
+def _tier(session, tier, cfg_scale=1.0):
+    """One 480p generation of `tier` (cached for the module: several tests read it)."""
+    key = (tier, cfg_scale)
+    if key not in _RESULTS:
+        _RESULTS[key] = simulate.simulate(tier, "480p", steps=1, cfg_scale=cfg_scale, cfg_batch=False,
+                                          decode=False, session=session)
+    return _RESULTS[key]
+
+
+def _tiers(session, cfg_scale):
+    return {tier: _tier(session, tier, cfg_scale) for tier in TIER_CEILINGS_GB}
+
+
 @pytest.fixture(scope="module")
 def tiers(session):
-    return {tier: simulate.simulate(tier, "480p", steps=1, cfg_batch=False, decode=False, session=session)
-            for tier in TIER_CEILINGS_GB}
+    return _tiers(session, 1.0)
 
 
-@pytest.mark.parametrize("tier", list(TIER_CEILINGS_GB))
-def test_tier_fits_its_ceiling_at_480p(tiers, tier):
-    result = tiers[tier]
+# Each tier is 15-30 s to simulate on 2 busy cores: the default suite runs the 0-resident tier (the one small GPUs
+# use); the others are in the slow suite.
+@pytest.mark.parametrize("tier", [t if t == "0 resident" else pytest.param(t, marks=pytest.mark.slow)
+                                  for t in TIER_CEILINGS_GB])
+def test_tier_fits_its_ceiling_at_480p(session, tier):
+    _check_tier(_tier(session, tier), tier)
+
+
+@pytest.mark.slow
+def test_tiers_with_cfg_one_by_one_fit_the_same_ceilings(session, tiers):
+    guided = _tiers(session, 1.5)
+    for tier, result in guided.items():
+        _check_tier(result, tier)
+        extra = result["peak_device"] - tiers[tier]["peak_device"]
+        assert 0 <= extra < 64 * 2**20, (tier, extra)      # the kept velocity + negative context only
+
+
+def _check_tier(result, tier):
     assert result["peak_device"] <= TIER_CEILINGS_GB[tier] * GB, (
         f"{tier}: simulated peak {result['peak_device'] / GB:.2f} GB > {TIER_CEILINGS_GB[tier]} GB; stages: "
         + ", ".join(f"{k} {v['peak_device'] / GB:.2f}" for k, v in result["stages"].items()))
@@ -116,13 +149,16 @@ def test_tier_fits_its_ceiling_at_480p(tiers, tier):
         assert streamed > 10 * GB
 
 
+@pytest.mark.slow
 def test_tiers_are_ordered(tiers):
     peak = {t: r["peak_device"] for t, r in tiers.items()}
     assert peak["fp8 + 0"] < peak["0 resident"] < peak["7B resident"] < peak["all resident"]
     step = {t: simulate.step_figures(r)["h2d_bytes_per_step"] for t, r in tiers.items()}
-    # one-by-one CFG: the streamed weights cross PCIe twice per step; fp8 halves the Linear weights
+    # one forward per step: the streamed weights cross PCIe once (+ the first step's wrong prefetch guesses, and
+    # the pose tokens); fp8 halves the Linear weights
     assert step["all resident"] < 2**20                     # only the timestep crosses
-    assert step["0 resident"] == pytest.approx(2 * tiers["0 resident"]["streamed_host_bytes"]["dit"], rel=0.01)
+    streamed = tiers["0 resident"]["streamed_host_bytes"]["dit"]
+    assert streamed <= step["0 resident"] <= 1.05 * streamed
     assert step["fp8 + 0"] < 0.55 * step["0 resident"]
 
 
@@ -147,3 +183,51 @@ def test_long_video_memory_is_flat_in_the_number_of_windows(session):
         assert eight["stages"][key]["peak_device"] <= 1.02 * one["stages"][key]["peak_device"], key
     assert eight["peak_device"] <= 1.02 * one["peak_device"]
     assert eight["stages"]["DiT step (one guided prediction)"]["calls"] == 8
+
+
+# --------------------------------------------------------------------------------- regressions caught (slow)
+def keep_pose_tokens_per_window(sim, pipe):
+    """A regression on purpose: every window's pose tokens stay referenced on the device."""
+    original, kept = pipe.encode_pose_video, []
+
+    def encode_pose_video(*args, **kwargs):
+        tokens = original(*args, **kwargs)
+        kept.append(tokens)
+        return tokens
+    pipe.encode_pose_video = encode_pose_video
+
+
+def keep_fp32_copy_of_the_video(sim, pipe):
+    """A regression on purpose: an fp32 copy of the decoded video stays on the device."""
+    original, kept = pipe.vae.decode, []
+
+    def decode(*args, **kwargs):
+        video = original(*args, **kwargs)
+        kept.append(video.float())
+        return video
+    pipe.vae.decode = decode
+
+
+@pytest.mark.slow
+def test_long_video_check_catches_pose_tokens_kept_per_window(session):
+    one, eight = _long(session, 1), _long(session, 8, mutate=keep_pose_tokens_per_window)
+    grown = eight["stages"]["stage:denoise"]["peak_device"] / one["stages"]["stage:denoise"]["peak_device"]
+    assert grown > 1.02          # the flatness test above would fail: 7 more windows x 335 MB of tokens
+
+
+# The decode at 480p: 12 tiles x 21 latent frames, ~190k ops (about a minute to simulate). Ceiling: the simulated
+# figure (1.84 GB: the tile being decoded, the fp32 blend accumulators and weights, the bf16 video, its uint8 frames)
+# with 8% headroom.
+DECODE_CEILING_GB = 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regression", [None, keep_fp32_copy_of_the_video], ids=["as is", "fp32 copy kept"])
+def test_decode_stage_fits_its_ceiling_at_480p(session, regression):
+    result = simulate.simulate("0 resident", "480p", steps=1, cfg_batch=False, decode=True, session=session,
+                               mutate=regression)
+    peak = result["stages"]["stage:decode"]["peak_device"]
+    if regression is None:
+        assert peak <= DECODE_CEILING_GB * GB, f"decode stage {peak / GB:.2f} GB"
+    else:
+        assert peak > DECODE_CEILING_GB * GB     # the check catches an fp32 copy of the video (+0.39 GB)
