@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_wan_text_encoder": "loading.manager", "load_wan_image_encoder": "loading.manager",
     "WanUniAnimateVideoPipeline": "pipelines.unianimate", "WanVideoPipeline": "pipelines.wan_video", "WanUniAnimateLongVideoPipeline": "pipelines.long_video", "load_pose_data": "pipelines.unianimate",
     "TeaCache": "acceleration.teacache", "TeaCacheConfig": "acceleration.teacache",
-    "MagCache": "acceleration.magcache", "MagCacheConfig": "acceleration.magcache", "WAN_NEGATIVE_PROMPT": "inference",
+    "MagCache": "acceleration.magcache", "MagCacheConfig": "acceleration.magcache", "WAN_NEGATIVE_PROMPT": "pipelines.request", "GenerationRequest": "pipelines.request",
 }
 __all__ = sorted(_EXPORTS)
 

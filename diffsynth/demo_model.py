@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 from .configs import PoseGuiderConfig, WanDiTConfig
+from .loading.release import DEMO_FILES, DEMO_FOLDER
 from .tiny import TINY_CLIP, TINY_T5, TINY_VAE
 
 logger = logging.getLogger("diffsynth.demo_model")
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
+ASSET_DIR = DEMO_FOLDER
 DEMO_DIT = WanDiTConfig(model_type="i2v", in_dim=36, dim=192, ffn_dim=384, num_heads=6, num_layers=4,
                         text_dim=TINY_T5.dim, image_dim=TINY_CLIP.dim)
 # Half the released guider width (16): the full-resolution Conv3d layers are most of a CPU training step
@@ -61,13 +62,7 @@ HELD_OUT_SEED = 100_000          # synthetic seeds from here on are never used i
 BYSTANDER_EVERY = 2
 PROMPT = "a person is dancing"   # the trainer's default caption
 
-FILES = {
-    "dit": ["diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"],
-    "text_encoder": "models_t5_umt5-xxl-enc.safetensors",
-    "vae": "Wan2.1_VAE.safetensors",
-    "image_encoder": "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors",
-    "unianimate": "UniAnimate-Wan2.1-demo-lora.safetensors",
-}
+FILES = DEMO_FILES   # the release layouts (loading/release.py)
 # Default inference settings of the demo (what the tests and the strip use).
 INFERENCE = dict(num_inference_steps=10, cfg_scale=1.0, sigma_shift=5.0, seed=0)
 
@@ -93,19 +88,12 @@ def demo_checkpoints(folder=ASSET_DIR):
 
 
 def load_demo_pipeline(device: str = "cpu", folder=ASSET_DIR, torch_dtype: torch.dtype = torch.float32):
-    """The shipped demo model as a `WanUniAnimateVideoPipeline`, read exactly like the released models: the
-    CLIP, DiT shards, T5 and VAE through `ModelManager.load_models`, the UniAnimate LoRA + pose guider through
-    `load_lora_v2` (merged with its stored network_alpha)."""
-    from .loading import ModelManager  # noqa: PLC0415
+    """The shipped demo model as a `WanUniAnimateVideoPipeline`, read exactly like the released models
+    (`from_pretrained`: the release table's loaders, the UniAnimate LoRA + pose guider merged with its stored
+    network_alpha; its CLIP's configuration is written beside it)."""
     from .pipelines import WanUniAnimateVideoPipeline  # noqa: PLC0415
 
-    files = demo_checkpoints(folder)
-    manager = ModelManager(device="cpu", progress=False)
-    manager.load_models([files.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
-    manager.load_models([files.dit_shards, files.text_encoder, files.vae], torch_dtype=torch_dtype,
-                        config=TINY_T5)   # the VAE width is read from its shapes
-    manager.load_lora_v2(files.unianimate, lora_alpha=1.0)
-    pipe = WanUniAnimateVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
+    pipe = WanUniAnimateVideoPipeline.from_pretrained(folder, torch_dtype=torch_dtype, device=device, progress=False)
     pipe.show_summary = False
     return pipe
 
@@ -447,6 +435,7 @@ def _save_base_models(folder: Path, vae, seed: int = 0) -> Dict[str, object]:
     """Frozen tiny T5 / CLIP (seeded random), the trained VAE and a seeded untrained DiT, in the release layouts."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
+    from .loading.sidecar import write_config_sidecar  # noqa: PLC0415
     from .models.wan_dit import WanModel  # noqa: PLC0415
     from .tiny import build_tiny_models  # noqa: PLC0415
 
@@ -458,6 +447,7 @@ def _save_base_models(folder: Path, vae, seed: int = 0) -> Dict[str, object]:
     contiguous = lambda sd: {k: v.detach().contiguous() for k, v in sd.items()}  # noqa: E731
     save_file(contiguous(models.text_encoder.state_dict()), files["text_encoder"])
     save_file(contiguous(models.image_encoder.state_dict()), files["image_encoder"])
+    write_config_sidecar(files["image_encoder"], models.image_encoder.config)   # its heads are not width / 80
     save_file(contiguous(vae.state_dict()), files["vae"])
     torch.manual_seed(seed + 1)
     save_dit(WanModel(DEMO_DIT).state_dict(), folder)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Type, Union
+from typing import List, Optional, Sequence, Tuple, Type
 
 import torch
 from tqdm import tqdm
@@ -24,48 +24,13 @@ from .animate.generate import generate_frames, panels
 from .data.pose_folder import read_pose_clip
 from .data.safe_write import check_output_file
 from .data.video import save_video
-from .loading import ModelManager
+from .distributed.state import prepare_processes
+from .loading.release import STEP_CACHE_MODEL_ID, dit_shards, load_model_files, release_files
 from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
-from .pipelines.request import UNIANIMATE_CFG_SCALE, UNIANIMATE_STEPS, GenerationRequest
+from .pipelines.request import UNIANIMATE_CFG_SCALE, UNIANIMATE_STEPS, WAN_NEGATIVE_PROMPT, GenerationRequest
 from .pipelines.windows import WindowSettings
 
 logger = logging.getLogger(__name__)
-
-# The standard Wan2.1 negative prompt, verbatim (the UniAnimate scripts use it).
-WAN_NEGATIVE_PROMPT = (
-    "细节模糊不清，字幕，作品，画作，画面，静止，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，"
-    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，杂乱的背景，三条腿，背景人很多，倒着走"
-)
-WAN_I2V_FILES = dict(
-    image_encoder="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
-    dit=[f"diffusion_pytorch_model-0000{i}-of-00007.safetensors" for i in range(1, 8)],
-    text_encoder="models_t5_umt5-xxl-enc-bf16.pth",
-    vae="Wan2.1_VAE.pth",
-)
-
-
-DOWNLOAD_HINT = ("Download Wan-AI/Wan2.1-I2V-14B-720P and the UniAnimate files (ModelScope xiaolaowx/UniAnimate-DiT or "
-                 "Hugging Face ZheWang123/UniAnimate-DiT) into checkpoints/, see README.md")
-
-
-def _require(path: Union[str, Path], what: str, hint: str = "") -> str:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{what} not found at {path}" + (f". {hint}" if hint else ""))
-    return str(path)
-
-
-def dit_shards(wan_dir: str) -> List[str]:
-    """The DiT shards of a release folder (`diffusion_pytorch_model-0000i-of-0000n.safetensors`, all n of them)."""
-    shards = sorted(Path(wan_dir).glob("diffusion_pytorch_model-*-of-*.safetensors"))
-    counts = {p.stem.rsplit("-of-", 1)[1] for p in shards}
-    if not shards:
-        raise FileNotFoundError(f"no DiT shards (diffusion_pytorch_model-*-of-*.safetensors) in {wan_dir}. "
-                                f"{DOWNLOAD_HINT}")
-    if len(counts) != 1 or len(shards) != int(counts.pop()):
-        raise FileNotFoundError(f"the DiT shards in {wan_dir} are incomplete or mixed: "
-                                f"{', '.join(p.name for p in shards)}. {DOWNLOAD_HINT}")
-    return [str(p) for p in shards]
-
 
 def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
                              torch_dtype: torch.dtype = torch.bfloat16, long_video: bool = False,
@@ -83,17 +48,13 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
     `extra_loras`: more LoRA files (or `(path, strength)` pairs) merged after the UniAnimate one, e.g. a step-
     distillation LoRA for `preset="fast"` (recognised by its file name, see `GenerationRequest.resolved`).
     """
-    files = {name: _require(os.path.join(wan_dir, spec), name, DOWNLOAD_HINT)
-             for name, spec in WAN_I2V_FILES.items() if name != "dit"}
-    model_manager = ModelManager(device="cpu")
-    model_manager.load_models([files["image_encoder"]], torch_dtype=torch.float32)
-    model_manager.load_models([dit_shards(wan_dir)], torch_dtype=dit_dtype or torch_dtype)
-    model_manager.load_models([files["text_encoder"], files["vae"]], torch_dtype=torch_dtype)
-    model_manager.load_lora_v2(_require(lora_path, "UniAnimate checkpoint", DOWNLOAD_HINT), lora_alpha=1.0)
+    files = release_files(wan_dir, unianimate=lora_path)
     for extra in extra_loras:
         path, strength = extra if isinstance(extra, (tuple, list)) else (extra, 1.0)
-        model_manager.load_lora_v2(_require(path, "LoRA", "check the path in the script's settings"),
-                                   lora_alpha=strength)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"LoRA not found at {path}: check the path in the script's settings")
+        files.loras.append((str(path), strength))
+    model_manager = load_model_files(files, torch_dtype, dit_dtype)
     cls: Type[WanUniAnimateVideoPipeline] = WanUniAnimateLongVideoPipeline if long_video else WanUniAnimateVideoPipeline
     pipe = cls.from_model_manager(model_manager, torch_dtype=torch_dtype, device=device)
     if vram_management:
@@ -118,9 +79,9 @@ def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str
     """
     check_output_file(out_path, overwrite=overwrite, inputs=[ref_image], flag="OVERWRITE = True (overwrite=True)")
     clip = read_pose_clip(pose_dir, height, width, max_frames, frame_interval, seed)
-    reference = read_image_rgb(_require(ref_image, "reference image"))   # upright, as the pose tool read it
+    reference = read_image_rgb(ref_image)   # upright, as the pose tool read it; a missing file is named
     long_video = isinstance(pipe, WanUniAnimateLongVideoPipeline)
-    step_cache = TeaCacheConfig(0.3, "Wan2.1-I2V-14B-720P") if use_teacache else None
+    step_cache = TeaCacheConfig(0.3, STEP_CACHE_MODEL_ID) if use_teacache else None
     request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, cfg_scale=cfg_scale,
                                 num_inference_steps=num_inference_steps, tiled=tiled, step_cache=step_cache,
                                 **request_fields)
@@ -139,26 +100,6 @@ def animate_item(pipe: WanUniAnimateVideoPipeline, ref_image: str, pose_dir: str
 def output_name(prefix: str, ref_image: str, pose_dir: str) -> str:
     """Upstream naming: outputs/{prefix}_{reference file name}_{pose folder name}.mp4."""
     return os.path.join("outputs", f"{prefix}_{os.path.basename(ref_image)}_{os.path.basename(os.path.normpath(pose_dir))}.mp4")
-
-
-def prepare_processes(ulysses_size: int = 1, cfg_parallel: bool = False, ring_size: int = 1):
-    """The scripts' multi-GPU set-up under `torchrun --nproc_per_node=N` (docs/parallel.md); returns
-    (ParallelState or None, device).
-
-    - One process: (None, "cuda" if available else "cpu").
-    - N processes with `ulysses_size` x `ring_size` x (2 if `cfg_parallel`) == N: every video is split across all
-      of them (sequence and/or CFG parallel); give the state to `pipe.enable_parallel`.
-    - N processes with the defaults (1, False, 1): item parallel; each process is a full pipeline on its own GPU and
-      `run_items` gives it items r, r + N, ... (no process group needed).
-    """
-    from .distributed import ParallelConfig, env_world, init_parallel  # noqa: PLC0415
-    from .distributed.state import default_device  # noqa: PLC0415
-
-    _, world, local_rank = env_world()
-    if world == 1 or (ulysses_size == 1 and ring_size == 1 and not cfg_parallel):
-        return None, default_device(local_rank)
-    state = init_parallel(ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, cfg_parallel=cfg_parallel))
-    return state, state.device
 
 
 def run_items(pipe, items: Sequence[Tuple[int, str, str]], prefix: str, **kwargs) -> List[str]:

@@ -93,6 +93,8 @@ def save_tiny_checkpoints(models: TinyModels, folder: str, lora_rank: int = 2, s
 
     from safetensors.torch import save_file  # noqa: PLC0415
 
+    from .loading.sidecar import write_config_sidecar  # noqa: PLC0415
+
     os.makedirs(folder, exist_ok=True)
     dit_sd = {k: v.contiguous() for k, v in models.dit.state_dict().items()}
     keys = sorted(dit_sd)
@@ -115,6 +117,7 @@ def save_tiny_checkpoints(models: TinyModels, folder: str, lora_rank: int = 2, s
     clip_sd["textual.token_embedding.weight"] = torch.zeros(8, 4)
     clip_sd["log_scale"] = torch.tensor(4.6)
     torch.save(clip_sd, clip_path)
+    write_config_sidecar(clip_path, models.image_encoder.config)   # a tiny CLIP's heads are not width / 80
 
     gen = torch.Generator().manual_seed(seed)
     unianimate = {}

@@ -29,11 +29,8 @@ MAX_FUNCTION_LINES = 80
 # Known departures (issue 20 removes them): (importer folder, imported folder).
 KNOWN_UPWARD = {
     ("data", "pose"),              # data/training_data.py, data/synthetic.py: training samples belong in training/
-    ("training", "inference"),     # the release file names, to one table in loading/
 }
 KNOWN_LOOPS = {
-    frozenset({"animate", "inference"}),   # inference's loaders and prepare_processes, to move below animate
-    frozenset({"animate", "demo_model"}),  # --models tiny reads the demo model's files
     frozenset({"data", "pose"}),
 }
 KNOWN_LONG_FILES = {"demo_model.py", "data/synthetic.py", "data/training_data.py", "loading/manager.py",

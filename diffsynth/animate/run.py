@@ -220,7 +220,7 @@ class Animator:
         """Generate `result`'s clip and comparison into `paths` along an aligned pose folder (`prepare_poses`, or a
         run_align_pose folder wrapped in a `PoseFolder`); `result` gets the output paths and figures."""
         from ..data.image_file import read_image_rgb  # noqa: PLC0415
-        from ..inference import WAN_NEGATIVE_PROMPT  # noqa: PLC0415
+        from ..pipelines.request import WAN_NEGATIVE_PROMPT  # noqa: PLC0415
         from ..pipelines.request import GenerationRequest  # noqa: PLC0415
         from .generate import LONG_VIDEO_WINDOWS, generate_frames  # noqa: PLC0415
         from .media import write_outputs  # noqa: PLC0415

@@ -138,4 +138,22 @@ def item_shard(items: List, rank: Optional[int] = None, world_size: Optional[int
     return list(items)[rank::world_size]
 
 
+def prepare_processes(ulysses_size: int = 1, cfg_parallel: bool = False, ring_size: int = 1):
+    """The scripts' multi-GPU set-up under `torchrun --nproc_per_node=N` (docs/parallel.md); returns
+    (ParallelState or None, device).
+
+    - One process: (None, "cuda" if available else "cpu").
+    - N processes with `ulysses_size` x `ring_size` x (2 if `cfg_parallel`) == N: every video is split across all
+      of them (sequence and/or CFG parallel); give the state to `pipe.enable_parallel`.
+    - N processes with the defaults (1, False, 1): item parallel; each process is a full pipeline on its own GPU and
+      `run_items` gives it items r, r + N, ... (no process group needed).
+    """
+    _, world, local_rank = env_world()
+    if world == 1 or (ulysses_size == 1 and ring_size == 1 and not cfg_parallel):
+        return None, default_device(local_rank)
+    state = init_parallel(ParallelConfig(ulysses_size=ulysses_size, ring_size=ring_size, cfg_parallel=cfg_parallel))
+    return state, state.device
+
+
+
 __all__ = ["ParallelConfig", "ParallelState", "init_parallel", "layout_groups", "item_shard", "env_world"]

@@ -29,6 +29,7 @@ from .files import (FP8_DTYPES, FP8_UPCAST, STORED, Checkpoint, CheckpointError,
                     NonFiniteTensorError, PathSpec, all_finite, describe, load_state_dict, target_dtype)
 from .formats import (MODEL_KINDS, ConfigError, Detection, ModelKind, UnknownFormatError, closest_layout, detect,
                       looks_like_lora, read_config_json)
+from .sidecar import read_config_sidecar
 from .lora import (MERGE_PRECISIONS, BaseWeights, LoraCheckpoint, LoraError, check_alpha, check_strength,
                    merge_loras, pose_guider_state_dict, read_lora,
                    with_pose_sidecars)
@@ -217,6 +218,8 @@ def plan_load(spec: PathSpec, config: ConfigSpec = None) -> LoadPlan:
             raise
         kind = MODEL_KINDS[detection.model]
         chosen = _pick_config(config, kind)
+        if chosen is None:     # a custom size: the configuration written beside the weights
+            chosen = read_config_sidecar(checkpoint.paths, kind.config_type)
         try:
             cfg = chosen if chosen is not None else kind.config_from(detection.official_shapes,
                                                                        read_config_json(checkpoint.paths))

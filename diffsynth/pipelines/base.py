@@ -12,7 +12,8 @@ and its `generate(request, ...)`.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Iterator, List, Optional, Union
+import os
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -52,6 +53,7 @@ class WanPipelineBase(ModelPlacement, GuidedDenoising):
     """Models, their placement and the generation steps shared by the Wan pipelines (see the module docstring)."""
 
     MODEL_NAMES = ("text_encoder", "image_encoder", "vae", "dit")
+    USES_UNIANIMATE = False    # from_pretrained merges the UniAnimate checkpoint (LoRA + pose guider)
 
     def __init__(self, device: Union[str, torch.device] = "cuda", torch_dtype: torch.dtype = torch.bfloat16):
         self._init_placement(device)
@@ -81,6 +83,23 @@ class WanPipelineBase(ModelPlacement, GuidedDenoising):
         pipe.dit = model_manager.fetch_model("wan_video_dit")
         pipe.step_distilled = detect_step_distilled(lora_files_of(model_manager))
         return pipe
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, os.PathLike] = "checkpoints", *,
+                        torch_dtype: torch.dtype = torch.bfloat16, device: Union[str, torch.device, None] = None,
+                        loras: Sequence = (), dit_dtype: Optional[torch.dtype] = None,
+                        progress: bool = True) -> "WanPipelineBase":
+        """The pipeline on the release in `source` (a models folder holding `Wan2.1-I2V-14B-720P/` and the UniAnimate
+        checkpoint, or the Wan folder itself), or on the shipped demo model (`"demo"`, or a folder in its layout),
+        each model in its dtype (`loading.release.MODEL_DTYPES`). `loras`: further LoRA files or `(path, strength)`
+        pairs merged after the UniAnimate one; `dit_dtype=torch.float8_e4m3fn` stores the DiT in fp8. `device`:
+        where the models run (default: the CPU they are loaded on). Missing files are named with the fix."""
+        from ..loading.release import find_model_files, load_model_files  # noqa: PLC0415
+
+        files = find_model_files(source, with_unianimate=cls.USES_UNIANIMATE)
+        files.loras = [tuple(e) if isinstance(e, (tuple, list)) else (str(e), 1.0) for e in loras]
+        manager = load_model_files(files, torch_dtype, dit_dtype, progress)
+        return cls.from_model_manager(manager, torch_dtype=torch_dtype, device=device or "cpu")
 
     def use_prompter(self, prompter: Optional[WanPrompter] = None, tokenizer_path: Optional[str] = None) -> None:
         """The prompter to encode prompts with: a given one, or one on the `google/umt5-xxl` tokenizer folder (the

@@ -21,6 +21,11 @@ FAST_PRESET = dict(denoising_step_list=(1000, 750, 500, 250), sigma_shift=5.0, c
 PRESETS = ("default", "fast")
 # LoRA file names that announce a step-distillation LoRA (LightX2V, Lightning, CausVid, "4step" exports).
 STEP_DISTILL_NAME = re.compile(r"distill|lightx2v|lightning|causvid|4[-_]?steps?|cfg[-_]step", re.IGNORECASE)
+# The standard Wan2.1 negative prompt, verbatim (the UniAnimate scripts use it).
+WAN_NEGATIVE_PROMPT = (
+    "细节模糊不清，字幕，作品，画作，画面，静止，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，"
+    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，杂乱的背景，三条腿，背景人很多，倒着走"
+)
 # What the UniAnimate scripts run (the upstream README's call): guidance 1.5, 50 steps, shift 5.
 UNIANIMATE_CFG_SCALE = 1.5
 UNIANIMATE_STEPS = 50
@@ -113,5 +118,5 @@ def detect_step_distilled(lora_files: Sequence) -> bool:
     return any(STEP_DISTILL_NAME.search(os.path.basename(os.fspath(f))) for f in lora_files)
 
 
-__all__ = ["GenerationRequest", "split_call", "detect_step_distilled", "FAST_PRESET", "PRESETS",
+__all__ = ["GenerationRequest", "WAN_NEGATIVE_PROMPT", "split_call", "detect_step_distilled", "FAST_PRESET", "PRESETS",
            "STEP_DISTILL_NAME", "UNIANIMATE_CFG_SCALE", "UNIANIMATE_STEPS"]

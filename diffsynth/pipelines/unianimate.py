@@ -44,6 +44,7 @@ class WanUniAnimateVideoPipeline(WanPipelineBase):
     """Holds the five models and runs one generation per call (placement, caching, schedule: `WanPipelineBase`)."""
 
     MODEL_NAMES = MODEL_NAMES
+    USES_UNIANIMATE = True
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod

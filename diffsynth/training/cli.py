@@ -162,7 +162,7 @@ def release_folder(dit_path: Optional[str]) -> Optional[Path]:
 def resolve_encoder_paths(args) -> None:
     """Fill --text_encoder_path, --vae_path and --image_encoder_path with the Wan2.1 release files beside the DiT
     shards when they are not given; a missing file is an error that names it."""
-    from ..inference import WAN_I2V_FILES  # noqa: PLC0415
+    from ..loading.release import WAN_I2V_FILES  # noqa: PLC0415
 
     folder = release_folder(args.dit_path)
     for name in ENCODER_FLAGS:

@@ -132,7 +132,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path, photo, driving, tiny_fla
 
 def test_the_release_check_names_every_missing_file_and_the_tiny_alternative(tmp_path, photo, driving, pose_models,
                                                                             capsys):
-    from diffsynth.animate.models import UNIANIMATE_FILE, WAN_FOLDER
+    from diffsynth.loading.release import UNIANIMATE_FILE, WAN_I2V_FOLDER as WAN_FOLDER
 
     models = tmp_path / "checkpoints"
     wan = models / WAN_FOLDER
