@@ -1,33 +1,39 @@
-"""A shape-only CUDA device for the simulator: the project's real code runs on fake tensors (no data, no GPU) while
-every live storage, host -> device copy and FLOP is accounted.
+"""A shape-only GPU for the simulator: the project's real code runs on fake tensors (no data, no GPU) while every
+live storage, host -> device copy and FLOP is accounted.
 
-    with SimDevice() as sim:                      # fake "cuda:0", fake (optionally pinned) CPU
+    with SimDevice() as sim:
         dit = sim.build(lambda: WanModel(config).to(torch.bfloat16))     # parameters: fake CPU tensors
-        ... the pipeline / streamer / model code, unchanged, with device="cuda" ...
-    sim.peak("cuda"), sim.h2d_bytes, sim.flops
+        ... the pipeline / streamer / model code, unchanged, with device=DEVICE ...
+    sim.peak("device"), sim.tracker.h2d, sim.flops
 
 How it works
-- `torch._subclasses.fake_tensor.FakeTensorMode` gives every tensor a device and a storage size but no data.
-  Tensors that are real, on the CPU and small (the scheduler's sigmas and timesteps, a seeded noise draw, a tokenised
-  prompt) stay real, so Python control flow (`int(index)`, `float(sigma)`) works: an op whose tensor inputs are all
-  real CPU tensors, and that creates nothing on "cuda", runs for real; everything else runs on fake tensors.
+- `torch._subclasses.fake_tensor.FakeTensorMode` gives every tensor a device and a storage size but no data. The
+  simulated GPU is the `meta` device (`DEVICE`); the host is a fake CPU. A fake "cuda" device is not usable on a
+  CPU-only PyTorch build: `Tensor.to("cuda")`, `torch.tensor(..., device="cuda")` and Python indexing initialise
+  CUDA or take a CUDA device guard before dispatch. Fake meta tensors get CPU dispatch keys (patched
+  `Tensor._make_subclass`), so `param.data = x` works between host and device as it does between CPU and CUDA;
+  `FakeTensor.data`'s setter follows the new device, and `nn.Module._apply` uses `param.data = fn(param)` (what torch
+  does for ordinary tensors) instead of swapping FakeTensor parameters.
+- Tensors that are real, on the CPU and small (the scheduler's sigmas and timesteps, a tokenised prompt) stay real,
+  so Python control flow (`int(index)`, `float(sigma)`) works: an op whose tensor inputs are all real CPU tensors and
+  that creates nothing on the device runs for real; a factory makes a real tensor when small (<= 65,536 elements,
+  not a storage buffer); everything else runs on fake tensors. A data-dependent Python value of a fake tensor
+  (`bool(torch.isfinite(x).all())`) is assumed to be True / 0 (input checks pass) and counted.
 - `MemoryTracker` (a `TorchDispatchMode` above the fake mode) sees every op's outputs and keeps a table of live
   storages keyed by the storage's C pointer, with a `StorageWeakRef` to learn when the last tensor using it is gone
-  (the Python storage object is new at each `untyped_storage()` call, so it cannot be the key). Live bytes are
-  summed per device (cuda / cpu, pinned apart) and the peak of each is kept, globally and per named stage.
-  Each device allocation is rounded up to 512 bytes, as PyTorch's CUDA caching allocator does.
+  (the Python storage object is new at each `untyped_storage()` call, so it cannot be the key). Dead storages are
+  looked for whenever an allocation could set a new peak, so the peak is exact. Live bytes are summed per device
+  ("device", "cpu", "pinned") and the peak of each is kept, globally and per named stage. Each device allocation is
+  rounded up to 512 bytes, as PyTorch's CUDA caching allocator does. Host -> device copies (`_to_copy`, `copy_`
+  across devices) are summed.
 - Attention: on meta/CPU `scaled_dot_product_attention` would decompose into the math kernel, which materialises
   the [B, heads, Lq, Lk] score matrix (172 GB per call at 480p). Inside the simulator it is replaced by the kernel a
-  GPU runs: FlashAttention (`aten._scaled_dot_product_flash_attention`: output + fp32 log-sum-exp) for fp16/bf16,
-  memory-efficient attention (`aten._scaled_dot_product_efficient_attention`) for fp32.
-- The CUDA runtime calls the project makes (`torch.cuda.Stream/Event/stream/current_stream/synchronize`,
-  `Tensor.record_stream`, `torch.cuda.max_memory_allocated/reset_peak_memory_stats/mem_get_info`, `is_available`)
-  are answered by the simulator: streams and events become recorders (so the streamer's CUDA branch runs: side
-  stream, event wait, `record_stream`, pinned buffers) and the memory queries return the simulated figures.
+  GPU runs (`ATTENTION_KERNEL`).
+- `apply_rope`'s chunk loop is summarised (`apply_rope_summary`, same peak; `exact_rope=True` runs the loop).
 
 What it cannot see (see docs/memory.md): the caching allocator's fragmentation and block rounding above 512 B, the
 CUDA context, cuBLAS/cuDNN/flash workspaces, NCCL buffers, whether the prefetch copy really overlaps the compute,
-and real kernel speed. `ALLOWANCE_*` below is added for them in every reported "with allowance" figure.
+and real kernel speed. `with_allowance` adds `ALLOWANCE_*` for them in every reported "with allowance" figure.
 """
 from __future__ import annotations
 

@@ -64,8 +64,8 @@ H100_BF16_FLOPS = 989e12
 PCIE_BYTES_PER_S = 50e9
 PROMPT_TOKENS = 100
 UPSTREAM = {  # published peak GPU memory, for comparison (different code, GPU and settings; see the report)
-    "UniAnimate-DiT README (A800, 480p, 81 frames)": {"7B resident": "~23 GB", "0 resident": "~14 GB"},
-    "DiffSynth-Studio Wan2.1-I2V-14B examples": {"7B resident": "~24 GB", "0 resident": "~10 GB"},
+    "UniAnimate-DiT (published, A800, 480p)": {"7B resident": "23 GB", "0 resident": "14 GB"},
+    "DiffSynth-Studio (published)": {"7B resident": "24 GB", "0 resident": "10 GB"},
 }
 
 
@@ -435,7 +435,7 @@ def table_rows(results: List[dict]) -> List[str]:
     stage_names = ["umT5 encode (2 prompts)", "CLIP encode", "VAE encode (reference)", "pose guider",
                    "DiT step (one guided prediction)"]
     decodes = decode_peaks(results)
-    head = ("| tier | res | CFG | peak GPU, simulated | + allowance | host RAM peak | "
+    head = ("| tier | res | CFG | peak GPU, simulated | + allowance | host RAM in denoise / peak | "
             + " | ".join(["umT5", "CLIP", "VAE enc", "pose guider", "DiT step", "decode"]) + " | H2D GB/step |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -449,22 +449,66 @@ def table_rows(results: List[dict]) -> List[str]:
         peak = generation_peak(r, decodes)
         rows.append(f"| {r['tier']} | {r['resolution']} | {'batched' if r['cfg_batch'] else 'one by one'} | "
                     f"{gib(peak):.2f} GiB | {gib(with_allowance(peak)):.1f} GiB | "
-                    f"{gib(r['peak_host']):.1f} GiB | " + " | ".join(cells) +
+                    f"{gib(stages['stage:denoise']['peak_host']):.1f} / {gib(r['peak_host']):.1f} GiB | "
+                    + " | ".join(cells) +
                     f" | {step_figures(r)['h2d_bytes_per_step'] / 1e9:.1f} |")
     return rows
 
 
 def long_rows(results: List[dict]) -> List[str]:
-    rows = ["| windows | frames | peak GPU (simulated) | denoise stage | decode stage | pose stage | host RAM peak |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| windows | frames | peak GPU (simulated) | denoise stage | pose stage | host RAM peak |",
+            "|---|---|---|---|---|---|"]
     for r in results:
         if not r.get("long_windows"):
             continue
         st = r["stages"]
-        dec = st.get("stage:decode (streamed)", st.get("stage:decode", {})).get("peak_device", 0)
         rows.append(f"| {r['long_windows']} | {r['num_frames']} | {gib(r['peak_device']):.2f} GiB | "
-                    f"{gib(st['stage:denoise']['peak_device']):.2f} GiB | {gib(dec):.2f} GiB | "
+                    f"{gib(st['stage:denoise']['peak_device']):.2f} GiB | "
                     f"{gib(st['stage:pose']['peak_device']):.2f} GiB | {gib(r['peak_host']):.1f} GiB |")
+    return rows
+
+
+CALLS = {"all resident": "`enable_vram_management(None)`", "7B resident": "`enable_vram_management(7e9)`",
+         "0 resident": "`enable_vram_management(0)`",
+         "fp8 + 0": "fp8 load + `enable_vram_management(0)`", "CPU offload": "`enable_cpu_offload()`"}
+
+
+def readme_rows(report: dict) -> List[str]:
+    """The README's tier table, from the simulated figures (each cell labelled simulated)."""
+    results = [r for r in report["results"] if not r.get("long_windows")]
+    decodes = decode_peaks(results)
+    speed = {(row["resolution"], row["tier"], row["cfg_batch"]): row for row in report.get("speed", [])}
+
+    def find(tier, res, batch):
+        return next((r for r in results if r["tier"] == tier and r["resolution"] == res and r["cfg_batch"] == batch),
+                    None)
+
+    def peak(r):
+        return f"{gib(generation_peak(r, decodes)):.1f}" if r is not None else "n/s"
+
+    def allowance(r):
+        return f"{gib(with_allowance(generation_peak(r, decodes))):.1f}" if r is not None else "n/s"
+
+    rows = ["| tier | call | GPU peak 480p (832x480), simulated: CFG one by one / batched | the same + allowance | "
+            "s/step 480p, H100 lower bound | GPU peak 720p, simulated: one by one / batched | host RAM while "
+            "denoising, simulated |", "|---|---|---|---|---|---|---|"]
+    for tier in TIERS:
+        one, both = find(tier, "480p", False), find(tier, "480p", True)
+        one7, both7 = find(tier, "720p", False), find(tier, "720p", True)
+        if one is None and both is None:
+            continue
+        sp = speed.get(("480p", tier, True))
+        if sp is not None:
+            hidden = sp["prefetch_hides"] and speed.get(("480p", tier, False), sp)["prefetch_hides"]
+            seconds = f"{sp['compute_s_per_step']:.1f}" + (" (copies hidden)" if hidden else
+                                                          f" + {sp['transfer_s_per_step']:.1f} copies")
+        else:
+            seconds = "n/s"
+        if tier == "CPU offload":
+            seconds += " + moving 33 GB per call"
+        host = (one or both)["stages"]["stage:denoise"]["peak_host"]
+        rows.append(f"| {tier} | {CALLS[tier]} | {peak(one)} / {peak(both)} GiB | {allowance(one)} / "
+                    f"{allowance(both)} GiB | {seconds} | {peak(one7)} / {peak(both7)} GiB | {gib(host):.1f} GiB |")
     return rows
 
 
@@ -482,29 +526,55 @@ def write_report(report: dict, out_dir: Path = RESULTS) -> None:
     lines += ["", "Stage columns: the device peak while that stage runs (everything resident at the time included); "
               "(x): the decode simulated in the 0-resident run of that resolution (the DiT is offloaded before the "
               "VAE runs, so the decode does not depend on the tier).",
-              "Host RAM peak: fake-CPU storage during the generation (models parked in CPU memory, the streamed "
-              "weights' buffers, pose frames, the returned frames); pinned on CUDA for the streamed buffers.", ""]
+              "Host RAM: fake-CPU storage (models parked in CPU memory, the streamed weights' buffers, which are "
+              "pinned on CUDA, the pose frames, the returned frames), during the denoising loop and over the whole "
+              "call (the peak is at the start, when every model still sits in CPU memory as the ModelManager loaded "
+              "it).", ""]
     if any(r.get("long_windows") for r in report["results"]):
         lines += ["## Long video (0 resident, 480p, one window = 81 frames, overlap 4 latent frames)", ""]
-        lines += long_rows(report["results"]) + [""]
+        lines += long_rows(report["results"])
+        lines += ["", "cfg 1.5 batched, 1 step, stopped before the decode (it streams one latent frame at a time "
+                  "through the tiled VAE: flat by construction, not simulated here). Host RAM grows with the "
+                  "length: the pose frames given as input (fp32, 1.6 MB per frame at 480p) and each window's pose "
+                  "tokens parked on the CPU (335 MB per window).", ""]
     if report.get("speed"):
         lines += ["## FLOPs and the H100 lower bound per CFG step", "",
                   f"Figures used: {H100_BF16_FLOPS / 1e12:g} TFLOP/s dense bf16 (H100 SXM), {PCIE_BYTES_PER_S / 1e9:g} "
                   "GB/s pinned host -> device (PCIe Gen5 x16). Lower bounds: real kernels reach 40-70% of peak.", "",
-                  "| res | tier | FLOPs / DiT forward | FLOPs / generation (50 steps, CFG) | H2D GB / step | compute s / step"
-                  " | transfer s / step | per block: compute ms / copy ms | prefetch hides copy |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "FLOPs / DiT forward: one CFG branch (batch 1). FLOPs / generation: 50 steps x 2 branches + the "
+                  "other stages (umT5, CLIP, VAE encode, pose guider, and at 480p the tiled decode; the 720p FLOP "
+                  "run stopped before the decode). Per block: the compute of one block in one DiT call (batch 2 when "
+                  "batched, batch 1 one by one) against the copy of its streamed weights.", "",
+                  "| res | tier | CFG | FLOPs / DiT forward | FLOPs / generation (50 steps, CFG) | H2D GB / step | "
+                  "compute s / step | transfer s / step | per block: compute ms / copy ms | prefetch hides copy |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for row in report["speed"]:
-            lines.append(f"| {row['resolution']} | {row['tier']} | {row['flops_per_forward']:.3e} | "
+            lines.append(f"| {row['resolution']} | {row['tier']} | "
+                         f"{'batched' if row['cfg_batch'] else 'one by one'} | {row['flops_per_forward']:.3e} | "
                          f"{row['flops_per_generation']:.3e} | {row['h2d_bytes_per_step'] / 1e9:.1f} | "
                          f"{row['compute_s_per_step']:.2f} | {row['transfer_s_per_step']:.2f} | "
                          f"{row['block_compute_ms']:.0f} / {row['block_copy_ms']:.0f} | "
                          f"{'yes' if row['prefetch_hides'] else 'NO'} |")
         lines.append("")
-    lines += ["## Published figures (for comparison; other code, GPUs and settings)", ""]
-    for source, figures in UPSTREAM.items():
-        lines.append(f"- {source}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
-    lines.append("")
+    lines += ["## README tier table (simulated)", "",
+              "n/s: not simulated. Peaks include the tiled decode of the same resolution. Allowance: "
+              f"x{1 + ALLOWANCE_FRACTION:g} + {ALLOWANCE_FIXED_GIB:g} GiB. s/step: cfg 1.5 (two DiT forwards), "
+              "FLOPs / 989 TFLOP/s; copies hidden when a block's copy (50 GB/s) is shorter than its compute.", ""]
+    lines += readme_rows(report) + [""]
+    lines += ["## Published figures (for comparison; other code, GPUs and settings)", "",
+              "| tier | this project, simulated, one by one / batched CFG (GB = 10^9, with allowance) | "
+              + " | ".join(UPSTREAM) + " |", "|---|---|" + "---|" * len(UPSTREAM)]
+    decodes = decode_peaks(report["results"])
+    for tier in ("7B resident", "0 resident"):
+        runs = {r["cfg_batch"]: r for r in report["results"] if r["tier"] == tier and r["resolution"] == "480p"
+                and not r.get("long_windows")}
+        ours = " / ".join(f"{with_allowance(generation_peak(runs[b], decodes)) / 1e9:.1f}" if b in runs else "n/s"
+                          for b in (False, True))
+        lines.append(f"| {tier} | {ours} | " + " | ".join(UPSTREAM[src].get(tier, "-") for src in UPSTREAM) + " |")
+    lines += ["", "The published figures are nvidia-smi-style totals from other implementations (upstream copies "
+              "each layer's weights per call and keeps umT5/CLIP differently); users of the upstream report up "
+              "to 47 GB measured where 23 GB was promised. Not comparable cell by cell, listed as the reference "
+              "points issue 22 names.", ""]
     (out_dir / "simulate.md").write_text("\n".join(lines))
 
 
@@ -547,8 +617,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--windows", default="1,2,4,8", help="long-video windows ('' to skip)")
     parser.add_argument("--no_flops", action="store_true")
+    parser.add_argument("--cfg", choices=("default", "batched", "one_by_one"), default="default",
+                        help="default: both at 480p, batched at 720p")
+    parser.add_argument("--no_decode", action="store_true", help="stop every run before the VAE decode")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="write one report from several simulate.json files (their runs and FLOP runs)")
     parser.add_argument("--out_dir", default=str(RESULTS))
     args = parser.parse_args(argv)
+    if args.merge:
+        reports = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = [r for rep in reports for r in rep["results"]]
+        flop_results = [r for rep in reports for r in rep.get("flop_runs", [])]
+        report = dict(reports[0], results=results, flop_runs=flop_results,
+                      failures=[f for rep in reports for f in rep.get("failures", [])],
+                      speed=speed_rows(flop_results, results) if flop_results else [])
+        write_report(report, Path(args.out_dir))
+        return report
     tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
     resolutions = [r.strip() for r in args.resolution.split(",") if r.strip()]
     windows = [] if args.quick else [int(w) for w in args.windows.split(",") if w.strip()]
@@ -583,8 +667,10 @@ def main(argv=None) -> dict:
             for tier in tiers:
                 # The decode does not depend on the tier (the DiT is offloaded before the VAE runs): simulated once
                 # per resolution, in the "0 resident" run.
-                for batch in ((True,) if args.quick or resolution != "480p" else (True, False)):
-                    decode = not args.quick and batch and tier == "0 resident"
+                batches = {"batched": (True,), "one_by_one": (False,)}.get(
+                    args.cfg, (True,) if args.quick or resolution != "480p" else (True, False))
+                for batch in batches:
+                    decode = not args.quick and not args.no_decode and batch and tier == "0 resident"
                     run(f"{tier} {resolution} cfg_batch={batch} decode={decode}", tier=tier, resolution=resolution,
                         steps=args.steps, cfg_batch=batch, decode=decode, session=session)
         for n in windows:
