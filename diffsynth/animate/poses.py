@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -86,11 +87,13 @@ def _remove_leftovers(folder: Path) -> None:
 
 
 def prepare_poses(reference, driving, folder, canvas: Tuple[int, int], resize: str = "pad",
-                  backend: str = "dwpose", det_model: Optional[str] = None, pose_model: Optional[str] = None,
+                  backend: str = "auto", det_model: Optional[str] = None, pose_model: Optional[str] = None,
                   smooth: bool = False, progress: bool = False) -> PoseFolder:
     """Extract and align the poses of `driving` to `reference` into `folder` on a `canvas` (width, height), or
     reuse the folder when an earlier run recorded the same inputs and its pose images are unchanged. A folder that
-    is a symlink, or a non-empty one without a manifest (not made by this tool), is refused."""
+    is a symlink, or a non-empty one without a manifest (not made by this tool), is refused. `backend="auto"`:
+    DWPose when both its files are there, else the offline MediaPipe backend, said in one line on stderr."""
+    from ..pose.backends import resolve_backend  # noqa: PLC0415
     from ..pose.extract import SmoothingOptions, load_manifest, run_align_pose  # noqa: PLC0415
     from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL  # noqa: PLC0415
 
@@ -99,6 +102,9 @@ def prepare_poses(reference, driving, folder, canvas: Tuple[int, int], resize: s
         raise ValueError(f"pose folder {folder} is a symbolic link; refusing to write through it: remove the link "
                          f"(its target is kept) or choose another --out")
     models = (str(det_model or DEFAULT_DET_MODEL), str(pose_model or DEFAULT_POSE_MODEL))
+    backend, notice = resolve_backend(backend, *models)     # `auto`: DWPose if its files are there, else offline
+    if notice:
+        print(notice, file=sys.stderr)
     key = cache_key(reference, driving, canvas, resize, backend, models, smooth)
     reused = False
     if folder.is_dir() and any(folder.iterdir()):

