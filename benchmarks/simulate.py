@@ -530,6 +530,20 @@ def write_report(report: dict, out_dir: Path = RESULTS) -> None:
               "pinned on CUDA, the pose frames, the returned frames), during the denoising loop and over the whole "
               "call (the peak is at the start, when every model still sits in CPU memory as the ModelManager loaded "
               "it).", ""]
+    lines += ["## Host memory per tier (480p, while denoising, GiB, simulated)", "",
+              "Pinned on CUDA: the streamer's flat buffers (the streamed DiT part, umT5 and CLIP, which stream whole). "
+              "Other: what stays in pageable CPU memory (models parked by CPU offload, the input pose frames, "
+              "the reference image, small tensors).", "",
+              "| tier | pinned: DiT | pinned: umT5 | pinned: CLIP | other | total |", "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if r["resolution"] != "480p" or r.get("long_windows") or not r["cfg_batch"]:
+            continue
+        pinned = r["streamed_host_bytes"]
+        total = r["stages"]["stage:denoise"]["peak_host"]
+        other = total - sum(pinned.values())
+        lines.append(f"| {r['tier']} | {gib(pinned.get('dit', 0)):.2f} | {gib(pinned.get('text_encoder', 0)):.2f} | "
+                     f"{gib(pinned.get('image_encoder', 0)):.2f} | {gib(other):.2f} | {gib(total):.2f} |")
+    lines.append("")
     if any(r.get("long_windows") for r in report["results"]):
         lines += ["## Long video (0 resident, 480p, one window = 81 frames, overlap 4 latent frames)", ""]
         lines += long_rows(report["results"])
@@ -696,6 +710,7 @@ def main(argv=None) -> dict:
               "results": results, "flop_runs": flop_results, "failures": failures,
               "speed": speed_rows(flop_results, results) if flop_results else []}
     write_report(report, Path(args.out_dir))
+    (Path(args.out_dir) / "simulate.partial.json").unlink(missing_ok=True)
     return report
 
 
