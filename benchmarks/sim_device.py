@@ -21,7 +21,8 @@ How it works
   (`bool(torch.isfinite(x).all())`) is assumed to be True / 0 (input checks pass) and counted.
 - `MemoryTracker` (a `TorchDispatchMode` above the fake mode) sees every op's outputs and keeps a table of live
   storages keyed by the storage's C pointer, with a `StorageWeakRef` to learn when the last tensor using it is gone
-  (the Python storage object is new at each `untyped_storage()` call, so it cannot be the key). Dead storages are
+  (the Python storage object is not kept alive by its tensors: a later `untyped_storage()` may return a new one,
+  at a reused address, so neither it nor its id can be the key). Dead storages are
   looked for whenever an allocation could set a new peak, so the peak is exact. Live bytes are summed per device
   ("device", "cpu", "pinned") and the peak of each is kept, globally and per named stage. Each device allocation is
   rounded up to 512 bytes, as PyTorch's CUDA caching allocator does. Host -> device copies (`_to_copy`, `copy_`

@@ -40,13 +40,17 @@ TIER_CEILINGS_GB = {"0 resident": 12, "fp8 + 0": 10, "7B resident": 20, "all res
 def test_tracker_counts_storages_once_and_frees_them():
     with sim_device.SimDevice(flops=False) as sim:
         x = torch.empty(1024, 1024, device=sim_device.DEVICE)          # 4 MiB
-        view = x[:512]                                                   # same storage: not counted again
+        view, view2 = x[:512], x.view(-1)[7:]                            # same storage: not counted again
         assert sim.live() == 4 * 2**20
+        del view2
         y = x * 2
         assert sim.live() == 8 * 2**20
         del x
         assert sim.live() == 8 * 2**20                                   # the view keeps the storage alive
         del view, y
+        z = torch.empty(1536, 1024, device=sim_device.DEVICE)          # 6 MiB into the freed space
+        assert sim.peak() == 8 * 2**20                                   # freed storages released before it
+        del z
         assert sim.live() == 0 and sim.peak() == 8 * 2**20
         host = torch.empty(256, 1024)                                    # 1 MiB on the fake host
         moved = host.to(sim_device.DEVICE)
