@@ -13,7 +13,7 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from diffsynth.data.training_data import prepare_training_data
+from diffsynth.training.samples import prepare_training_data
 from diffsynth.pose.backends import BACKENDS
 from diffsynth.pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 

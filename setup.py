@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["diffsynth", "diffsynth.*"]),
-    # The trained tiny demo model (diffsynth/demo_model.py): weights, config, tokenizer and card.
+    # The trained tiny demo model (diffsynth/demo/model.py): weights, config, tokenizer and card.
     package_data={"diffsynth": ["assets/demo_model/*.safetensors", "assets/demo_model/*.json",
                                 "assets/demo_model/*.md", "assets/demo_model/google/umt5-xxl/*"]},
     entry_points={"console_scripts": ["diffsynth=diffsynth.cli:main"]},   # diffsynth animate / download

@@ -23,8 +23,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the ONNX stand-ins live with the tests
 
-from diffsynth.pose import draw_pose, run_align_pose, standins  # noqa: E402
+import standins  # noqa: E402
+from diffsynth.pose import draw_pose, run_align_pose  # noqa: E402
 from diffsynth.pose.retarget import apply_retargeting, fit_retargeting  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_pose.json"

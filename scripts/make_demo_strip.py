@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffsynth.demo_model import HELD_OUT_SEED, write_strip  # noqa: E402
+from diffsynth.demo.model import HELD_OUT_SEED  # noqa: E402
+from tools.demo_model.evaluate import write_strip  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

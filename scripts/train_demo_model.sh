@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain the tiny demo model on CPU and write it to diffsynth/assets/demo_model/.
 # Every stage uses this project's own code: synthetic data -> VAE -> data_process cache -> full DiT -> LoRA.
-# Extra arguments go to `python -m diffsynth.demo_model` (e.g. --work_dir, --out_dir, --full_steps 9000).
+# Extra arguments go to `python -m tools.demo_model` (e.g. --work_dir, --out_dir, --full_steps 9000).
 # The shipped model (its MODEL_CARD.md has the numbers) was made in two runs, about 2.5 h on 2 threads in all:
 # 1. the one-figure demo model of commit 7da87a3, whose VAE fine-tuned the first demo model's (commit 84e026b):
 #      git show 84e026b:diffsynth/assets/demo_model/Wan2.1_VAE.safetensors > outputs/first_demo_vae.safetensors
@@ -21,4 +21,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export DEMO_THREADS=${DEMO_THREADS:-$OMP_NUM_THREADS}
-exec "$PY" -m diffsynth.demo_model "$@"
+exec "$PY" -m tools.demo_model "$@"

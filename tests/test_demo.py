@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from diffsynth.data import VideoData
-from diffsynth.data.synthetic import make_example
-from diffsynth.demo import main
-from diffsynth.demo_model import ASSET_DIR, HELD_OUT_SEED, psnr
+from diffsynth.demo.synthetic import make_example
+from diffsynth.demo.run import main
+from diffsynth.demo.model import ASSET_DIR, HELD_OUT_SEED
+from tools.demo_model.evaluate import psnr
 
 DEMO_MIN_PSNR = 19.0    # held-out clip 1 through the mp4: measured 21.1 dB (another clip's frames: 12.4 dB)
 
@@ -51,7 +52,7 @@ def test_readme_flow_in_bf16_tracks_fp32(tmp_path):
     """The released setup: DiT/T5/VAE in bf16, CLIP and the pose guider in fp32."""
     import torch
 
-    from diffsynth.demo import draw_rgb, run_readme_flow, stick_figure, synthetic_reference
+    from diffsynth.demo.run import draw_rgb, run_readme_flow, stick_figure, synthetic_reference
     from diffsynth.tiny import build_tiny_models, save_tiny_checkpoints
 
     checkpoints = save_tiny_checkpoints(build_tiny_models(str(tmp_path / "tok")), str(tmp_path / "ckpt"))

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from diffsynth.data.synthetic import make_example
-from diffsynth.demo_model import (ASSET_DIR, EVAL_SEEDS, HELD_OUT_SEED, POSE_MARGIN_DB, REFERENCE_POSE_CHECK,
-                                  REFERENCE_POSE_MARGIN_DB, evaluate, generate, load_demo_pipeline)
+from diffsynth.demo.synthetic import make_example
+from diffsynth.demo.model import ASSET_DIR, HELD_OUT_SEED, generate, load_demo_pipeline
+from tools.demo_model.evaluate import (EVAL_SEEDS, POSE_MARGIN_DB, REFERENCE_POSE_CHECK, REFERENCE_POSE_MARGIN_DB,
+                                       evaluate)
 
 REPO = Path(__file__).resolve().parents[1]
 # Measured on the shipped weights (MODEL_CARD.md, 4 held-out clips, 10 steps, seed 0): baseline 20.98 dB full /
@@ -109,7 +110,8 @@ def test_full_stage_init_from_a_demo_model_holds_its_dit_and_pose_guider(tmp_pat
     import torch
     from safetensors.torch import load_file
 
-    from diffsynth.demo_model import full_init_file, model_files
+    from diffsynth.demo.model import model_files
+    from tools.demo_model.train import full_init_file
     from diffsynth.loading.lora import pose_guider_state_dict
 
     files = model_files(ASSET_DIR)
@@ -124,7 +126,7 @@ def test_full_stage_init_from_a_demo_model_holds_its_dit_and_pose_guider(tmp_pat
 
 
 def test_vae_from_and_vae_init_together_are_refused(capsys):
-    from diffsynth.demo_model import main
+    from tools.demo_model.__main__ import main
 
     with pytest.raises(SystemExit):
         main(["--vae_from", "a.safetensors", "--vae_init", "b.safetensors"])
@@ -132,7 +134,7 @@ def test_vae_from_and_vae_init_together_are_refused(capsys):
 
 
 def test_card_of_a_fine_tuned_model_counts_both_runs(tmp_path):
-    from diffsynth.demo_model import training_seconds, write_card
+    from tools.demo_model.card import training_seconds, write_card
 
     before = {"vae": {"steps": 600, "seconds": 600}, "full": {"steps": 5000, "seconds": 3000},
               "lora": {"steps": 150, "seconds": 60}}
@@ -150,7 +152,8 @@ def test_calibrated_pose_guider_brings_the_pose_tokens_to_the_patch_tokens_scale
     import numpy as np
     import torch
 
-    from diffsynth.demo_model import DEMO_POSE, calibrated_pose_guider
+    from diffsynth.demo.model import DEMO_POSE
+    from tools.demo_model.train import calibrated_pose_guider
     from diffsynth.models.pose_guider import PoseGuider
 
     video = torch.stack([torch.from_numpy(np.stack(make_example(s).poses)).permute(3, 0, 1, 2)
@@ -165,7 +168,7 @@ def test_calibrated_pose_guider_brings_the_pose_tokens_to_the_patch_tokens_scale
 def test_a_stopped_training_stage_ends_the_script_without_marking_it_done():
     from types import SimpleNamespace
 
-    from diffsynth.demo_model import _train_stage
+    from tools.demo_model.train import _train_stage
 
     stopped = SimpleNamespace(train=lambda args, configs: SimpleNamespace(stopped_by_signal=2, global_step=7))
     with pytest.raises(SystemExit, match="stopped at step 7"):
@@ -178,7 +181,8 @@ def test_vae_fine_tuning_starts_from_the_given_weights():
     """--vae_init: the VAE stage continues the given VAE (lr 0 leaves it exactly as it was), clips batched."""
     import torch
 
-    from diffsynth.demo_model import DEMO_VAE, train_vae
+    from diffsynth.demo.model import DEMO_VAE
+    from tools.demo_model.train import train_vae
     from diffsynth.models.wan_vae import WanVideoVAE
 
     torch.manual_seed(123)
@@ -190,7 +194,7 @@ def test_vae_fine_tuning_starts_from_the_given_weights():
 
 
 def test_model_card_describes_a_fine_tuned_vae(tmp_path):
-    from diffsynth.demo_model import write_card
+    from tools.demo_model.card import write_card
 
     record = {"vae_init": {"file": "old/Wan2.1_VAE.safetensors", "sha256": "ab" * 32,
                            "reconstruction_psnr_held_out": 17.9,
@@ -210,7 +214,7 @@ def test_demo_strip_layout(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from diffsynth.demo_model import write_strip
+    from tools.demo_model.evaluate import write_strip
 
     seeds = (HELD_OUT_SEED, HELD_OUT_SEED + 1)
     frames = (0, 4, 8)
@@ -229,7 +233,7 @@ def test_demo_strip_layout(tmp_path):
 
 
 def test_demo_strip_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
-    from diffsynth.demo_model import write_strip
+    from tools.demo_model.evaluate import write_strip
 
     outside = tmp_path / "outside.png"
     outside.write_bytes(b"user data")
@@ -244,7 +248,7 @@ def test_demo_strip_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
 def test_a_work_dir_with_other_clips_is_refused(tmp_path):
     """The data stage reuses a finished folder only for the same clips: a second run with another --bystander_every
     in the same --work_dir would train on the first run's clips (and cache) without saying so."""
-    from diffsynth.demo_model import _write_data, bystander_seeds
+    from tools.demo_model.train import _write_data, bystander_seeds
 
     seeds = [0, 1]
     _write_data(tmp_path / "data", seeds, bystander_seeds(seeds, 2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import pytest
 
-from diffsynth.pose import standins
+import standins
 
 # Planted in 640x640 detector-input pixels: inside the letterbox of a 16:9 photo and of a 3:4 driving frame.
 PERSON_BOX = ((40.0, 40.0, 200.0, 300.0), 0.9, 0, 0.95)

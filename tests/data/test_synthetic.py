@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from diffsynth.data.synthetic import CLIP_FRAMES, make_clip, make_example, render, write_dataset
+from diffsynth.demo.synthetic import CLIP_FRAMES, make_clip, make_example, render, write_dataset
 
 SEEDS = (3, 100_001)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from diffsynth.data import VideoData
-from diffsynth.pose import standins
+import standins
 from tests.animate.conftest import PERSON_BOX, landscape_photo, write_driving
 
 ROOT = Path(__file__).resolve().parents[2]

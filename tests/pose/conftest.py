@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffsynth.pose import standins
+import standins
 
 # The planted person, in 640x640 detector-input pixels, plus decoys the post-processing must drop.
 PERSON = ((160.0, 40.0, 400.0, 600.0), 0.9, 0, 0.95)  # score 0.855

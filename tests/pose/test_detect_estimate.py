@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from diffsynth.pose import standins
+import standins
 from diffsynth.pose.detect import PersonDetector, letterbox, nms, postprocess
 from diffsynth.pose.estimate import MEAN, STD, WholeBodyEstimator, box_to_center_scale, simcc_decode, warp_matrix
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import run_align_pose
-from diffsynth.pose import DWPoseBackend, PoseAlignmentWarning, redraw_from_json, select_person, standins
+import standins
+from diffsynth.pose import DWPoseBackend, PoseAlignmentWarning, redraw_from_json, select_person
 from diffsynth.pose.backends import FramePose
 from diffsynth.pose.extract import frame_file_name
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffsynth.pose import BONES, PoseAlignmentWarning, align_poses, apply_retargeting, fit_retargeting
-from diffsynth.pose.standins import synthetic_pose
+from standins import synthetic_pose
 
 
 def _reference():

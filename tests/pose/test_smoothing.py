@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffsynth.pose import OneEuroFilter, smooth_poses
-from diffsynth.pose.standins import synthetic_pose
+from standins import synthetic_pose
 
 
 def test_filter_reduces_jitter_on_a_still_point():

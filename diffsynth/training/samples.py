@@ -38,7 +38,7 @@ from ..pose.draw import draw_pose, write_image
 from ..pose.extract import fill_missing
 from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 from ..pose.sources import FrameSource
-from .safe_write import Manifest, atomic_write_text, check_output_folder, make_folder
+from ..data.safe_write import Manifest, atomic_write_text, check_output_folder, make_folder
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .keypoints import Pose, wholebody_to_pose
+from diffsynth.pose.keypoints import Pose, wholebody_to_pose
 
 DET_SIZE = 640
 DET_STRIDES = (8, 16, 32)

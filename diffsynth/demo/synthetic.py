@@ -1,4 +1,4 @@
-"""Seeded synthetic "mannequin" clips: the training and test data of the demo model (diffsynth/demo_model.py).
+"""Seeded synthetic "mannequin" clips: the training and test data of the demo model (diffsynth/demo/model.py, trained by tools/demo_model).
 
 A clip is one character (body proportions + appearance) moving along a smooth random joint-angle trajectory
 (a walk, arm waves, turns, a squat bob, mixed with random amplitudes), mostly travelling across the frame, drawn as
@@ -482,7 +482,7 @@ def write_sample_folder(clip: Clip, folder, text: Optional[str] = None) -> Path:
         write_image(folder / "frames" / name, frame[..., ::-1])   # RGB -> BGR for OpenCV
         write_image(folder / "poses" / name, pose[..., ::-1])     # back to draw_pose's own channel order
     height, width = clip.frames[0].shape[:2]
-    source = f"diffsynth.data.synthetic seed {clip.seed}" + (" with a bystander" if clip.bystander else "")
+    source = f"diffsynth.demo.synthetic seed {clip.seed}" + (" with a bystander" if clip.bystander else "")
     meta = {"format": "diffsynth.training_sample/1", "source": source,
             "source_size": [width, height], "width": width, "height": height, "fps": 15.0,
             "num_frames": len(names), "files": names, "backend": "synthetic",

@@ -14,7 +14,7 @@ from PIL import Image
 
 import prepare_training_data as cli
 from diffsynth.data import save_video
-from diffsynth.data.training_data import (
+from diffsynth.training.samples import (
     UnsafePickleError, crop_and_resize, frame_file_name, load_legacy_pickle, prepare_training_data, processed_size,
     read_legacy_pickle_sample, read_training_sample,
 )
@@ -32,7 +32,7 @@ PEOPLE = (False, True, True, False, True, True)  # frame 0 holds the next pose, 
 def models(tmp_path_factory):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from diffsynth.pose import standins
+    import standins
 
     folder = tmp_path_factory.mktemp("pose_models")
     return {"det_model": standins.build_detector(folder / "det.onnx", [PERSON]),
@@ -123,7 +123,7 @@ def test_sample_folder_frames_poses_and_meta(prepared):
 
 
 def test_pose_images_are_drawn_at_frame_size_in_opencv_colour_order(prepared):
-    from diffsynth.pose.standins import synthetic_pose
+    from standins import synthetic_pose
 
     video_dir, _ = prepared
     poses = video_dir / "training_video_pose" / "dance" / "poses"
@@ -166,7 +166,7 @@ def test_existing_sample_is_skipped_and_overwrite_keeps_other_files(tmp_path, mo
     (sample / "frames" / "000099.jpg").write_bytes(b"mine")  # looks like ours, but no manifest lists it
     (sample / "frames" / "keep.png").write_bytes(b"mine")
 
-    with caplog.at_level(logging.INFO, logger="diffsynth.data.training_data"):
+    with caplog.at_level(logging.INFO, logger="diffsynth.training.samples"):
         summary = prepare_training_data(tmp_path, out, progress=False, **models)
     assert summary.written == [] and "clip.mp4" in summary.skipped
     assert "clip.mp4" in caplog.text and "--overwrite" in caplog.text
@@ -206,7 +206,7 @@ def test_broken_video_is_logged_and_the_others_go_on(tmp_path, models, caplog, c
 
 @pytest.mark.parametrize("name", ["poses/000001.jpg", "meta.json"])
 def test_a_user_file_in_the_way_fails_that_video_and_is_kept(tmp_path, models, monkeypatch, name):
-    from diffsynth.data import training_data
+    from diffsynth.training import samples as training_data
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -240,7 +240,7 @@ def test_a_damaged_manifest_fails_that_video_and_deletes_nothing(tmp_path, model
 
 
 def test_a_wrong_header_frame_count_leaves_a_manifest_of_exactly_the_files(tmp_path, models, monkeypatch):
-    from diffsynth.data import training_data
+    from diffsynth.training import samples as training_data
 
     _write(tmp_path / "clip.mp4", PEOPLE[:3])
     monkeypatch.setattr(training_data.FrameSource, "approximate_length", lambda self: 10)  # 3 frames really
@@ -282,7 +282,7 @@ def test_symlinks_in_the_output_folder_are_never_followed(tmp_path, models):
 
 
 def test_a_crash_leaves_a_manifest_the_next_overwrite_cleans(tmp_path, models, monkeypatch):
-    from diffsynth.data import training_data
+    from diffsynth.training import samples as training_data
 
     _write(tmp_path / "clip.mp4", PEOPLE[:4])
     out = tmp_path / "out"

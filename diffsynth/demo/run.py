@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.pose_folder import comparison_panels
-from .data.video import save_video
-from .loading import ModelManager
-from .pipelines import WanUniAnimateVideoPipeline, load_pose_data
-from .pose.draw import draw_pose
-from .pose.keypoints import Pose
-from .tiny import TINY_CLIP, TINY_T5, TinyCheckpoints, build_tiny_models, save_tiny_checkpoints
+from ..data.pose_folder import comparison_panels
+from ..data.video import save_video
+from ..loading import ModelManager
+from ..pipelines import WanUniAnimateVideoPipeline, load_pose_data
+from ..pose.draw import draw_pose
+from ..pose.keypoints import Pose
+from ..tiny import TINY_CLIP, TINY_T5, TinyCheckpoints, build_tiny_models, save_tiny_checkpoints
 
 logger = logging.getLogger("diffsynth.demo")
 
@@ -83,8 +83,8 @@ def run_readme_flow(checkpoints: TinyCheckpoints, reference: np.ndarray, pose_fr
     evaluated)."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .animate.generate import generate_frames  # noqa: PLC0415
-    from .pipelines import GenerationRequest  # noqa: PLC0415
+    from ..animate.generate import generate_frames  # noqa: PLC0415
+    from ..pipelines import GenerationRequest  # noqa: PLC0415
 
     model_manager = ModelManager(device="cpu", progress=False)
     model_manager.load_models([checkpoints.image_encoder], torch_dtype=torch.float32, config=TINY_CLIP)
@@ -141,8 +141,8 @@ def main(argv=None) -> str:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         if trained:
-            from .data.synthetic import make_example  # noqa: PLC0415
-            from .demo_model import HELD_OUT_SEED, demo_checkpoints  # noqa: PLC0415
+            from .model import HELD_OUT_SEED, demo_checkpoints  # noqa: PLC0415
+            from .synthetic import make_example  # noqa: PLC0415
 
             example = make_example(HELD_OUT_SEED + args.example, num_frames=args.frames, height=args.height,
                                    width=args.width)
