@@ -164,8 +164,8 @@ def _magcache():
 
 
 def _demo():
-    from diffsynth.data.synthetic import make_example
-    from diffsynth.demo_model import HELD_OUT_SEED, generate, load_demo_pipeline
+    from diffsynth.demo.model import HELD_OUT_SEED, generate, load_demo_pipeline
+    from diffsynth.demo.synthetic import make_example
 
     pipe = load_demo_pipeline()
     example = make_example(HELD_OUT_SEED + 1, num_frames=9, height=64, width=48)
@@ -175,7 +175,7 @@ def _demo():
 def _demo_script():
     """`python -m diffsynth.demo` as the Quickstart runs it (frames read back from its mp4 are codec-dependent, so
     the latents and the frames the VAE produced are what is compared)."""
-    from diffsynth import demo
+    from diffsynth.demo import run as demo
 
     out = os.path.join(tempfile.mkdtemp(prefix="golden-demo-"), "demo.mp4")
     frames: List = []
@@ -199,7 +199,7 @@ def _animate_cli():
 
     from diffsynth.cli import main
     from diffsynth.data.video import save_video
-    from diffsynth.pose import standins
+    import standins
 
     folder = tempfile.mkdtemp(prefix="golden-animate-")
     det = standins.build_detector(os.path.join(folder, "det.onnx"), [((40.0, 40.0, 200.0, 300.0), 0.9, 0, 0.95)])
@@ -275,5 +275,7 @@ def run_case(name: str) -> Dict[str, object]:
 
 def environment() -> Dict[str, str]:
     """What the recorded bits depend on beyond the code: CPU kernels and library versions."""
+    import sentencepiece   # trains the tiny tokenizer: another version, another vocabulary
+
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "numpy": np.__version__}
+            "numpy": np.__version__, "sentencepiece": sentencepiece.__version__}
