@@ -25,7 +25,7 @@ def load_tiny_pipeline(device: str = "cpu", torch_dtype: torch.dtype = torch.flo
     demo model (trained on synthetic mannequin clips at 64x48, `diffsynth/assets/demo_model/`), the given
     `checkpoints` (`diffsynth.tiny.TinyCheckpoints`), or with `trained=False` seeded random tiny models. The one
     place that decides which tiny weights `--models tiny` uses."""
-    from ..loading.release import ModelFiles, load_model_files  # noqa: PLC0415
+    from ..loading.release import ModelFiles, describe_loaded, load_model_files  # noqa: PLC0415
     from ..pipelines import WanUniAnimateLongVideoPipeline  # noqa: PLC0415
 
     lora_list = [parse_lora(spec) for spec in loras]
@@ -39,9 +39,12 @@ def load_tiny_pipeline(device: str = "cpu", torch_dtype: torch.dtype = torch.flo
             checkpoints = save_tiny_checkpoints(build_tiny_models(os.path.join(folder, "tokenizer"), seed=0),
                                                 os.path.join(folder, "checkpoints"), seed=0)
         files = ModelFiles(list(checkpoints.dit_shards), checkpoints.text_encoder, checkpoints.vae,
-                           checkpoints.image_encoder, checkpoints.unianimate, lora_list)
+                           checkpoints.image_encoder, checkpoints.unianimate)
+        notes = [files.add_lora(path, strength) for path, strength in lora_list]
         manager = load_model_files(files, torch_dtype, progress=False)
-        return WanUniAnimateLongVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
+        pipe = WanUniAnimateLongVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
+        pipe.loaded = ["models: tiny random", *notes, *describe_loaded(manager, files)]
+        return pipe
 
 
 def default_device() -> str:

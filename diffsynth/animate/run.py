@@ -154,6 +154,8 @@ class Animator:
                 self._pipeline = (self._loader or load_pipeline)(self.settings)
             except (FileNotFoundError, ValueError, ImportError, OSError, RuntimeError) as error:
                 raise ModelLoadError(error_line(error)) from error
+            for line in getattr(self._pipeline, "loaded", ()):     # what was merged, where the pose guider came from
+                self.emit("load", 1, 1, line)
             state = getattr(self._pipeline, "parallel", None)
             if state is not None:
                 self.emit("load", 1, 1, f"rank {state.rank} of {state.world_size}: every video split (ulysses "

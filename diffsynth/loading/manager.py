@@ -519,6 +519,7 @@ class ModelManager:
         self.model_format: List[str] = []
         self.pose_state_dict: Dict[str, torch.Tensor] = {}
         self.loras: List[MergedLora] = []        # what load_lora_v2 merged, in order
+        self.pose_source: Optional[str] = None   # the LoRA whose pose-guider tensors are in pose_state_dict
         self.base_weights = BaseWeights()        # originals of the weights LoRAs changed (for unload_loras)
         self._unrestorable: List[str] = []       # LoRAs merged with keep_base_weights=False
         if file_path_list:
@@ -633,6 +634,8 @@ class ModelManager:
                 self._unrestorable.extend(source for *_, source in to_merge)
         for spec, strength, lora, source in read:
             self.pose_state_dict.update(lora.pose)
+            if lora.pose:
+                self.pose_source = source
             self.loras.append(MergedLora(spec, lora.files, lora.digest, strength))
             ranks = sorted({m.rank for m in lora.modules.values() if m.has_factors})
             deltas = sum(len(m.deltas()) + (m.bias is not None) for m in lora.modules.values())
@@ -655,6 +658,7 @@ class ModelManager:
                     len(self.pose_state_dict))
         self.loras.clear()
         self.pose_state_dict.clear()
+        self.pose_source = None
         return restored
 
     def _warn_if_merged_before(self, source: str, lora: LoraCheckpoint, earlier: Sequence[MergedLora]) -> None:

@@ -69,6 +69,18 @@ class ModelFiles:
     image_encoder: str
     unianimate: Optional[str] = None
     loras: List[Tuple[str, float]] = field(default_factory=list)   # further LoRAs, merged after the UniAnimate one
+    unianimate_strength: float = 1.0
+
+    def add_lora(self, path: Union[str, os.PathLike], strength: float = 1.0, stack: bool = False) -> str:
+        """Merge `path` after the UniAnimate checkpoint. A UniAnimate LoRA (one carrying the pose guider, e.g. one
+        you trained) *replaces* `unianimate` (its LoRA and its pose guider) unless `stack`; returns what was done,
+        as a line for the user."""
+        path = str(path)
+        if self.unianimate and not stack and carries_pose_guider(path):
+            replaced, self.unianimate, self.unianimate_strength = self.unianimate, path, strength
+            return f"{path} (strength {strength:g}) replaces the UniAnimate checkpoint {replaced}"
+        self.loras.append((path, strength))
+        return f"{path} (strength {strength:g}) merged after the UniAnimate checkpoint"
 
     def all_files(self) -> List[str]:
         return [*self.dit, self.text_encoder, self.vae, self.image_encoder, *([self.unianimate] if self.unianimate
@@ -130,6 +142,29 @@ def find_model_files(source: Union[str, os.PathLike] = "checkpoints", with_unian
     return release_files(folder, with_unianimate=with_unianimate)
 
 
+def carries_pose_guider(path: Union[str, os.PathLike]) -> bool:
+    """Whether a LoRA file holds UniAnimate pose-guider tensors (read from its header, or a pose file beside it)."""
+    from .files import Checkpoint  # noqa: PLC0415
+    from .lora import pose_sidecar_path  # noqa: PLC0415
+    from .lora_formats import POSE_MARKERS  # noqa: PLC0415
+
+    if pose_sidecar_path(path).is_file():
+        return True
+    checkpoint = Checkpoint(str(path))
+    try:
+        return any(marker in key for key in checkpoint.shapes for marker in POSE_MARKERS)
+    finally:
+        checkpoint.close()
+
+
+def describe_loaded(manager, files: ModelFiles) -> List[str]:
+    """What a load merged, for the user: each LoRA with its strength, and where the pose guider came from."""
+    lines = [f"LoRA merged: {merged.path} (strength {merged.strength:g})" for merged in manager.loras]
+    if manager.pose_source:
+        lines.append(f"pose guider from: {manager.pose_source}")
+    return lines
+
+
 def load_model_files(files: ModelFiles, torch_dtype: torch.dtype = torch.bfloat16,
                      dit_dtype: Optional[torch.dtype] = None, progress: bool = True):
     """A `ModelManager` holding `files`' models in their dtypes (`MODEL_DTYPES`; `dit_dtype` e.g. float8_e4m3fn
@@ -141,7 +176,7 @@ def load_model_files(files: ModelFiles, torch_dtype: torch.dtype = torch.bfloat1
     manager.load_models([files.dit], torch_dtype=dit_dtype or model_dtype("dit", torch_dtype))
     manager.load_models([files.text_encoder, files.vae], torch_dtype=model_dtype("vae", torch_dtype))
     if files.unianimate:
-        manager.load_lora_v2(files.unianimate, lora_alpha=1.0)
+        manager.load_lora_v2(files.unianimate, lora_alpha=files.unianimate_strength)
     for path, strength in files.loras:
         manager.load_lora_v2(path, lora_alpha=strength)
     return manager
@@ -150,4 +185,4 @@ def load_model_files(files: ModelFiles, torch_dtype: torch.dtype = torch.bfloat1
 __all__ = ["WAN_I2V_FOLDER", "WAN_I2V_FILES", "TOKENIZER_FOLDER", "DIT_SHARD_GLOB", "UNIANIMATE_FILE", "DWPOSE_FILES",
            "STEP_CACHE_MODEL_ID", "DEMO_NAME", "DEMO_FOLDER", "DEMO_FILES", "MODEL_DTYPES", "HALF_DTYPES",
            "model_dtype", "DOWNLOAD_HINT", "ModelFiles", "dit_shards", "release_files", "demo_files",
-           "find_model_files", "load_model_files"]
+           "find_model_files", "load_model_files", "carries_pose_guider", "describe_loaded"]

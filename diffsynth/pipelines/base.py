@@ -65,6 +65,7 @@ class WanPipelineBase(ModelPlacement, GuidedDenoising):
         self.step_distilled = False            # set by from_model_manager from the LoRA names, or by the user
         self.show_summary = True               # print the one-line timing summary after each call
         self.last_timings: Optional[dict] = None
+        self.loaded: List[str] = []            # from_pretrained: what was loaded and merged, one line each
 
     # ---------------------------------------------------------------------------------------- construction
     @classmethod
@@ -88,18 +89,23 @@ class WanPipelineBase(ModelPlacement, GuidedDenoising):
     def from_pretrained(cls, source: Union[str, os.PathLike] = "checkpoints", *,
                         torch_dtype: torch.dtype = torch.bfloat16, device: Union[str, torch.device, None] = None,
                         loras: Sequence = (), dit_dtype: Optional[torch.dtype] = None,
-                        progress: bool = True) -> "WanPipelineBase":
+                        progress: bool = True, stack_loras: bool = False) -> "WanPipelineBase":
         """The pipeline on the release in `source` (a models folder holding `Wan2.1-I2V-14B-720P/` and the UniAnimate
         checkpoint, or the Wan folder itself), or on the shipped demo model (`"demo"`, or a folder in its layout),
         each model in its dtype (`loading.release.MODEL_DTYPES`). `loras`: further LoRA files or `(path, strength)`
-        pairs merged after the UniAnimate one; `dit_dtype=torch.float8_e4m3fn` stores the DiT in fp8. `device`:
-        where the models run (default: the CPU they are loaded on). Missing files are named with the fix."""
-        from ..loading.release import find_model_files, load_model_files  # noqa: PLC0415
+        pairs merged after the UniAnimate one; a UniAnimate LoRA among them (one carrying a pose guider, e.g. one you
+        trained) replaces the UniAnimate checkpoint instead, unless `stack_loras`. `dit_dtype=torch.float8_e4m3fn`
+        stores the DiT in fp8. `device`: where the models run (default: the CPU they are loaded on). Missing files
+        are named with the fix. `pipe.loaded` says what was merged and where the pose guider came from."""
+        from ..loading.release import describe_loaded, find_model_files, load_model_files  # noqa: PLC0415
 
         files = find_model_files(source, with_unianimate=cls.USES_UNIANIMATE)
-        files.loras = [tuple(e) if isinstance(e, (tuple, list)) else (str(e), 1.0) for e in loras]
+        notes = [files.add_lora(*(entry if isinstance(entry, (tuple, list)) else (entry, 1.0)), stack=stack_loras)
+                 for entry in loras]
         manager = load_model_files(files, torch_dtype, dit_dtype, progress)
-        return cls.from_model_manager(manager, torch_dtype=torch_dtype, device=device or "cpu")
+        pipe = cls.from_model_manager(manager, torch_dtype=torch_dtype, device=device or "cpu")
+        pipe.loaded = [f"models: {source}", *notes, *describe_loaded(manager, files)]
+        return pipe
 
     def use_prompter(self, prompter: Optional[WanPrompter] = None, tokenizer_path: Optional[str] = None) -> None:
         """The prompter to encode prompts with: a given one, or one on the `google/umt5-xxl` tokenizer folder (the

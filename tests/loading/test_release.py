@@ -86,3 +86,48 @@ def test_from_pretrained_demo_and_the_plain_pipeline():
     assert not hasattr(plain, "pose_guider")
     # the plain pipeline does not merge the UniAnimate LoRA: its DiT is the base one
     assert not torch.equal(plain.dit.blocks[0].self_attn.q.weight, pipe.dit.blocks[0].self_attn.q.weight)
+
+
+@pytest.fixture(scope="module")
+def user_loras(release, tmp_path_factory):
+    """A UniAnimate LoRA someone trained (LoRA factors + pose guider, other values) and a plain LoRA (no pose)."""
+    from safetensors.torch import save_file
+
+    folder, _ = release
+    shipped = torch.load(folder / UNIANIMATE_FILE, weights_only=True)
+    root = tmp_path_factory.mktemp("user_loras")
+    trained = {k: (v * 1.5 + 0.01).contiguous() for k, v in shipped.items()}
+    plain = {k: (v * 0.5).contiguous() for k, v in shipped.items() if ".lora_" in k}
+    save_file(trained, root / "my_unianimate.safetensors")
+    save_file(plain, root / "style.safetensors")
+    return root / "my_unianimate.safetensors", root / "style.safetensors"
+
+
+def _states(pipe):
+    return {name: getattr(pipe, name).state_dict() for name in ("dit", "pose_guider")}
+
+
+def _equal(a, b) -> bool:
+    return all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
+
+
+def test_a_users_unianimate_lora_replaces_the_shipped_one_unless_stacked(release, user_loras):
+    folder, ckpt = release
+    mine, style = user_loras
+    replaced = WanUniAnimateVideoPipeline.from_pretrained(folder, torch_dtype=torch.float32, loras=[(mine, 1.0)],
+                                                          progress=False)
+    manager = ModelManager(device="cpu", progress=False)          # what replacing means: base + the user's file
+    manager.load_models([ckpt.image_encoder, ckpt.dit_shards, ckpt.text_encoder, ckpt.vae], torch_dtype=torch.float32)
+    manager.load_lora_v2(str(mine), lora_alpha=1.0)
+    expected = WanUniAnimateVideoPipeline.from_model_manager(manager, torch_dtype=torch.float32, device="cpu")
+    assert _equal(_states(replaced), _states(expected))
+    assert any("replaces the UniAnimate checkpoint" in line for line in replaced.loaded)
+    assert f"pose guider from: {mine}" in replaced.loaded
+    stacked = WanUniAnimateVideoPipeline.from_pretrained(folder, torch_dtype=torch.float32, loras=[(mine, 1.0)],
+                                                         stack_loras=True, progress=False)
+    assert not _equal(_states(stacked), _states(replaced))        # both LoRAs merged
+    assert sum(line.startswith("LoRA merged") for line in stacked.loaded) == 2
+    plain = WanUniAnimateVideoPipeline.from_pretrained(folder, torch_dtype=torch.float32, loras=[(style, 0.5)],
+                                                       progress=False)
+    assert any("merged after the UniAnimate checkpoint" in line for line in plain.loaded)
+    assert f"pose guider from: {folder / UNIANIMATE_FILE}" in plain.loaded     # a LoRA without pose tensors
