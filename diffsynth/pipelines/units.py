@@ -60,19 +60,22 @@ def encode_reference_image(image_encoder: WanImageEncoder, vae: WanVideoVAE, ima
     return clip_feature, torch.cat([mask, latent], dim=1)
 
 
-@torch.no_grad()
 def encode_pose_video(pose_guider: PoseGuider, pose_video: torch.Tensor, device,
                       chunk_size: Optional[int] = None) -> torch.Tensor:
-    """Pose frames [3, F, H, W] (0..255) -> pose tokens [1, d, T, h', w']. Scaling is /255, no normalisation.
-    `chunk_size`: run the pose CNN on that many latent frames at a time (see `PoseGuider.embed_pose_video`)."""
-    video = pose_video[None].to(device=device, dtype=param_dtype(pose_guider)) / 255
+    """Pose frames [3, F, H, W] or a batch [B, 3, F, H, W] (0..255) -> pose tokens [B, d, T, h', w']. Scaling is
+    /255, no normalisation. `chunk_size`: run the pose CNN on that many latent frames at a time (see
+    `PoseGuider.embed_pose_video`). No `no_grad` here: the pipelines call it under theirs, training with gradients."""
+    video = pose_video[None] if pose_video.ndim == 4 else pose_video
+    video = video.to(device=device, dtype=param_dtype(pose_guider)) / 255
     return pose_guider.embed_pose_video(video, chunk_size=chunk_size)
 
 
-@torch.no_grad()
 def encode_reference_pose(pose_guider: PoseGuider, reference_pose: torch.Tensor, device) -> torch.Tensor:
-    """Reference pose [H, W, 3] (0..255) -> [1, 20, 1, h, w], added to y and broadcast over latent frames."""
-    ref = reference_pose.permute(2, 0, 1)[None].to(device=device, dtype=param_dtype(pose_guider)) / 255
+    """Reference pose [H, W, 3] or a batch [B, H, W, 3] (0..255) -> [B, 20, 1, h, w], added to y and broadcast over
+    latent frames. Gradients flow when the caller allows them (training)."""
+    # (the unbatched order of operations is kept: another stride pattern can pick another convolution kernel)
+    ref = reference_pose.permute(2, 0, 1)[None] if reference_pose.ndim == 3 else reference_pose.permute(0, 3, 1, 2)
+    ref = ref.to(device=device, dtype=param_dtype(pose_guider)) / 255
     return pose_guider.embed_reference_pose(ref)
 
 

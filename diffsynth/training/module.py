@@ -34,7 +34,7 @@ from ..loading.lora import is_pose_key, pose_guider_state_dict, strip_lora_prefi
 from ..loading.manager import load_wan_dit, load_wan_image_encoder, load_wan_text_encoder, load_wan_vae
 from ..models.pose_guider import PoseGuider, pose_guider_config
 from ..data.images import image_to_tensor
-from ..pipelines.units import encode_prompt, encode_reference_image
+from ..pipelines.units import encode_pose_video, encode_prompt, encode_reference_image, encode_reference_pose
 from ..prompters import WanPrompter, resolve_tokenizer_path
 from ..schedulers import FlowMatchScheduler
 from .resume import NonFiniteError, find_nonfinite
@@ -436,9 +436,10 @@ class UniAnimateTrainingModule(pl.LightningModule):
                      ) -> torch.Tensor:
         """The weighted flow-matching loss of spec 7.4. `noise` and `timestep_id` are drawn when not given."""
         # 1-2. Pose embeddings (trainable): target poses -> tokens, reference pose -> added to y.
-        pose_tokens = self.pose_guider.embed_pose_video(batch["dwpose_data"].float() / 255)
-        ref_pose = batch["random_ref_dwpose"].permute(0, 3, 1, 2).float() / 255
-        ref_pose_emb = self.pose_guider.embed_reference_pose(ref_pose)
+        #    The pipelines' own pose encoding (pipelines/units.py), here with gradients.
+        device = batch["dwpose_data"].device
+        pose_tokens = encode_pose_video(self.pose_guider, batch["dwpose_data"], device)
+        ref_pose_emb = encode_reference_pose(self.pose_guider, batch["random_ref_dwpose"], device)
         # 3. Frozen encoders (or their cached outputs).
         encoded = self.encode_batch(batch)
         latents, clip_feature, y = encoded["latents"], encoded["clip_feature"], encoded["y"]
