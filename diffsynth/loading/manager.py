@@ -68,11 +68,6 @@ def _meta_tensors(model: nn.Module) -> List[str]:
     return names + [n for n, b in model.named_buffers() if b.is_meta]
 
 
-def _fp32_islands(model: nn.Module) -> Tuple[str, ...]:
-    """Module names a model declares to keep in fp32 (diffusers' `_keep_in_fp32_modules` convention)."""
-    return tuple(getattr(type(model), "_keep_in_fp32_modules", None) or ())
-
-
 def _check_fit(plan: "LoadPlan", config_given: bool) -> None:
     """Every key and shape of the checkpoint against the meta-built model, before any tensor is read."""
     model = plan.model
@@ -319,11 +314,7 @@ def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, devi
     started = time.perf_counter()
     model, det = plan.model, plan.detection
     device = torch.device(device) if device is not None else torch.device("cpu")
-    islands = _fp32_islands(model)
-
-    def base_dtype(official_key: str) -> Optional[torch.dtype]:
-        if islands and any(m in official_key.split(".") for m in islands):
-            return torch.float32
+    def base_dtype(official_key: str) -> Optional[torch.dtype]:   # one dtype per model (loading/release.py)
         return torch_dtype
 
     try:
