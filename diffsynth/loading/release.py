@@ -44,7 +44,6 @@ DEMO_FILES = dict(
 # upstream loads it; the pose guider's small CNNs run in fp32 and their output is cast to the DiT dtype.
 MODEL_DTYPES: Dict[str, Optional[torch.dtype]] = dict(
     image_encoder=torch.float32, pose_guider=torch.float32, text_encoder=None, vae=None, dit=None)
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def model_dtype(name: str, torch_dtype: torch.dtype) -> torch.dtype:
@@ -183,6 +182,6 @@ def load_model_files(files: ModelFiles, torch_dtype: torch.dtype = torch.bfloat1
 
 
 __all__ = ["WAN_I2V_FOLDER", "WAN_I2V_FILES", "TOKENIZER_FOLDER", "DIT_SHARD_GLOB", "UNIANIMATE_FILE", "DWPOSE_FILES",
-           "STEP_CACHE_MODEL_ID", "DEMO_NAME", "DEMO_FOLDER", "DEMO_FILES", "MODEL_DTYPES", "HALF_DTYPES",
+           "STEP_CACHE_MODEL_ID", "DEMO_NAME", "DEMO_FOLDER", "DEMO_FILES", "MODEL_DTYPES",
            "model_dtype", "DOWNLOAD_HINT", "ModelFiles", "dit_shards", "release_files", "demo_files",
            "find_model_files", "load_model_files", "carries_pose_guider", "describe_loaded"]

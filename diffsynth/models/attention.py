@@ -16,6 +16,8 @@ import os
 from typing import Callable, Optional
 
 import torch
+
+from .layers import HALF_DTYPES
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Option
     Returns:
         [B, Lq, n, dh] in q's dtype.
     """
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if q.is_cuda and q.dtype in HALF_DTYPES:
         name = resolve_backend(backend)
         if name != "sdpa":
             return _load_backend(name)(q, k, v)

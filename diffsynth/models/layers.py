@@ -8,6 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The 16-bit float dtypes: computed in fp32 where upstream upcasts (norms, modulation, attention kernels).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 
 class RMSNorm(nn.Module):
     """RMS normalisation over the last axis; normalised in fp32, cast back, then scaled by `weight`."""
@@ -18,7 +21,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = x.float() if x.dtype in HALF_DTYPES else x
         normed = F.rms_norm(xf, (xf.shape[-1],), eps=self.eps)   # x * rsqrt(mean(x^2) + eps), fused
         return normed.to(x.dtype) * self.weight
 

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..configs import WanDiTConfig
 from .attention import attention
-from .layers import ROPE_PRECISIONS, RMSNorm, apply_rope, rope_freqs, rope_table, sinusoidal_embedding
+from .layers import HALF_DTYPES, ROPE_PRECISIONS, RMSNorm, apply_rope, rope_freqs, rope_table, sinusoidal_embedding
 
 Grid = Tuple[int, int, int]
 
@@ -73,19 +73,18 @@ def run_cached_blocks(caches: Sequence, tokens: torch.Tensor, modulation: torch.
     return out if whole else torch.cat(items)
 
 
-_HALF = (torch.float16, torch.bfloat16)
 
 
 # In half precision these keep the upstream's two roundings (multiply, then add), so bf16 runs match
 # DiffSynth/UniAnimate; in fp32/fp64 one fused addcmul is faster (about 3% of a CPU forward) and as exact.
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift."""
-    return x * (1 + scale) + shift if x.dtype in _HALF else torch.addcmul(shift, x, 1 + scale)
+    return x * (1 + scale) + shift if x.dtype in HALF_DTYPES else torch.addcmul(shift, x, 1 + scale)
 
 
 def gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x + gate * y."""
-    return x + gate * y if x.dtype in _HALF else torch.addcmul(x, gate, y)
+    return x + gate * y if x.dtype in HALF_DTYPES else torch.addcmul(x, gate, y)
 
 
 class SelfAttention(nn.Module):

@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Optional, Sequence, Union
 
 import torch
+
+from .layers import HALF_DTYPES
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -126,7 +128,7 @@ def _to_minus1_1_tensor(image) -> torch.Tensor:
     x = image.unsqueeze(0) if image.ndim == 3 else image
     if x.ndim != 4 or x.size(1) != 3:
         raise ValueError(f"expected a tensor [B, 3, H, W] or [3, H, W], got shape {tuple(image.shape)}")
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return x.float() if x.dtype in HALF_DTYPES else x
 
 
 def preprocess_clip_image(

@@ -23,9 +23,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .layers import HALF_DTYPES
+
 from diffsynth.configs import UMT5Config
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def fp16_clamp(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ import enum
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from .layers import HALF_DTYPES
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -116,7 +118,7 @@ class Upsample2x(nn.Module):
     the result is the same in every dtype (and fp64 stays fp64)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = x.float() if x.dtype in HALF_DTYPES else x
         return F.interpolate(xf, scale_factor=2.0, mode="nearest-exact").to(x.dtype)
 
 
