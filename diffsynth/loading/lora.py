@@ -26,7 +26,7 @@ refused, a stored alpha of 0 or below too.
 
 Speed: the merge works on the weight's device (upstream precision: upstream's device), in place, through one
 reused buffer per device and dtype, so no weight-sized temporary is allocated per layer (allocation and page
-faults, not FLOPs, dominated the former path).
+faults, not FLOPs, dominate a per-layer temporary).
 
 `LoraCheckpoint.digest` identifies the content (a SHA-256 over the normalised names, dtypes, shapes and bytes of
 the tensors read), so the manager can tell a LoRA merged twice under another path or name.
