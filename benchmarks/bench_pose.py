@@ -1,7 +1,6 @@
 """Pose pipeline throughput: align + draw alone, and end to end (stand-in ONNX models; MediaPipe if installed).
 
-    .venv/bin/python benchmarks/bench_pose.py                 # align + draw, DWPose path with stand-ins
-    .venv-mediapipe/bin/python benchmarks/bench_pose.py       # the same, plus the MediaPipe backend
+    .venv/bin/python benchmarks/bench_pose.py     # align + draw, DWPose path with stand-ins, and MediaPipe
 
 Prints a table and updates benchmarks/results/bench_pose.json (entries measured by this run replace older ones, so
 running it from both environments fills in every row). Target: align + draw >= 300 frames/s on 2 CPU cores.

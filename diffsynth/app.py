@@ -47,7 +47,7 @@ class AppConfig:
     loras: Tuple[str, ...] = ()
     outputs: Path = Path("outputs/app")
     pose_root: Optional[Path] = None               # where "pick a pose folder" looks (default: `outputs`'s parent)
-    pose_backend: str = "dwpose"
+    pose_backend: str = "auto"
     det_model: Optional[str] = None
     pose_model: Optional[str] = None
     resolution: str = "480p"                       # the controls' initial values
@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--outputs", default="outputs/app", help="where the job folders go (default outputs/app)")
     parser.add_argument("--pose-root", help="where to look for pose folders (default: the parent of --outputs)")
-    parser.add_argument("--pose-backend", choices=BACKENDS, default="dwpose",
-                        help="dwpose (ONNX models in the checkpoints folder) or mediapipe (offline extra)")
+    parser.add_argument("--pose-backend", choices=BACKENDS, default="auto",
+                        help="auto (default): DWPose when its two ONNX files are in the models folder (or named), "
+                             "else the offline MediaPipe backend, saying so; dwpose; mediapipe")
     parser.add_argument("--det-model", metavar="ONNX", help="YOLOX detector (default <models>/yolox_l.onnx)")
     parser.add_argument("--pose-model", metavar="ONNX", help="DWPose model (default <models>/dw-ll_ucoco_384.onnx)")
     return parser

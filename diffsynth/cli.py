@@ -98,8 +98,9 @@ def _add_animate(commands) -> None:
                      help=f"more frames than this use the long-video pipeline (default {MAX_SHORT_FRAMES})")
 
     pose = parser.add_argument_group("poses")
-    pose.add_argument("--pose-backend", choices=BACKENDS, default="dwpose",
-                      help="dwpose (ONNX models in the checkpoints folder) or mediapipe (offline extra)")
+    pose.add_argument("--pose-backend", choices=BACKENDS, default="auto",
+                      help="auto (default): DWPose when its two ONNX files are in the models folder (or named), "
+                           "else the offline MediaPipe backend, saying so; dwpose; mediapipe")
     pose.add_argument("--det-model", metavar="ONNX", help="YOLOX detector (default <models>/yolox_l.onnx)")
     pose.add_argument("--pose-model", metavar="ONNX", help="DWPose model (default <models>/dw-ll_ucoco_384.onnx)")
     pose.add_argument("--smooth", action="store_true", help="One-Euro temporal smoothing of the keypoints")

@@ -79,11 +79,10 @@ class AnimateSettings:
     extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
 
     def __post_init__(self):
-        # The CLI's and the web UI's --pose-backend default is "dwpose": with no model file named, it means "DWPose
-        # when its files are there" (`auto`, resolved where the poses are made: `prepare_poses`). A named
-        # --det-model / --pose-model keeps DWPose strict (a missing file is refused before any work).
-        if self.pose_backend == "dwpose" and self.det_model is None and self.pose_model is None:
-            self.pose_backend = "auto"
+        # "auto" (the default) is resolved where the poses are made (`prepare_poses`); a named --det-model /
+        # --pose-model means DWPose, strictly (a missing file is refused before any work).
+        if self.pose_backend == "auto" and (self.det_model is not None or self.pose_model is not None):
+            self.pose_backend = "dwpose"
 
     def resolved_pose_backend(self) -> Tuple[str, Optional[str]]:
         """(backend that will run, the one-line notice when the offline backend stands in for DWPose, else None)."""

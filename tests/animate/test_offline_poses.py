@@ -68,9 +68,9 @@ def no_checkpoints(tmp_path, monkeypatch):
 
 def test_the_default_backend_is_auto_and_a_named_model_keeps_dwpose():
     assert AnimateSettings().pose_backend == "auto"
-    # The CLI's and the web UI's --pose-backend default ("dwpose") with no model file named means "auto" too.
-    assert AnimateSettings(models="tiny", pose_backend="dwpose").pose_backend == "auto"
-    assert AnimateSettings(models="tiny", pose_backend="dwpose", det_model="my/yolox.onnx").pose_backend == "dwpose"
+    assert AnimateSettings(models="tiny").pose_backend == "auto"
+    assert AnimateSettings(models="tiny", pose_backend="dwpose").pose_backend == "dwpose"        # asked: strict
+    assert AnimateSettings(models="tiny", det_model="my/yolox.onnx").pose_backend == "dwpose"    # named: strict
     assert AnimateSettings(models="tiny", pose_backend="mediapipe").pose_backend == "mediapipe"
 
 

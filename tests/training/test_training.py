@@ -2,8 +2,11 @@
 round trip through `ModelManager.load_lora_v2`, pretrained-LoRA loading and the command line."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 from PIL import Image
 
 from diffsynth.loading import ModelManager
+from diffsynth.loading.sidecar import sidecar_path
 from diffsynth.tiny import build_tiny_models, save_tiny_checkpoints
 from diffsynth.training.dataset import (SampleError, UniAnimateDataset, find_sample_folders, random_crop_box,
                                         select_frames)
@@ -529,8 +533,14 @@ def test_cli_main_needs_no_model_configs(structural, tiny, dataset_root, tmp_pat
     # The README command: only --dit_path; the encoders are found beside it, every config comes from the files.
     cli.main(tiny_argv(dataset_root, tmp_path / "a", structural, "--save_every_n_steps", 5, steps=1))
     assert (tmp_path / "a" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
-    # A CLIP whose heads the weights do not tell: an error pointing at --model_config, which then works.
+    # A CLIP whose heads the weights do not tell: its configuration written beside it (the tiny factory and the
+    # demo model do) is read; without that file, an error pointing at --model_config, which then works.
     _, ckpt = tiny
+    cli.main(tiny_argv(dataset_root, tmp_path / "c", ckpt, steps=1))
+    bare = tmp_path / "bare"
+    shutil.copytree(Path(ckpt.image_encoder).parent, bare)
+    sidecar_path(bare / Path(ckpt.image_encoder).name).unlink()
+    ckpt = dataclasses.replace(ckpt, dit_shards=[str(bare / Path(p).name) for p in ckpt.dit_shards])
     with pytest.raises(SystemExit, match="--model_config"):
         cli.main(tiny_argv(dataset_root, tmp_path / "b", ckpt, steps=1))
     config = tmp_path / "configs.json"
