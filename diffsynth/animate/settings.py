@@ -27,13 +27,15 @@ class VramTier:
     note: str
 
 
-# GPU memory in GB -> tier. The peaks are the README's estimates (81 frames, cfg 1.5); none is measured yet.
+# GPU memory in GB -> tier. Peaks simulated at full size by benchmarks/simulate.py (81 frames, cfg 1.5, CFG branches
+# one at a time, without the allowance for the CUDA context and workspaces); none is measured on a GPU yet.
 VRAM_TIERS = {
-    "all": VramTier(None, False, "everything resident (~37 GB at 480p, ~41 GB at 720p)"),
+    "all": VramTier(None, False, "everything resident (simulated 34 GiB at 480p, 39 GiB at 720p)"),
     "24": VramTier(6e9, False, "6e9 DiT parameters resident, the rest streamed (the upstream scripts' budget; "
-                               "below the 7B tier's ~19/24 GB at 480p/720p)"),
-    "16": VramTier(0, False, "DiT fully streamed from CPU memory (~7 GB at 480p, ~10 GB at 720p; ~47 GB host RAM)"),
-    "12": VramTier(0, True, "fp8 DiT, fully streamed (~6 GB at 480p, ~9 GB at 720p; ~31 GB host RAM)"),
+                               "below the 7B tier's simulated 18/23 GiB at 480p/720p)"),
+    "16": VramTier(0, False, "DiT fully streamed from CPU memory (simulated 5.3 GiB at 480p, 11 GiB at 720p; "
+                             "44 GiB host RAM)"),
+    "12": VramTier(0, True, "fp8 DiT, fully streamed (simulated 4.8 GiB at 480p, 11 GiB at 720p; 29 GiB host RAM)"),
 }
 
 
