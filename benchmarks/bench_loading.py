@@ -161,77 +161,7 @@ def bench_dit(args) -> dict:
     for mode, row in result["methods"].items():
         print(f"{mode:<8}{row['peak_bytes'] / gib:>14.2f}{row['growth_bytes'] / gib:>12.2f}"
               f"{row['peak_over_target']:>13.2f}{row['seconds']:>10.1f}")
-    for dtype_name, row in result["by_dtype"].items():
-        if "elements_differing_from_peer" in row:
-            print(f"{dtype_name}: weight elements whose bits differ from the peer's merge: "
-                  f"{row['elements_differing_from_peer']}")
     print("PASS" if result["passes"] else "FAIL")
-    return result
-
-
-def _bits_against_peer(model, path: Path) -> dict:
-    """Merge once more with each method into fresh copies of `model` and count the elements whose bits differ from
-    the DiffSynth-Studio-style peer's merge (`W + alpha * torch.mm(up, down)` in the model dtype)."""
-    import copy
-
-    import torch
-    from diffsynth.loading import ModelManager
-
-    peer = copy.deepcopy(model)
-    diffsynth_studio_style(peer, path)
-    reference = peer.state_dict()
-    out = {}
-    for method, precision in (("ours-default", "upstream"), ("ours-float32", "float32")):
-        mine = copy.deepcopy(model)
-        manager = ModelManager(progress=False)
-        manager.model.append(mine)
-        manager.model_name.append("wan_video_dit")
-        manager.model_path.append("random")
-        manager.model_format.append("random")
-        manager.load_lora_v2(path, merge_precision=precision)
-        out[method] = sum(int((v.view(torch.int16) != reference[k].view(torch.int16)).sum())
-                          for k, v in mine.state_dict().items())
-        del manager, mine
-    out["elements"] = sum(v.numel() for v in reference.values())
-    return out
-
-
-BIT_SHAPES = {"wan2.1-1.3b": ((1536, 1536), (8960, 1536), (1536, 8960)),
-              "wan2.1-14b": ((5120, 5120), (13824, 5120), (5120, 13824))}
-
-
-def bench_bits(args) -> dict:
-    """Section 3: does the fp32-speed route give upstream's bf16 merge bit for bit? (Counts per shape.)"""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    rows, total, differ_weights, differ_products = [], 0, 0, 0
-    start = time.perf_counter()
-    for model, shapes in BIT_SHAPES.items():
-        for out_f, in_f in shapes:
-            for rank in (16, 32, 64, 128):
-                for alpha in (1.0, 0.5, 0.7):
-                    w = (torch.randn(out_f, in_f, generator=gen) * 0.02).to(torch.bfloat16)
-                    up = (torch.randn(out_f, rank, generator=gen) * 0.01).to(torch.bfloat16)
-                    down = (torch.randn(rank, in_f, generator=gen) * 0.05).to(torch.bfloat16)
-                    upstream_product = torch.mm(up, down)
-                    fast_product = torch.mm(up.float(), down.float()).to(torch.bfloat16)
-                    upstream = w + alpha * upstream_product
-                    fast = w + alpha * fast_product
-                    n_w = int((upstream.view(torch.int16) != fast.view(torch.int16)).sum())
-                    n_p = int((upstream_product.view(torch.int16) != fast_product.view(torch.int16)).sum())
-                    rows.append({"model": model, "shape": [out_f, in_f], "rank": rank, "alpha": alpha,
-                                 "elements": w.numel(), "weights_differing": n_w, "products_differing": n_p})
-                    total += w.numel()
-                    differ_weights += n_w
-                    differ_products += n_p
-    result = {"matrices": len(rows), "elements": total, "weights_differing": differ_weights,
-              "products_differing": differ_products, "bit_identical": differ_weights == 0, "rows": rows,
-              "seconds": time.perf_counter() - start, "torch": torch.__version__,
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
-    print(f"fp32-product route vs upstream's bf16 formula: {differ_weights} of {total} merged weight elements "
-          f"differ ({differ_products} products) over {len(rows)} matrices; torch {torch.__version__}, "
-          f"{result['cpu_capability']}")
     return result
 
 
