@@ -22,7 +22,7 @@ from ..schedulers import FlowMatchScheduler
 from .denoise import GuidedDenoising, NoiseSource
 from .placement import ModelPlacement
 from .request import GenerationRequest, detect_step_distilled, split_call
-from .schedule import cache_plan
+from .schedule import cache_plan, new_step_caches
 from .timing import StageTimer
 from .units import decode_video, decode_video_iter, encode_prompt, encode_video
 
@@ -134,8 +134,6 @@ class WanPipelineBase(ModelPlacement, GuidedDenoising):
 
     def step_caches(self, request: GenerationRequest, num_steps: int) -> List:
         """One step cache per CFG branch for a call (or [None, None])."""
-        from .schedule import new_step_caches  # noqa: PLC0415
-
         if request.step_cache is not None and self._fsdp and self._cfg_parallel():
             raise ValueError("a step cache with CFG parallel and a sharded DiT (dit_fsdp) is refused: the two "
                              "branches may skip different steps, and their ranks would wait on each other's "
