@@ -57,9 +57,10 @@ def _add_animate(commands) -> None:
                     help="do not copy the driving video's audio track into the clip")
 
     look = parser.add_argument_group("size and framing")
-    look.add_argument("--resolution", default="480p", metavar="480p|720p",
+    look.add_argument("--resolution", default=None, metavar="480p|720p",
                       help="pixel area of the generation (480p = 832*480, 720p = 1280*720, or a number of pixels); "
-                           "the shape follows the photo (portrait, landscape, square), in multiples of 16")
+                           "the shape follows the photo (portrait, landscape, square), in multiples of 16 "
+                           "(default 480p; with --models tiny the demo model's own 64x48 area)")
     look.add_argument("--size", metavar="WxH", help="an exact generation size instead (multiples of 16)")
     look.add_argument("--resize", choices=RESIZE_MODES, default="pad",
                       help="how the photo meets the generation's shape: pad (default, border colour), crop "
@@ -69,8 +70,9 @@ def _add_animate(commands) -> None:
     gen.add_argument("--models", default="checkpoints", metavar="tiny|DIR",
                      help="the checkpoints folder (default checkpoints/, see `diffsynth download`), or tiny: the tiny "
                           "demo model (trained on synthetic mannequins) on the CPU, to test the whole path in seconds")
-    gen.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    gen.add_argument("--cfg", type=float, default=1.5, help="guidance scale (default 1.5; 1.0 is 2x faster)")
+    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default 50; --models tiny: 10)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help="guidance scale (default 1.5, 1.0 is 2x faster; --models tiny: 1.0)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     gen.add_argument("--prompt", default="a person is dancing", help="text prompt (default: a person is dancing)")
     gen.add_argument("--fast", action="store_true",

@@ -50,11 +50,11 @@ class AnimateSettings:
     """
 
     models: str = "checkpoints"          # "tiny" (the tiny demo model, CPU) or the checkpoints folder
-    resolution: str = "480p"
+    resolution: Optional[str] = None     # None: "480p", or the demo model's own 64x48 area with --models tiny
     size: Optional[Tuple[int, int]] = None
     resize: str = "pad"
-    steps: int = 50
-    cfg: float = 1.5
+    steps: Optional[int] = None          # None: 50, or the demo model's 10 with --models tiny
+    cfg: Optional[float] = None          # None: 1.5 as upstream, or the demo model's 1.0 with --models tiny
     seed: int = 0
     fast: bool = False                   # the 4-step preset; needs a step-distillation LoRA in `loras`
     teacache: Optional[float] = None     # TeaCache threshold (0.1-0.3)
@@ -78,9 +78,20 @@ class AnimateSettings:
     ring_size: int = 1                   # torchrun: ring attention over this many groups (yunchang)
     tiled: Optional[bool] = None         # VAE tiling; None: on, except for the tiny models
     max_photo_pixels: int = MAX_PHOTO_PIXELS   # larger photos are refused up front (downscale them)
-    extra: dict = field(default_factory=dict)   # further pipeline keyword arguments
+    extra: dict = field(default_factory=dict)   # further GenerationRequest fields (pipelines/request.py)
 
     def __post_init__(self):
+        # Defaults that fit the models: the release runs at 480p, 50 steps, cfg 1.5 (upstream's scripts); the tiny
+        # demo model at its own size and schedule (what it was trained and evaluated at).
+        from ..loading.release import DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH  # noqa: PLC0415
+
+        tiny = self.models == TINY
+        if self.resolution is None:
+            self.resolution = str(DEMO_HEIGHT * DEMO_WIDTH) if tiny and self.size is None else "480p"
+        if self.steps is None:
+            self.steps = DEMO_INFERENCE["num_inference_steps"] if tiny else 50
+        if self.cfg is None:
+            self.cfg = DEMO_INFERENCE["cfg_scale"] if tiny else 1.5
         # "auto" (the default) is resolved where the poses are made (`prepare_poses`); a named --det-model /
         # --pose-model means DWPose, strictly (a missing file is refused before any work).
         if self.pose_backend == "auto" and (self.det_model is not None or self.pose_model is not None):

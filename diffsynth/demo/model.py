@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..configs import PoseGuiderConfig, WanDiTConfig
-from ..loading.release import DEMO_FILES, DEMO_FOLDER
+from ..loading.release import DEMO_FILES, DEMO_FOLDER, DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH
 from ..tiny import TINY_CLIP, TINY_T5, TINY_VAE
 
 
@@ -42,7 +42,7 @@ DEMO_VAE = TINY_VAE
 CONFIGS = [TINY_T5, DEMO_VAE, TINY_CLIP]
 
 
-HEIGHT, WIDTH, NUM_FRAMES = 64, 48, 9
+HEIGHT, WIDTH, NUM_FRAMES = DEMO_HEIGHT, DEMO_WIDTH, 9
 
 
 HELD_OUT_SEED = 100_000          # synthetic seeds from here on are never used in training
@@ -60,7 +60,7 @@ FILES = DEMO_FILES   # the release layouts (loading/release.py)
 
 
 # Default inference settings of the demo (what the tests and the strip use).
-INFERENCE = dict(num_inference_steps=10, cfg_scale=1.0, sigma_shift=5.0, seed=0)
+INFERENCE = dict(DEMO_INFERENCE, seed=0)
 
 
 def model_files(folder=ASSET_DIR) -> Dict[str, object]:

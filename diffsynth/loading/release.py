@@ -40,6 +40,10 @@ DEMO_FILES = dict(
     unianimate="UniAnimate-Wan2.1-demo-lora.safetensors",
 )
 
+# What the demo model was trained and evaluated at: its own size and schedule (the defaults whenever it runs).
+DEMO_HEIGHT, DEMO_WIDTH = 64, 48
+DEMO_INFERENCE = dict(num_inference_steps=10, cfg_scale=1.0, sigma_shift=5.0)
+
 # The dtype each model runs in: a fixed one, or None for the pipeline's dtype (bf16 on a GPU). CLIP runs in fp32 as
 # upstream loads it; the pose guider's small CNNs run in fp32 and their output is cast to the DiT dtype.
 MODEL_DTYPES: Dict[str, Optional[torch.dtype]] = dict(
@@ -182,6 +186,6 @@ def load_model_files(files: ModelFiles, torch_dtype: torch.dtype = torch.bfloat1
 
 
 __all__ = ["WAN_I2V_FOLDER", "WAN_I2V_FILES", "TOKENIZER_FOLDER", "DIT_SHARD_GLOB", "UNIANIMATE_FILE", "DWPOSE_FILES",
-           "STEP_CACHE_MODEL_ID", "DEMO_NAME", "DEMO_FOLDER", "DEMO_FILES", "MODEL_DTYPES",
+           "STEP_CACHE_MODEL_ID", "DEMO_NAME", "DEMO_FOLDER", "DEMO_FILES", "DEMO_HEIGHT", "DEMO_WIDTH", "DEMO_INFERENCE", "MODEL_DTYPES",
            "model_dtype", "DOWNLOAD_HINT", "ModelFiles", "dit_shards", "release_files", "demo_files",
            "find_model_files", "load_model_files", "carries_pose_guider", "describe_loaded"]

@@ -60,7 +60,7 @@ def test_a_landscape_circle_reaches_the_pipeline_as_a_circle(tmp_path, tiny_pipe
 @pytest.mark.parametrize("photo_size, expected", [((1080, 1920), (464, 832)), ((1920, 1080), (832, 464)),
                                                   ((1000, 1000), (624, 624))])
 def test_portrait_landscape_and_square_sizes(photo_size, expected):
-    assert generation_size(*photo_size, AnimateSettings(models="tiny")) == expected
+    assert generation_size(*photo_size, AnimateSettings(models="tiny", resolution="480p")) == expected
     assert generation_size(*photo_size, AnimateSettings(models="tiny", resolution="720p"))[0] % 16 == 0
 
 
@@ -236,3 +236,19 @@ def test_the_pose_cache_names_a_damaged_input_in_one_line(tmp_path, pose_models,
     with pytest.raises(ValueError) as caught:
         prepare_poses(*inputs, tmp_path / "clip.poses", (64, 32), **pose_args(pose_models))
     assert str(bad) in str(caught.value) and "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_defaults_fit_the_models():
+    """The release runs at upstream's 480p / 50 steps / cfg 1.5; --models tiny at the demo model's own size and
+    schedule (64x48, 10 steps, cfg 1: what it was trained and evaluated at); what is given is kept."""
+    from diffsynth.animate.settings import AnimateSettings
+    from diffsynth.loading.release import DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH
+
+    release = AnimateSettings()
+    assert (release.resolution, release.steps, release.cfg) == ("480p", 50, 1.5)
+    tiny = AnimateSettings(models="tiny")
+    assert (tiny.area(), tiny.steps, tiny.cfg) == (DEMO_HEIGHT * DEMO_WIDTH, DEMO_INFERENCE["num_inference_steps"],
+                                                   DEMO_INFERENCE["cfg_scale"])
+    given = AnimateSettings(models="tiny", resolution="480p", steps=3, cfg=2.0)
+    assert (given.resolution, given.steps, given.cfg) == ("480p", 3, 2.0)
+    assert tiny.with_(seed=3).steps == tiny.steps

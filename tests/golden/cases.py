@@ -228,7 +228,7 @@ def _animate_cli():
     try:
         rc = main(["animate", "--ref", os.path.join(folder, "photo.png"), "--driving", os.path.join(folder, "dance.mp4"),
                    "--out", os.path.join(folder, "out", "me.mp4"), "--models", "tiny", "--resolution", "3072",
-                   "--steps", "2", "--det-model", str(det), "--pose-model", str(pose), "--no-audio"])
+                   "--steps", "2", "--cfg", "1.5", "--det-model", str(det), "--pose-model", str(pose), "--no-audio"])
     finally:
         media.write_outputs = original
     if rc != 0:
