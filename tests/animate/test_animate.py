@@ -252,3 +252,34 @@ def test_defaults_fit_the_models():
     given = AnimateSettings(models="tiny", resolution="480p", steps=3, cfg=2.0)
     assert (given.resolution, given.steps, given.cfg) == ("480p", 3, 2.0)
     assert tiny.with_(seed=3).steps == tiny.steps
+
+
+@pytest.mark.parametrize("field", ["reference", "driving", "canvas", "resize", "det_model", "pose_model", "smooth"])
+def test_every_field_of_the_pose_cache_key_invalidates_it(tmp_path, pose_models, photo, driving, field):
+    """Changing any one input the pose folder is made from makes `prepare_poses` extract again, and changing it back
+    (or nothing) reuses the folder. (Dropping a field from `cache_key` fails its case.)"""
+    import shutil
+
+    folder = tmp_path / "clip.poses"
+    base = dict(reference=photo, driving=driving, canvas=(64, 32), resize="pad", det_model=pose_models[0],
+                pose_model=pose_models[1], smooth=False)
+
+    def run(**changes):
+        a = {**base, **changes}
+        return prepare_poses(a["reference"], a["driving"], folder, a["canvas"], a["resize"], "dwpose",
+                             a["det_model"], a["pose_model"], a["smooth"])
+
+    assert not run().reused and run().reused
+    other = {"canvas": (48, 32), "resize": "stretch", "smooth": True}
+    if field == "reference":
+        changed = tmp_path / "other_photo.png"
+        cv2.imwrite(str(changed), landscape_photo(300, 180))
+    elif field == "driving":
+        changed = write_driving(tmp_path / "other_dance.mp4", frames=8)
+    elif field in ("det_model", "pose_model"):
+        changed = tmp_path / f"copy_of_{field}.onnx"
+        shutil.copy(base[field], changed)
+    else:
+        changed = other[field]
+    assert not run(**{field: changed}).reused
+    assert run(**{field: changed}).reused
