@@ -27,12 +27,14 @@ from .animate.names import clip_name, output_label
 from .animate.run import AnimateResult, Animator, OutputPaths, error_line, generation_size
 from .animate.settings import DEFAULT_PROMPT, TINY, VRAM_TIERS, AnimateSettings, ProgressEvent
 from .data.safe_write import check_output_file, make_folder
+from .configs import DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH
 from .pose.backends import BACKENDS
 
 CACHES = ("none", "TeaCache", "MagCache")
 DEFAULT_THRESHOLDS = {"TeaCache": 0.2, "MagCache": 0.12}
 RESOLUTIONS = ("480p", "720p")
-TINY_RESOLUTION, TINY_STEPS = "3072", 4          # defaults with --models tiny: a 64x48-ish clip in seconds on a CPU
+# Defaults with --models tiny: the demo model's own size and steps (a clip in seconds on a CPU).
+TINY_RESOLUTION, TINY_STEPS = str(DEMO_HEIGHT * DEMO_WIDTH), DEMO_INFERENCE["num_inference_steps"]
 # Where each stage sits on the overall progress bar (start, end).
 STAGE_SPANS = {"poses": (0.0, 0.1), "load": (0.1, 0.15), "generate": (0.15, 0.95), "write": (0.95, 1.0),
                "done": (1.0, 1.0)}

@@ -136,6 +136,12 @@ class PoseGuiderConfig:
 
 
 __all__ = [
+    "DEMO_HEIGHT", "DEMO_WIDTH", "DEMO_INFERENCE",
     "WanDiTConfig", "DIT_PRESETS", "WanVAEConfig", "UMT5Config", "ClipVisionConfig", "PoseGuiderConfig",
     "WAN_VAE_LATENT_MEAN", "WAN_VAE_LATENT_STD", "replace",
 ]
+
+
+# What the demo model was trained and evaluated at: its own size and schedule (the defaults whenever it runs).
+DEMO_HEIGHT, DEMO_WIDTH = 64, 48
+DEMO_INFERENCE = dict(num_inference_steps=10, cfg_scale=1.0, sigma_shift=5.0)

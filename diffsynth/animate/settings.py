@@ -83,7 +83,7 @@ class AnimateSettings:
     def __post_init__(self):
         # Defaults that fit the models: the release runs at 480p, 50 steps, cfg 1.5 (upstream's scripts); the tiny
         # demo model at its own size and schedule (what it was trained and evaluated at).
-        from ..loading.release import DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH  # noqa: PLC0415
+        from ..configs import DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH  # noqa: PLC0415
 
         tiny = self.models == TINY
         if self.resolution is None:

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
+from ..configs import DEMO_HEIGHT, DEMO_INFERENCE, DEMO_WIDTH
+
 WAN_I2V_FOLDER = "Wan2.1-I2V-14B-720P"
 WAN_I2V_FILES = dict(
     image_encoder="models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
@@ -39,10 +41,6 @@ DEMO_FILES = dict(
     image_encoder="models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors",
     unianimate="UniAnimate-Wan2.1-demo-lora.safetensors",
 )
-
-# What the demo model was trained and evaluated at: its own size and schedule (the defaults whenever it runs).
-DEMO_HEIGHT, DEMO_WIDTH = 64, 48
-DEMO_INFERENCE = dict(num_inference_steps=10, cfg_scale=1.0, sigma_shift=5.0)
 
 # The dtype each model runs in: a fixed one, or None for the pipeline's dtype (bf16 on a GPU). CLIP runs in fp32 as
 # upstream loads it; the pose guider's small CNNs run in fp32 and their output is cast to the DiT dtype.

@@ -138,7 +138,7 @@ def test_flags_and_the_gradio_page(tmp_path):
 
     args = build_parser().parse_args(["--models", "tiny", "--port", "7999", "--outputs", str(tmp_path / "o")])
     config = config_from_args(args)
-    assert (config.models, config.resolution, config.steps, args.port, args.share) == ("tiny", "3072", 4, 7999, False)
+    assert (config.models, config.resolution, config.steps, args.port, args.share) == ("tiny", "3072", 10, 7999, False)
     app = build_app(config)
     labels = {getattr(block, "label", None) for block in app.blocks.values()}
     for label in ("Photo of the person", "Driving video", "Steps", "Guidance (cfg)", "Step cache", "Seed", "Result"):
