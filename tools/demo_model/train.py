@@ -16,6 +16,9 @@ import torch
 
 from diffsynth.demo.model import (ASSET_DIR, BYSTANDER_EVERY, CONFIGS, DEMO_DIT, DEMO_POSE, DEMO_VAE, HEIGHT,
                                   HELD_OUT_SEED, NUM_FRAMES, WIDTH, load_demo_pipeline, logger, model_files)
+from diffsynth.loading.sidecar import write_config_sidecar
+from diffsynth.tiny import TINY_CLIP
+
 from .card import _loss_summary, write_card
 from .evaluate import EVAL_SEEDS, evaluate, vae_reconstruction_psnr
 
@@ -175,7 +178,6 @@ def _save_base_models(folder: Path, vae, seed: int = 0) -> Dict[str, object]:
     """Frozen tiny T5 / CLIP (seeded random), the trained VAE and a seeded untrained DiT, in the release layouts."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    from diffsynth.loading.sidecar import write_config_sidecar  # noqa: PLC0415
     from diffsynth.models.wan_dit import WanModel  # noqa: PLC0415
     from diffsynth.tiny import build_tiny_models  # noqa: PLC0415
 
@@ -418,6 +420,7 @@ def train(work_dir: str, out_dir: str = str(ASSET_DIR), num_clips: int = 400, va
     shutil.copyfile(stage1 / "config.json", out / "config.json")
     for name in ("text_encoder", "vae", "image_encoder"):
         shutil.copyfile(files[name], final[name])
+    write_config_sidecar(final["image_encoder"], TINY_CLIP)   # its heads are not width / 80: loaders read this
     shutil.rmtree(out / "google", ignore_errors=True)
     shutil.copytree(base / "google", out / "google")
     lora_state = torch.load(_release_checkpoint(lora), map_location="cpu", weights_only=True)
