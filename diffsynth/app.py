@@ -36,8 +36,10 @@ RESOLUTIONS = ("480p", "720p")
 # Defaults with --models tiny: the demo model's own size and steps (a clip in seconds on a CPU).
 TINY_RESOLUTION, TINY_STEPS = str(DEMO_HEIGHT * DEMO_WIDTH), DEMO_INFERENCE["num_inference_steps"]
 # Where each stage sits on the overall progress bar (start, end).
-STAGE_SPANS = {"poses": (0.0, 0.1), "load": (0.1, 0.15), "generate": (0.15, 0.95), "write": (0.95, 1.0),
-               "done": (1.0, 1.0)}
+# Decoding (a third of a job's time at 480p) has its own span: after the steps for short clips, inside "write" when
+# long videos are decoded while they are written.
+STAGE_SPANS = {"poses": (0.0, 0.1), "load": (0.1, 0.15), "encode": (0.15, 0.2), "generate": (0.2, 0.75),
+               "decode": (0.75, 0.8), "write": (0.8, 1.0), "done": (1.0, 1.0)}
 
 
 @dataclass

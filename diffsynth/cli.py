@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from typing import List, Optional
 
 ANIMATE_EXAMPLES = """\
@@ -148,20 +149,36 @@ def settings_from_args(args):
 
 
 class _Printer:
-    """Progress on stderr: one line per stage, the steps and frames counted on one rewritten line."""
+    """Progress on stderr: one line per stage; the denoising steps and written frames with s/step (s/frame) and an
+    ETA, on one rewritten line in a terminal, one line per step (at most ~20 lines for frames) when piped."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.open = stream, False
+    def __init__(self, stream=sys.stderr, clock=time.monotonic):
+        self.stream, self.clock, self.open = stream, clock, False
+        self._started: dict = {}
+
+    def _counted(self, event) -> str:
+        if event.done == 0 or event.stage not in self._started:
+            self._started[event.stage] = self.clock()
+            return f"{event.stage}: 0/{event.total}"
+        per = (self.clock() - self._started[event.stage]) / event.done
+        unit = "step" if event.stage == "generate" else "frame"
+        return (f"{event.stage}: {event.done}/{event.total}, {per:.2f} s/{unit}, "
+                f"ETA {per * (event.total - event.done):.0f} s")
 
     def __call__(self, event) -> None:
         prefix = f"[{event.item}/{event.items}] " if event.items > 1 else ""
         counting = event.stage in ("generate", "write") and event.total
-        if counting and self.stream.isatty():
-            self.stream.write(f"\r{prefix}{event.stage}: {event.done}/{event.total}")
-            self.open = event.done < event.total
-            if not self.open:
-                self.stream.write("\n")
-        elif not counting or event.done in (0, event.total):
+        if counting:
+            line = self._counted(event)
+            if self.stream.isatty():
+                self.stream.write(f"\r{prefix}{line}")
+                self.open = event.done < event.total
+                if not self.open:
+                    self.stream.write("\n")
+            elif event.stage == "generate" or event.done in (0, event.total) or \
+                    event.done % max(1, event.total // 20) == 0:
+                self.stream.write(f"{prefix}{line}\n")
+        else:
             if self.open:
                 self.stream.write("\n")
                 self.open = False

@@ -169,6 +169,7 @@ class Animator:
         for i, timestep in enumerate(timesteps):
             yield timestep
             self.emit("generate", i + 1, total, f"step {i + 1}/{total}")
+        self.emit("decode", message="decoding the frames")   # runs right after the last step (streamed: while writing)
 
     # ----------------------------------------------------------------------------------------------- one pair
     def animate(self, reference, driving, out=None, *, preview_only: bool = False) -> AnimateResult:
@@ -242,7 +243,9 @@ class Animator:
             negative_prompt=WAN_NEGATIVE_PROMPT if settings.negative_prompt is None else settings.negative_prompt,
             tiled=not settings.tiny if settings.tiled is None else settings.tiled, step_cache=step_cache(settings),
             preset="fast" if settings.fast else None, **settings.extra)
-        frames = generate_frames(self.pipeline, reference, dwpose_data, random_ref_dwpose, request,
+        pipeline = self.pipeline
+        self.emit("encode", message=f"encoding the prompt, the reference and {count} pose frames")
+        frames = generate_frames(pipeline, reference, dwpose_data, random_ref_dwpose, request,
                                  windows=LONG_VIDEO_WINDOWS if long_video else None, progress_bar_cmd=self._steps,
                                  output="iterator" if long_video else "pil")
         result.pipeline = "long" if long_video else "short"

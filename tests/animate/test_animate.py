@@ -74,7 +74,8 @@ def test_long_videos_take_the_long_pipeline_and_report_progress(tmp_path, tiny_p
     assert len(VideoData(video_file=str(result.video))) == 5
     steps = [(e.done, e.total) for e in events if e.stage == "generate"]
     assert steps == [(0, 2), (1, 2), (2, 2)]
-    assert [e.stage for e in events][:3] == ["poses", "poses", "generate"] and events[-1].stage == "done"
+    assert [e.stage for e in events][:4] == ["poses", "poses", "encode", "generate"] and events[-1].stage == "done"
+    assert "decode" in [e.stage for e in events]
     assert [e.fraction for e in events if e.stage == "write"][-1] == 1.0
 
 

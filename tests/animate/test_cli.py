@@ -156,3 +156,31 @@ def test_the_release_check_names_every_missing_file_and_the_tiny_alternative(tmp
     args = build_parser().parse_args(["animate", "--ref", "p", "--driving", "d", "--models", str(models),
                                       "--det-model", pose_models[0], "--pose-model", pose_models[1]])
     assert missing_checkpoints(settings_from_args(args)) == []
+
+
+def test_piped_progress_has_a_line_per_step_with_s_per_step_and_eta():
+    """Piped (not a terminal): encode and decode get their own lines, every denoising step one line with s/step
+    and ETA, the written frames at most ~20 lines."""
+    import io
+    import itertools
+
+    from diffsynth.animate.settings import ProgressEvent
+    from diffsynth.cli import _Printer
+
+    stream = io.StringIO()
+    clock = itertools.count(10.0, 2.0)                  # every clock read is 2 s later
+    printer = _Printer(stream, clock=lambda: next(clock))
+    printer(ProgressEvent("encode", message="encoding the prompt, the reference and 5 pose frames"))
+    for done in range(41):
+        printer(ProgressEvent("generate", done, 40))
+    printer(ProgressEvent("decode", message="decoding the frames"))
+    for done in range(101):
+        printer(ProgressEvent("write", done, 100, f"frame {done}/100"))
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("encode: ") and "decode: decoding the frames" in lines
+    steps = [line for line in lines if line.startswith("generate: ")]
+    assert len(steps) == 41 and steps[0] == "generate: 0/40"
+    assert steps[1] == "generate: 1/40, 2.00 s/step, ETA 78 s" and steps[3] == "generate: 3/40, 2.00 s/step, ETA 74 s"
+    assert steps[-1] == "generate: 40/40, 2.00 s/step, ETA 0 s"
+    writes = [line for line in lines if line.startswith("write: ")]
+    assert 5 <= len(writes) <= 22 and writes[-1].startswith("write: 100/100, ")
