@@ -79,7 +79,10 @@ def _add_animate(commands) -> None:
     gen.add_argument("--fast", action="store_true",
                      help="4 steps, cfg 1 (needs a step-distillation LoRA such as LightX2V's, given with --lora)")
     gen.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-                     help="an extra LoRA merged after UniAnimate's (repeatable)")
+                     help="an extra LoRA merged after UniAnimate's (repeatable); a UniAnimate LoRA you trained "
+                          "(it carries a pose guider) replaces the shipped one")
+    gen.add_argument("--stack-loras", action="store_true",
+                     help="merge a UniAnimate LoRA given with --lora on top of the shipped one instead")
     cache = gen.add_mutually_exclusive_group()
     cache.add_argument("--teacache", type=float, metavar="THRESH", help="TeaCache step skipping (0.1-0.3)")
     cache.add_argument("--magcache", type=float, metavar="THRESH", help="MagCache step skipping (e.g. 0.12)")
@@ -142,7 +145,8 @@ def settings_from_args(args):
     return AnimateSettings(
         models=args.models, resolution=args.resolution, size=args.size, resize=args.resize, steps=args.steps,
         cfg=args.cfg, seed=args.seed, fast=args.fast, teacache=args.teacache, magcache=args.magcache,
-        vram=args.vram, loras=tuple(args.lora), prompt=args.prompt, stride=args.stride, max_frames=args.max_frames,
+        vram=args.vram, loras=tuple(args.lora), stack_loras=args.stack_loras, prompt=args.prompt, stride=args.stride,
+        max_frames=args.max_frames,
         max_short_frames=args.long_after, pose_backend=args.pose_backend, det_model=args.det_model,
         pose_model=args.pose_model, smooth=args.smooth, audio=args.audio, overwrite=args.overwrite,
         ulysses_size=args.ulysses_size, ring_size=args.ring_size, cfg_parallel=args.cfg_parallel).validate()

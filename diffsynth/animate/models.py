@@ -20,18 +20,20 @@ from .settings import VRAM_TIERS, AnimateSettings, parse_lora
 logger = logging.getLogger(__name__)
 
 def load_tiny_pipeline(device: str = "cpu", torch_dtype: torch.dtype = torch.float32, loras=(), checkpoints=None,
-                       trained: bool = True):
+                       trained: bool = True, stack_loras: bool = False):
     """The tiny models as a long-video pipeline, read through the release's loaders (`from_pretrained`): the shipped
     demo model (trained on synthetic mannequin clips at 64x48, `diffsynth/assets/demo_model/`), the given
     `checkpoints` (`diffsynth.tiny.TinyCheckpoints`), or with `trained=False` seeded random tiny models. The one
-    place that decides which tiny weights `--models tiny` uses."""
+    place that decides which tiny weights `--models tiny` uses. A UniAnimate LoRA in `loras` replaces the shipped
+    one unless `stack_loras`."""
     from ..loading.release import ModelFiles, describe_loaded, load_model_files  # noqa: PLC0415
     from ..pipelines import WanUniAnimateLongVideoPipeline  # noqa: PLC0415
 
     lora_list = [parse_lora(spec) for spec in loras]
     if checkpoints is None and trained:
         return WanUniAnimateLongVideoPipeline.from_pretrained("demo", torch_dtype=torch_dtype, device=device,
-                                                              loras=lora_list, progress=False)
+                                                              loras=lora_list, progress=False,
+                                                              stack_loras=stack_loras)
     with tempfile.TemporaryDirectory(prefix="diffsynth-tiny-") as folder:
         if checkpoints is None:
             from ..tiny import build_tiny_models, save_tiny_checkpoints  # noqa: PLC0415
@@ -40,7 +42,7 @@ def load_tiny_pipeline(device: str = "cpu", torch_dtype: torch.dtype = torch.flo
                                                 os.path.join(folder, "checkpoints"), seed=0)
         files = ModelFiles(list(checkpoints.dit_shards), checkpoints.text_encoder, checkpoints.vae,
                            checkpoints.image_encoder, checkpoints.unianimate)
-        notes = [files.add_lora(path, strength) for path, strength in lora_list]
+        notes = [files.add_lora(path, strength, stack=stack_loras) for path, strength in lora_list]
         manager = load_model_files(files, torch_dtype, progress=False)
         pipe = WanUniAnimateLongVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
         pipe.loaded = ["models: tiny random", *notes, *describe_loaded(manager, files)]
@@ -64,7 +66,8 @@ def load_pipeline(settings: AnimateSettings, device: Optional[str] = None):
     parallel, process_device = prepare_processes(settings.ulysses_size, settings.cfg_parallel, settings.ring_size)
     device = device or settings.device or str(process_device)
     if settings.tiny:
-        pipe = load_tiny_pipeline("cpu" if settings.device is None else device, loras=settings.loras)
+        pipe = load_tiny_pipeline("cpu" if settings.device is None else device, loras=settings.loras,
+                                  stack_loras=settings.stack_loras)
         if parallel is not None:
             pipe.enable_parallel(parallel)
         return pipe
@@ -76,7 +79,7 @@ def load_pipeline(settings: AnimateSettings, device: Optional[str] = None):
     stream = on_gpu and tier.resident_dit_params is not None
     pipe = WanUniAnimateLongVideoPipeline.from_pretrained(
         settings.models, torch_dtype=torch.bfloat16, device=device,
-        loras=[parse_lora(spec) for spec in settings.loras],
+        loras=[parse_lora(spec) for spec in settings.loras], stack_loras=settings.stack_loras,
         dit_dtype=torch.float8_e4m3fn if (on_gpu and tier.fp8) else None)
     if stream:
         pipe.enable_vram_management(num_persistent_param_in_dit=tier.resident_dit_params)

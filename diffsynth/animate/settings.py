@@ -61,6 +61,7 @@ class AnimateSettings:
     magcache: Optional[float] = None     # MagCache threshold (e.g. 0.12)
     vram: str = "all"                    # a key of VRAM_TIERS
     loras: Tuple[str, ...] = ()          # extra LoRAs, "path" or "path:strength"
+    stack_loras: bool = False            # a UniAnimate LoRA in `loras` stacks on the shipped one instead of replacing it
     prompt: str = DEFAULT_PROMPT
     negative_prompt: Optional[str] = None   # None: the standard Wan negative prompt
     stride: int = 1

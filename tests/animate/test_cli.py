@@ -184,3 +184,30 @@ def test_piped_progress_has_a_line_per_step_with_s_per_step_and_eta():
     assert steps[-1] == "generate: 40/40, 2.00 s/step, ETA 0 s"
     writes = [line for line in lines if line.startswith("write: ")]
     assert 5 <= len(writes) <= 22 and writes[-1].startswith("write: 100/100, ")
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_trained_unianimate_lora_replaces_the_shipped_one_unless_stacked(tmp_path, photo, stack):
+    """`--lora my_unianimate.safetensors` (a LoRA carrying a pose guider) replaces the loaded UniAnimate checkpoint;
+    `--stack-loras` merges it on top. The loader says which it did."""
+    from safetensors.torch import load_file, save_file
+
+    from diffsynth.animate.models import load_pipeline
+    from diffsynth.cli import build_parser, settings_from_args
+    from diffsynth.loading.release import demo_files
+
+    shipped = demo_files().unianimate
+    mine = tmp_path / "my_unianimate.safetensors"
+    save_file({k: (v.float() * 1.1).contiguous() if v.is_floating_point() else v
+               for k, v in load_file(shipped).items()}, mine)
+    argv = ["animate", "--ref", str(photo), "--driving", str(photo), "--models", "tiny", "--lora", str(mine)]
+    settings = settings_from_args(build_parser().parse_args(argv + (["--stack-loras"] if stack else [])))
+    assert settings.stack_loras == stack
+    pipe = load_pipeline(settings)
+    merged = [line for line in pipe.loaded if line.startswith("LoRA merged")]
+    if stack:
+        assert len(merged) == 2 and any("merged after the UniAnimate checkpoint" in line for line in pipe.loaded)
+    else:
+        assert len(merged) == 1 and str(mine) in merged[0]
+        assert any(f"replaces the UniAnimate checkpoint {shipped}" in line for line in pipe.loaded)
+    assert f"pose guider from: {mine}" in pipe.loaded
