@@ -13,8 +13,8 @@ from typing import Optional
 
 import torch
 
-from ..loading.release import (DIT_SHARD_GLOB, DWPOSE_FILES, STEP_CACHE_MODEL_ID, TOKENIZER_FOLDER, UNIANIMATE_FILE,
-                               WAN_I2V_FILES, WAN_I2V_FOLDER)
+from ..loading.release import (DWPOSE_FILES, STEP_CACHE_MODEL_ID, TOKENIZER_FOLDER, UNIANIMATE_FILE, WAN_I2V_FILES,
+                               WAN_I2V_FOLDER, missing_dit_shards)
 from .settings import VRAM_TIERS, AnimateSettings, parse_lora
 
 logger = logging.getLogger(__name__)
@@ -91,17 +91,6 @@ def load_pipeline(settings: AnimateSettings, device: Optional[str] = None):
 WAN_FILES = (*WAN_I2V_FILES.values(), TOKENIZER_FOLDER + "/")    # besides the DiT shards
 
 
-def _dit_shards_missing(wan_dir: Path) -> list:
-    """The DiT shards a release folder lacks (all of `diffusion_pytorch_model-0000i-of-0000n.safetensors`)."""
-    shards = sorted(wan_dir.glob(DIT_SHARD_GLOB))
-    counts = {p.stem.rsplit("-of-", 1)[1] for p in shards}
-    if not shards or len(counts) != 1:
-        return ["diffusion_pytorch_model-0000{1..7}-of-00007.safetensors"]
-    count = counts.pop()
-    expected = [f"diffusion_pytorch_model-{i:0{len(count)}d}-of-{count}.safetensors" for i in range(1, int(count) + 1)]
-    return [name for name in expected if not (wan_dir / name).is_file()]
-
-
 def missing_checkpoints(settings: AnimateSettings, generate: bool = True) -> list:
     """The release files `settings` needs and its models folder lacks, as paths relative to it (the pose models as
     given): the pose models (dwpose backend), and for a generation with the release the Wan2.1 folder and the
@@ -116,7 +105,7 @@ def missing_checkpoints(settings: AnimateSettings, generate: bool = True) -> lis
             path = wan_dir / name
             if not (path.is_dir() if name.endswith("/") else path.is_file()):
                 missing.append(str(path))
-        missing += [str(wan_dir / name) for name in _dit_shards_missing(wan_dir)]
+        missing += [str(wan_dir / name) for name in missing_dit_shards(wan_dir)]
         if not (folder / UNIANIMATE_FILE).is_file():
             missing.append(str(folder / UNIANIMATE_FILE))
     return missing

@@ -88,13 +88,24 @@ class ModelFiles:
                                                                               else []), *(p for p, _ in self.loras)]
 
 
+def missing_dit_shards(wan_dir: Union[str, os.PathLike]) -> List[str]:
+    """The DiT shard names a release folder lacks (all n of `diffusion_pytorch_model-0000i-of-0000n.safetensors`;
+    the released 7 when there are none, or shards of several counts)."""
+    wan_dir = Path(wan_dir)
+    counts = {p.stem.rsplit("-of-", 1)[1] for p in wan_dir.glob(DIT_SHARD_GLOB)}
+    if len(counts) != 1:
+        return ["diffusion_pytorch_model-0000{1..7}-of-00007.safetensors"]
+    count = counts.pop()
+    expected = [f"diffusion_pytorch_model-{i:0{len(count)}d}-of-{count}.safetensors" for i in range(1, int(count) + 1)]
+    return [name for name in expected if not (wan_dir / name).is_file()]
+
+
 def dit_shards(wan_dir: Union[str, os.PathLike]) -> List[str]:
     """The DiT shards of a release folder (`diffusion_pytorch_model-0000i-of-0000n.safetensors`, all n of them)."""
     shards = sorted(Path(wan_dir).glob(DIT_SHARD_GLOB))
-    counts = {p.stem.rsplit("-of-", 1)[1] for p in shards}
     if not shards:
         raise FileNotFoundError(f"no DiT shards ({DIT_SHARD_GLOB}) in {wan_dir}: {DOWNLOAD_HINT}")
-    if len(counts) != 1 or len(shards) != int(counts.pop()):
+    if missing_dit_shards(wan_dir) or len(shards) != int(shards[0].stem.rsplit("-of-", 1)[1]):
         raise FileNotFoundError(f"the DiT shards in {wan_dir} are incomplete or mixed: "
                                 f"{', '.join(p.name for p in shards)}: {DOWNLOAD_HINT}")
     return [str(p) for p in shards]
@@ -185,5 +196,5 @@ def load_model_files(files: ModelFiles, torch_dtype: torch.dtype = torch.bfloat1
 
 __all__ = ["WAN_I2V_FOLDER", "WAN_I2V_FILES", "TOKENIZER_FOLDER", "DIT_SHARD_GLOB", "UNIANIMATE_FILE", "DWPOSE_FILES",
            "STEP_CACHE_MODEL_ID", "DEMO_NAME", "DEMO_FOLDER", "DEMO_FILES", "DEMO_HEIGHT", "DEMO_WIDTH", "DEMO_INFERENCE", "MODEL_DTYPES",
-           "model_dtype", "DOWNLOAD_HINT", "ModelFiles", "dit_shards", "release_files", "demo_files",
+           "model_dtype", "DOWNLOAD_HINT", "ModelFiles", "dit_shards", "missing_dit_shards", "release_files", "demo_files",
            "find_model_files", "load_model_files", "carries_pose_guider", "describe_loaded"]
