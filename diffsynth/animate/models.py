@@ -45,7 +45,7 @@ def load_tiny_pipeline(device: str = "cpu", torch_dtype: torch.dtype = torch.flo
         notes = [files.add_lora(path, strength, stack=stack_loras) for path, strength in lora_list]
         manager = load_model_files(files, torch_dtype, progress=False)
         pipe = WanUniAnimateLongVideoPipeline.from_model_manager(manager, torch_dtype=torch_dtype, device=device)
-        pipe.loaded = ["models: tiny random", *notes, *describe_loaded(manager, files)]
+        pipe.loaded = ["models: tiny random", *notes, *describe_loaded(manager)]
         return pipe
 
 

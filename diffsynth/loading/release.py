@@ -169,7 +169,7 @@ def carries_pose_guider(path: Union[str, os.PathLike]) -> bool:
         checkpoint.close()
 
 
-def describe_loaded(manager, files: ModelFiles) -> List[str]:
+def describe_loaded(manager) -> List[str]:
     """What a load merged, for the user: each LoRA with its strength, and where the pose guider came from."""
     lines = [f"LoRA merged: {merged.path} (strength {merged.strength:g})" for merged in manager.loras]
     if manager.pose_source:

@@ -104,7 +104,7 @@ class WanPipelineBase(ModelPlacement, GuidedDenoising):
                  for entry in loras]
         manager = load_model_files(files, torch_dtype, dit_dtype, progress)
         pipe = cls.from_model_manager(manager, torch_dtype=torch_dtype, device=device or "cpu")
-        pipe.loaded = [f"models: {source}", *notes, *describe_loaded(manager, files)]
+        pipe.loaded = [f"models: {source}", *notes, *describe_loaded(manager)]
         return pipe
 
     def use_prompter(self, prompter: Optional[WanPrompter] = None, tokenizer_path: Optional[str] = None) -> None:
