@@ -30,7 +30,7 @@ KNOWN_UPWARD: set = set()      # (importer folder, imported folder) pairs that r
 KNOWN_LOOPS: set = set()       # frozensets of two folders that import each other
 KNOWN_LONG_FILES = {"demo/synthetic.py", "training/samples.py", "loading/manager.py", "loading/lora.py",
                     "loading/formats.py", "loading/files.py", "training/module.py",
-                    "training/resume.py", "training/cli.py", "app.py"}
+                    "training/resume.py", "training/cli.py"}
 KNOWN_LONG_FUNCTIONS = {"pose/extract.py:run_align_pose", "training/cli.py:build_parser"}
 
 
