@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..data.pose_folder import list_pose_frames, pose_tensors, read_rgb, reference_pose_file
+from ..data.pose_folder import frames_at_stride, list_pose_frames, read_pose_frames, select_frames
 from ..data.safe_write import check_output_file
 from .checks import check_inputs
 from .names import batch_clip_names, clip_name
@@ -231,12 +231,12 @@ class Animator:
 
         settings = self.settings
         width, height = result.size
-        files = list_pose_frames(poses.path)[::settings.stride][:settings.max_frames]
-        long_video = len(files) > settings.max_short_frames
-        count = len(files) if long_video else (len(files) - 1) // 4 * 4 + 1
-        files = files[:count]
-        dwpose_data, random_ref_dwpose = pose_tensors([read_rgb(f) for f in files],
-                                                      read_rgb(reference_pose_file(poses.path)), height, width)
+        available = len(list_pose_frames(poses.path))
+        count = frames_at_stride(available, settings.stride, settings.max_frames)
+        long_video = count > settings.max_short_frames
+        count = count if long_video else (count - 1) // 4 * 4 + 1      # the short pipeline takes 4k + 1 frames
+        clip = read_pose_frames(poses.path, select_frames(available, count, settings.stride), height, width)
+        dwpose_data, random_ref_dwpose = clip.dwpose_data, clip.random_ref_dwpose
         reference = read_image_rgb(poses.reference_image)   # the pose tool's reader: photo and poses agree
         request = GenerationRequest(
             prompt=settings.prompt, seed=settings.seed, cfg_scale=settings.cfg, num_inference_steps=settings.steps,

@@ -112,25 +112,34 @@ def reference_pose_file(pose_dir: PathLike) -> Path:
 
 def select_frames(num_available: int, num_frames: int, stride: int = 1,
                   rng: Optional[np.random.Generator] = None) -> List[int]:
-    """`num_frames` indices into `num_available` frames: the window rule shared by inference and training.
+    """`num_frames` indices into `num_available` frames: the one frame-window rule of every entry (the example
+    scripts, `animate`, the web UI and training).
 
-    With at least `stride * num_frames` frames, a window at a start drawn uniformly from every start that fits
-    (`rng`; the first window when None) with the given stride. Shorter videos are spread over: stride
-    `max(N // num_frames, 1)` from frame 0, and the last index repeats to fill `num_frames`.
-    Upstream differs by one frame at the edges (inference never starts at N - cover, training drops the last frame).
+    When the window fits (`stride * (num_frames - 1) + 1` frames), it starts at a start drawn uniformly from every
+    start that fits (`rng`; the first window when None) and takes every `stride`-th frame. Shorter videos are spread
+    over: stride `max(N // num_frames, 1)` from frame 0, and the last index repeats to fill `num_frames`.
+    Upstream differs by one frame at the edges (inference never starts at the last start that fits, training drops
+    the last frame) and needs `stride` frames more before a strided window fits.
     """
     if num_available < 1:
         raise ValueError("select_frames: there are no frames to choose from")
     if num_frames < 1 or stride < 1:
         raise ValueError(f"select_frames: num_frames ({num_frames}) and stride ({stride}) must be >= 1")
-    cover = stride * num_frames
-    if num_available >= cover:
-        start = 0 if rng is None else int(rng.integers(0, num_available - cover + 1))
-        indices = list(range(start, start + cover, stride))
+    span = stride * (num_frames - 1) + 1
+    if num_available >= span:
+        start = 0 if rng is None else int(rng.integers(0, num_available - span + 1))
+        indices = list(range(start, start + span, stride))
     else:
         stride = max(num_available // num_frames, 1)
         indices = list(range(0, min(stride * num_frames, num_available), stride))
     return indices + [indices[-1]] * (num_frames - len(indices))
+
+
+def frames_at_stride(num_available: int, stride: int = 1, max_frames: Optional[int] = None) -> int:
+    """How many frames `select_frames` can take at `stride` without spreading or repeating: every `stride`-th
+    frame from the first, at most `max_frames`."""
+    count = len(range(0, num_available, stride))
+    return count if max_frames is None else min(count, max_frames)
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
@@ -184,14 +193,21 @@ def read_pose_clip(pose_dir: PathLike, height: int, width: int, num_frames: Opti
     `num_frames=None` takes every `frame_interval`-th frame (long videos); otherwise `select_frames` picks a window
     of `num_frames` with stride `frame_interval`, at a start drawn from `seed` (None: a fresh random start).
     """
-    frames = list_pose_frames(pose_dir)
-    reference = reference_pose_file(pose_dir)
+    available = len(list_pose_frames(pose_dir))
     if num_frames is None:
-        indices = list(range(0, len(frames), frame_interval))
+        indices = select_frames(available, frames_at_stride(available, frame_interval), frame_interval)
     else:
-        indices = select_frames(len(frames), num_frames, frame_interval, np.random.default_rng(seed))
+        indices = select_frames(available, num_frames, frame_interval, np.random.default_rng(seed))
+    return read_pose_frames(pose_dir, indices, height, width)
+
+
+def read_pose_frames(pose_dir: PathLike, indices: Sequence[int], height: int, width: int) -> PoseClip:
+    """The pose frames at `indices` (from `select_frames`) and the reference pose of a pose folder, as pipeline
+    inputs at `height` x `width`."""
+    frames = list_pose_frames(pose_dir)
     chosen = [frames[i] for i in indices]
-    dwpose_data, ref = pose_tensors([read_rgb(p) for p in chosen], read_rgb(reference), height, width)
+    dwpose_data, ref = pose_tensors([read_rgb(p) for p in chosen], read_rgb(reference_pose_file(pose_dir)),
+                                    height, width)
     return PoseClip(dwpose_data, ref, chosen)
 
 
@@ -217,6 +233,6 @@ def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated
     return panels
 
 
-__all__ = ["REFERENCE_POSE_FILE", "REFERENCE_IMAGE_FILE", "POSES_FILE", "POSES_FORMAT", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames",
+__all__ = ["REFERENCE_POSE_FILE", "REFERENCE_IMAGE_FILE", "POSES_FILE", "POSES_FORMAT", "MANIFEST_FILE", "frame_file_name", "is_frame_file", "list_pose_frames", "frames_at_stride", "read_pose_frames",
            "reference_pose_file", "select_frames", "read_rgb", "pose_tensors", "PoseClip", "read_pose_clip",
            "comparison_panels"]

@@ -284,3 +284,25 @@ def test_every_field_of_the_pose_cache_key_invalidates_it(tmp_path, pose_models,
         changed = other[field]
     assert not run(**{field: changed}).reused
     assert run(**{field: changed}).reused
+
+
+@pytest.mark.parametrize("stride, max_frames, expected", [(2, 81, [0, 2, 4, 6, 8]), (1, 5, [0, 1, 2, 3, 4]),
+                                                          (3, 81, [0, 3, 6, 9, 12]), (1, 81, list(range(13)))])
+def test_animate_picks_frames_by_the_one_window_rule(tmp_path, tiny_pipe, pose_models, photo, stride, max_frames,
+                                                     expected, monkeypatch):
+    """Every `stride`-th driving frame from the first, at most `max_frames`, cut to 4k + 1 for the short pipeline:
+    `select_frames` without a seed, the rule the example scripts and training use with one. (The stand-in pose
+    model draws the same pose on every frame, so the frames read are checked, not their pixels.)"""
+    import diffsynth.animate.run as run
+
+    driving = write_driving(tmp_path / "fifteen.mp4", frames=15)
+    read = {}
+
+    def read_pose_frames(pose_dir, indices, height, width):
+        read["indices"] = list(indices)
+        raise Reached
+    monkeypatch.setattr(run, "read_pose_frames", read_pose_frames)
+    animator = Animator(settings_for(pose_models, stride=stride, max_frames=max_frames), pipeline=tiny_pipe)
+    with pytest.raises(Reached):
+        animator.animate(photo, driving, tmp_path / "o.mp4")
+    assert read["indices"] == expected

@@ -142,8 +142,8 @@ def test_inference_hands_the_pipeline_the_folder_as_read(pose_dir, tmp_path):
 @pytest.mark.parametrize("n, frames, stride, expected", [
     (3, 5, 1, [0, 1, 2, 2, 2]),                  # short: padded with the last frame
     (5, 5, 1, [0, 1, 2, 3, 4]),                  # exactly one window
-    (7, 5, 2, [0, 1, 2, 3, 4]),                  # short for stride 2: the stride shrinks
-    (10, 5, 2, [0, 2, 4, 6, 8]),                 # N = cover: one start
+    (8, 5, 2, [0, 1, 2, 3, 4]),                  # short for stride 2 (a window spans 9): the stride shrinks
+    (9, 5, 2, [0, 2, 4, 6, 8]),                  # N = span: one start
 ])
 def test_select_frames_edges(n, frames, stride, expected):
     assert select_frames(n, frames, stride, np.random.default_rng(0)) == expected
@@ -156,6 +156,10 @@ def test_select_frames_draws_every_start_from_the_seed():
     window = select_frames(1000, 81, 3, np.random.default_rng(1))
     assert np.all(np.diff(window) == 3) and window[-1] < 1000
     assert select_frames(150, 81, 1) == list(range(81))              # no rng: the first window
+    # A strided window needs stride * (frames - 1) + 1 frames, not stride * frames: 161 frames hold 81 at stride 2
+    # (counting the span as 162 spread them at stride 1, ignoring the frame interval).
+    assert {select_frames(162, 81, 2, np.random.default_rng(s))[0] for s in range(200)} == {0, 1}
+    assert select_frames(161, 81, 2) == list(range(0, 161, 2))
     with pytest.raises(ValueError, match="no frames"):
         select_frames(0, 5, 1)
 
