@@ -153,7 +153,46 @@ def run_align_pose(
             padded / centre-cropped to the canvas's aspect first, written as reference.png, and measured there).
     """
     start = time.perf_counter()
-    # 1. Check every input before the slow part.
+    job = _check_inputs(ref_image, source, output_dir, overwrite, preview, canvas, resize,
+                        backend, det_model, pose_model)
+    reference = _reference_pose(job, ref_image, resize)
+    results, sizes = _track_poses(job, source, progress)
+    raw_poses, pose_source = fill_missing(results)
+    if smoothing is not None:
+        raw_poses = smooth_poses(raw_poses, job.frames.fps, smoothing.min_cutoff, smoothing.beta, smoothing.d_cutoff)
+    aligned, retargeting = align_poses(reference.pose, raw_poses)
+    names = [frame_file_name(i, len(aligned)) for i in range(len(aligned))]
+    output_dir = _write_pose_images(job, reference, aligned, names, overwrite, progress)
+    document = _poses_document(job, ref_image, reference, smoothing, retargeting,
+                               zip(names, sizes, results, pose_source, aligned))
+    atomic_write_text(output_dir / POSES_FILE, _to_json(document), replace=False)
+    if job.preview is not None:
+        write_preview(job.preview, job.frames, raw_poses, job.reference_image, aligned, job.frames.fps,
+                      overwrite=overwrite, canvas=job.canvas)
+
+    missing = sum(r.pose is None for r in results)
+    return AlignSummary(len(results), missing, time.perf_counter() - start, output_dir)
+
+
+@dataclass
+class _AlignJob:
+    """What `run_align_pose` has checked before the slow part: the images, the canvas, the source and the outputs."""
+
+    original_image: np.ndarray     # the reference as read
+    reference_image: np.ndarray    # brought to the canvas's aspect with `resize` (the original with "stretch")
+    canvas: tuple[int, int]        # (width, height) of the pose images
+    framing: object                # the pad/crop plan (`plan_framing`), None with "stretch"
+    frames: FrameSource
+    inputs: tuple                  # (reference image, source): what no output may overwrite
+    output_dir: Path
+    preview: Path | None
+    backend: object                # the pose backend (`create_backend`)
+    prepared: bool                 # whether the prepared reference image is written (resize "pad" / "crop")
+
+
+def _check_inputs(ref_image, source, output_dir, overwrite, preview, canvas, resize, backend, det_model,
+                  pose_model) -> _AlignJob:
+    """Step 1: check every input and output before the slow part (and open the source and the pose backend)."""
     check_mode(resize)
     original_image = read_image(ref_image)
     canvas_w, canvas_h = resolve_canvas(canvas, original_image.shape[1], original_image.shape[0])
@@ -166,17 +205,28 @@ def run_align_pose(
     if preview is not None:
         preview = check_output_file(preview, overwrite=overwrite, inputs=inputs, flag="--overwrite")
     pose_backend = create_backend(backend, det_model, pose_model)
+    return _AlignJob(original_image, reference_image, (canvas_w, canvas_h), framing, frames, inputs, output_dir,
+                     preview, pose_backend, resize != "stretch")
 
-    # 2. Poses.
-    reference = pose_backend.estimate_image(reference_image)
+
+def _reference_pose(job: _AlignJob, ref_image, resize: str) -> FramePose:
+    """Step 2a: the reference's pose; no person is an error (naming a centre crop that cut the person out)."""
+    reference = job.backend.estimate_image(job.reference_image)
     if reference.pose is None:
-        if resize == "crop" and pose_backend.estimate_image(original_image).pose is not None:
+        if resize == "crop" and job.backend.estimate_image(job.original_image).pose is not None:
+            canvas_w, canvas_h = job.canvas
             raise ValueError(f"--resize crop cut the person out of the reference image {ref_image}: the centre crop "
                              f"to the canvas's {canvas_w}x{canvas_h} shape keeps no one (the whole image has a "
                              f"person); use --resize pad, or a photo with the person nearer the centre")
         raise ValueError(f"no person found in the reference image {ref_image}")
+    return reference
+
+
+def _track_poses(job: _AlignJob, source, progress: bool) -> tuple[list[FramePose], list]:
+    """Step 2b: the pose of every driving frame (None where no person is found) and each frame's (width, height)."""
+    frames = job.frames
     results, sizes = [], []
-    tracker = pose_backend.new_sequence()
+    tracker = job.backend.new_sequence()
     try:
         for frame in tqdm(frames, total=frames.approximate_length(), unit="frame", desc="poses",
                           disable=not progress):
@@ -186,52 +236,51 @@ def run_align_pose(
         tracker.close()
     if not results:
         raise ValueError(f"no frame could be read from {source}")
-    raw_poses, pose_source = fill_missing(results)
-    if smoothing is not None:
-        raw_poses = smooth_poses(raw_poses, frames.fps, smoothing.min_cutoff, smoothing.beta, smoothing.d_cutoff)
+    return results, sizes
 
-    # 3. Align and draw.
-    aligned, retargeting = align_poses(reference.pose, raw_poses)
-    names = [frame_file_name(i, len(aligned)) for i in range(len(aligned))]
-    extra = [] if resize == "stretch" else [REFERENCE_IMAGE_FILE]
-    output_dir = prepare_output_dir(output_dir, overwrite, [REFERENCE_FILE, *names, POSES_FILE, *extra], inputs)
+
+def _write_pose_images(job: _AlignJob, reference: FramePose, aligned: list[Pose], names: list[str], overwrite: bool,
+                       progress: bool) -> Path:
+    """Step 3: make room in the output folder, then write the prepared reference (pad / crop), the reference pose
+    and the aligned poses, and record their hashes. Returns the output folder."""
+    extra = [REFERENCE_IMAGE_FILE] if job.prepared else []
+    output_dir = prepare_output_dir(job.output_dir, overwrite, [REFERENCE_FILE, *names, POSES_FILE, *extra],
+                                    job.inputs)
     if extra:
-        write_image(output_dir / REFERENCE_IMAGE_FILE, reference_image, replace=False)
-    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose, canvas_w, canvas_h), replace=False)
+        write_image(output_dir / REFERENCE_IMAGE_FILE, job.reference_image, replace=False)
+    write_image(output_dir / REFERENCE_FILE, draw_pose(reference.pose, *job.canvas), replace=False)
     for name, pose in zip(tqdm(names, unit="frame", desc="drawing", disable=not progress), aligned):
-        write_image(output_dir / name, draw_pose(pose, canvas_w, canvas_h), replace=False)
+        write_image(output_dir / name, draw_pose(pose, *job.canvas), replace=False)
     # The images' SHA-256, so that readers take exactly these frames (list_pose_frames) and notice an edit.
     Manifest.load(output_dir, MANIFEST_FILE).record_hashes([REFERENCE_FILE, *names, *extra])
+    return output_dir
 
-    # 4. poses.json and the optional preview.
-    document = {
+
+def _poses_document(job: _AlignJob, ref_image, reference: FramePose, smoothing: SmoothingOptions | None,
+                    retargeting, frames) -> dict:
+    """Step 4: the poses.json document; `frames` yields (file name, size, FramePose, pose source, aligned pose)."""
+    canvas_w, canvas_h = job.canvas
+    return {
         "format": POSES_FORMAT,
-        "backend": pose_backend.name,
+        "backend": job.backend.name,
         "coordinates": "normalised: x / image width, y / image height (the reference's: of the prepared reference "
                        f"image); pose images stretch them to {canvas_w}x{canvas_h}",
         "canvas": [canvas_w, canvas_h],
         "layout": {"body": list(BODY_NAMES), "hands": list(HANDS), "hand_points": NUM_HAND, "face_points": NUM_FACE},
-        "reference": {"image": str(ref_image), "size": list(reference_image.shape[1::-1]), "file": REFERENCE_FILE,
-                      "prepared_image": extra[0] if extra else None,
-                      "framing": framing.to_dict() if framing else {"mode": "stretch"},
+        "reference": {"image": str(ref_image), "size": list(job.reference_image.shape[1::-1]), "file": REFERENCE_FILE,
+                      "prepared_image": REFERENCE_IMAGE_FILE if job.prepared else None,
+                      "framing": job.framing.to_dict() if job.framing else {"mode": "stretch"},
                       "box": _box(reference.box), "pose": reference.pose.to_dict()},
-        "source": {"files": [str(f) for f in frames.files], "fps": frames.fps},
+        "source": {"files": [str(f) for f in job.frames.files], "fps": job.frames.fps},
         "smoothing": None if smoothing is None else vars(smoothing),
         "retargeting": retargeting.to_dict(),
         "frames": [
             {"index": i, "file": name, "size": list(size), "person_found": r.pose is not None,
              "pose_from_frame": src, "box": _box(r.box), "raw": None if r.pose is None else r.pose.to_dict(),
              "aligned": pose.to_dict()}
-            for i, (name, size, r, src, pose) in enumerate(zip(names, sizes, results, pose_source, aligned))
+            for i, (name, size, r, src, pose) in enumerate(frames)
         ],
     }
-    atomic_write_text(output_dir / POSES_FILE, _to_json(document), replace=False)
-    if preview is not None:
-        write_preview(preview, frames, raw_poses, reference_image, aligned, frames.fps, overwrite=overwrite,
-                      canvas=(canvas_w, canvas_h))
-
-    missing = sum(r.pose is None for r in results)
-    return AlignSummary(len(results), missing, time.perf_counter() - start, output_dir)
 
 
 def _to_json(document: dict) -> str:
