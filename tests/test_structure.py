@@ -31,7 +31,7 @@ KNOWN_LOOPS: set = set()       # frozensets of two folders that import each othe
 KNOWN_LONG_FILES = {"training/samples.py", "loading/manager.py", "loading/lora.py",
                     "loading/formats.py", "loading/files.py", "training/module.py",
                     "training/resume.py", "training/cli.py"}
-KNOWN_LONG_FUNCTIONS = {"pose/extract.py:run_align_pose", "training/cli.py:build_parser"}
+KNOWN_LONG_FUNCTIONS = {"training/cli.py:build_parser"}
 
 
 def modules():
