@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data_process: encode this many epochs of random clip/crop draws (epoch e of the "
                              "training reads cached epoch e %% cache_epochs)")
     models.add_argument("--output_path", default="./", help="Lightning default_root_dir (logs and checkpoints)")
-    models.add_argument("--dit_path", default=None, help="DiT file, folder, or comma-separated shards")
+    models.add_argument("--dit_path", default=None,
+                        help="DiT file, folder, or comma-separated shards; 'demo': the shipped demo model's")
     models.add_argument("--text_encoder_path", default=None, help="default: models_t5_umt5-xxl-enc-bf16.pth beside "
                         "the DiT (the google/umt5-xxl tokenizer folder must be beside it, or see --tokenizer_path)")
     models.add_argument("--tokenizer_path", default=None, help="umT5 tokenizer folder, if not beside the T5 file")
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    args.dit_path = resolve_dit_path(args.dit_path)
     if args.precision is None:
         args.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     return args
@@ -159,10 +161,23 @@ def release_folder(dit_path: Optional[str]) -> Optional[Path]:
     return first if first.is_dir() else first.parent
 
 
+def resolve_dit_path(dit_path: Optional[str]) -> Optional[str]:
+    """`--dit_path demo` (`loading.release.DEMO_NAME`): the shipped demo model's DiT shards; anything else as given."""
+    from ..loading.release import DEMO_NAME, demo_files  # noqa: PLC0415
+
+    if dit_path is None or dit_path.strip() != DEMO_NAME:
+        return dit_path
+    try:
+        return ",".join(demo_files().dit)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--dit_path {DEMO_NAME}: {error}") from error
+
+
 def resolve_encoder_paths(args) -> None:
-    """Fill --text_encoder_path, --vae_path and --image_encoder_path with the Wan2.1 release files beside the DiT
-    shards when they are not given; a missing file is an error that names it."""
-    from ..loading.release import WAN_I2V_FILES  # noqa: PLC0415
+    """Fill --text_encoder_path, --vae_path and --image_encoder_path with the files beside the DiT shards when they
+    are not given: the Wan2.1 release's names (`WAN_I2V_FILES`), or the demo model's (`DEMO_FILES`, safetensors with
+    their config sidecars). A missing file is an error that names it."""
+    from ..loading.release import DEMO_FILES, WAN_I2V_FILES  # noqa: PLC0415
 
     folder = release_folder(args.dit_path)
     for name in ENCODER_FLAGS:
@@ -172,11 +187,11 @@ def resolve_encoder_paths(args) -> None:
         expected = WAN_I2V_FILES[name]
         if folder is None:
             raise SystemExit(f"--{flag} is needed ({expected}), or --dit_path to find it beside the DiT")
-        candidate = folder / expected
-        if not candidate.is_file():
-            raise SystemExit(f"--{flag} not given and {expected} is not beside the DiT in {folder}: download the "
-                             f"Wan2.1-I2V release there or pass --{flag}")
-        setattr(args, flag, str(candidate))
+        found = [folder / layout[name] for layout in (WAN_I2V_FILES, DEMO_FILES) if (folder / layout[name]).is_file()]
+        if not found:
+            raise SystemExit(f"--{flag} not given and {expected} is not beside the DiT in {folder} (nor the demo "
+                             f"model's {DEMO_FILES[name]}): download the Wan2.1-I2V release there or pass --{flag}")
+        setattr(args, flag, str(found[0]))
 
 
 def load_model_configs(path: Optional[str]) -> list:
@@ -529,6 +544,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 __all__ = ["build_parser", "parse_args", "build_trainer", "build_dataset", "build_module", "train", "data_process",
-           "main", "weight_dtype", "resolve_strategy", "resolve_encoder_paths", "load_model_configs",
+           "main", "weight_dtype", "resolve_strategy", "resolve_dit_path", "resolve_encoder_paths", "load_model_configs",
            "find_resume_path", "EpochSetter", "SaveSettings", "resolve_max_epochs", "check_model_paths",
            "describe_length", "user_errors", "one_line"]
