@@ -25,20 +25,22 @@ from .data.pose_folder import read_pose_clip
 from .data.safe_write import check_output_file
 from .data.video import save_video
 from .distributed.state import prepare_processes
-from .loading.release import STEP_CACHE_MODEL_ID, dit_shards, load_model_files, release_files
+from .loading.release import STEP_CACHE_MODEL_ID, dit_shards, find_model_files, load_model_files
 from .pipelines import WanUniAnimateLongVideoPipeline, WanUniAnimateVideoPipeline
 from .pipelines.request import UNIANIMATE_CFG_SCALE, UNIANIMATE_STEPS, WAN_NEGATIVE_PROMPT, GenerationRequest
 from .pipelines.windows import WindowSettings
 
 logger = logging.getLogger(__name__)
 
-def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
+def load_unianimate_pipeline(wan_dir: str, lora_path: Optional[str], device: str = "cuda",
                              torch_dtype: torch.dtype = torch.bfloat16, long_video: bool = False,
                              cpu_offload: bool = False, vram_management: bool = False,
                              num_persistent_param_in_dit: Optional[float] = None,
                              dit_dtype: Optional[torch.dtype] = None,
                              extra_loras: Sequence = ()) -> WanUniAnimateVideoPipeline:
-    """Load the Wan2.1-I2V-14B-720P release (CLIP in fp32, the rest in `torch_dtype`) and the UniAnimate checkpoint.
+    """Load the Wan2.1-I2V-14B-720P release in `wan_dir` (CLIP in fp32, the rest in `torch_dtype`) and the
+    UniAnimate checkpoint `lora_path`; `wan_dir="demo"` loads the shipped tiny demo model instead (its own LoRA
+    unless `lora_path` is given), which runs on a CPU.
 
     Memory options (docs/memory.md): `cpu_offload` moves whole models; `vram_management` streams the DiT layers past
     `num_persistent_param_in_dit` resident parameters (None: all resident, 0: all stream; the upstream scripts use
@@ -48,7 +50,7 @@ def load_unianimate_pipeline(wan_dir: str, lora_path: str, device: str = "cuda",
     `extra_loras`: more LoRA files (or `(path, strength)` pairs) merged after the UniAnimate one, e.g. a step-
     distillation LoRA for `preset="fast"` (recognised by its file name, see `GenerationRequest.resolved`).
     """
-    files = release_files(wan_dir, unianimate=lora_path)
+    files = find_model_files(wan_dir, unianimate=lora_path)
     for extra in extra_loras:
         path, strength = extra if isinstance(extra, (tuple, list)) else (extra, 1.0)
         if not Path(path).is_file():

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 ImageLike = Union[Image.Image, np.ndarray]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_EXIF_ORIENTATION = 0x0112
 
 
 def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
@@ -38,13 +39,17 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def to_rgb_uint8(image: ImageLike) -> np.ndarray:
-    """A PIL image of any mode, or an H x W x 3 uint8 array, as a contiguous H x W x 3 uint8 RGB array."""
+    """A PIL image of any mode, or an H x W x 3 uint8 array, as a contiguous H x W x 3 uint8 RGB array. A PIL image
+    that still carries an EXIF orientation (`Image.open` of a phone photo, as upstream's README passes it) is turned
+    upright first, as `read_image_rgb` does, so the photo agrees with the pose drawn from it."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image arrays must be H x W x 3 uint8 RGB; got {image.dtype} {image.shape}")
         return np.ascontiguousarray(image)
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected a PIL image or an H x W x 3 uint8 array; got {type(image).__name__}")
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         grey = _scale_to_uint8(np.asarray(image), image.mode)
         return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
@@ -57,7 +62,7 @@ def read_image_rgb(path: Union[str, os.PathLike]) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            return to_rgb_uint8(ImageOps.exif_transpose(image))
+            return to_rgb_uint8(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"cannot read image {path}: not an image, or damaged ({error})") from None
 

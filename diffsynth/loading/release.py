@@ -143,15 +143,18 @@ def demo_files(folder: Union[str, os.PathLike] = DEMO_FOLDER) -> ModelFiles:
     return ModelFiles(paths["dit"], paths["text_encoder"], paths["vae"], paths["image_encoder"], paths["unianimate"])
 
 
-def find_model_files(source: Union[str, os.PathLike] = "checkpoints", with_unianimate: bool = True) -> ModelFiles:
+def find_model_files(source: Union[str, os.PathLike] = "checkpoints", with_unianimate: bool = True,
+                     unianimate: Union[str, os.PathLike, None] = None) -> ModelFiles:
     """`"demo"`: the shipped demo model; a folder: the release in it (`release_files`) or, when it holds the demo
-    layout (`DEMO_FILES`, e.g. a retrained demo model), that."""
+    layout (`DEMO_FILES`, e.g. a retrained demo model), that. `unianimate`: the UniAnimate checkpoint to use
+    instead of the one found there."""
     folder = Path(source).expanduser()
     if str(source) == DEMO_NAME or (folder.is_dir() and (folder / DEMO_FILES["text_encoder"]).is_file()):
         files = demo_files() if str(source) == DEMO_NAME else demo_files(folder)
-        files.unianimate = files.unianimate if with_unianimate else None
+        files.unianimate = (str(_require(Path(unianimate), "the UniAnimate checkpoint")) if unianimate
+                            else files.unianimate) if with_unianimate else None
         return files
-    return release_files(folder, with_unianimate=with_unianimate)
+    return release_files(folder, unianimate=unianimate, with_unianimate=with_unianimate)
 
 
 def carries_pose_guider(path: Union[str, os.PathLike]) -> bool:

@@ -2,8 +2,9 @@
 
     python examples/unianimate_wan/inference_unianimate_wan_long_video_720p.py
 
-Needs the Wan2.1-I2V-14B-720P release and the UniAnimate checkpoint under checkpoints/ (see README.md), and pose
-folders made by run_align_pose.py. Writes outputs/video_720P_long_<reference>_<pose folder>.mp4 as
+Needs the Wan2.1-I2V-14B-720P release and the UniAnimate checkpoint under checkpoints/ (see README.md), or the
+shipped tiny demo model (the settings say how), and pose folders made by run_align_pose.py. Writes
+outputs/video_720P_long_<reference>_<pose folder>.mp4 as
 [reference | pose | generated] at 15 fps.
 """
 import logging
@@ -16,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from diffsynth.inference import load_unianimate_pipeline, prepare_processes, run_items  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ settings
-WAN_DIR = "checkpoints/Wan2.1-I2V-14B-720P"
-LORA_PATH = "checkpoints/UniAnimate-Wan2.1-14B-Lora-12000.ckpt"
+WAN_DIR = "checkpoints/Wan2.1-I2V-14B-720P"   # "demo": the shipped tiny demo model, which runs on a CPU (then
+                                             # LORA_PATH = None, HEIGHT, WIDTH = 64, 48, CFG_SCALE = 1.0, NUM_INFERENCE_STEPS = 10)
+LORA_PATH = "checkpoints/UniAnimate-Wan2.1-14B-Lora-12000.ckpt"   # None: the one beside WAN_DIR (demo: its own)
 HEIGHT, WIDTH = 1280, 720           # portrait; swap for landscape (multiples of 16)
 SEED = 11
 MAX_FRAMES = None                # 4k+1 pose frames per video; None = all of them (long-video pipeline)

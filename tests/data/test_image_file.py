@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffsynth.data.image_file import read_image_bgr, read_image_rgb
+from diffsynth.data.image_file import read_image_bgr, read_image_rgb, to_rgb_uint8
 
 
 def upright_photo(height: int = 160, width: int = 120) -> np.ndarray:
@@ -40,6 +40,18 @@ def test_exif_orientation_is_applied(tmp_path):
     rgb = read_image_rgb(path)
     assert rgb.shape == (160, 120, 3) and is_upright(rgb)
     assert np.array_equal(read_image_bgr(path), rgb[..., ::-1])
+
+
+def test_an_opened_phone_photo_reaches_the_pipeline_upright(tmp_path):
+    """`input_image=Image.open(photo)` (upstream's README call) is turned upright where every image enters the
+    pipeline (`image_to_tensor` -> `to_rgb_uint8`), the same pixels `read_image_rgb` gives."""
+    from diffsynth.data.images import image_to_tensor
+
+    path = save_sideways(tmp_path / "phone.jpg", upright_photo())
+    with Image.open(path) as opened:
+        assert np.array_equal(to_rgb_uint8(opened), read_image_rgb(path))
+        tensor = image_to_tensor(opened, 160, 120)
+    assert is_upright(((tensor[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
 
 
 def test_sixteen_bit_is_scaled_and_alpha_dropped(tmp_path):
