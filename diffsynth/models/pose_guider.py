@@ -14,6 +14,12 @@ import torch.nn as nn
 
 from ..configs import PoseGuiderConfig
 
+# The most bytes one full-resolution activation of the pose CNN may take when the pipelines pick the chunk size
+# (`PoseGuider.auto_chunk_size`). The one-shot pass keeps ~2 of them alive (a conv's input and output): over 81 frames
+# that is 4.3 GB at 832x480 and 9.9 GB at 1280x720 in fp32, more than a 0-resident denoising step needs; chunked
+# under 1 GiB the pose stage stays near 3 GB at both sizes (simulated, benchmarks/results/simulate.md).
+POSE_CHUNK_BYTES = 1 << 30
+
 
 def _conv_stack(conv, channels, strides, kernel=3, padding=1) -> list:
     layers = []
@@ -59,13 +65,17 @@ class PoseGuider(nn.Module):
         if chunk_size is None or chunk_size >= out_frames:
             first = pose_video[:, :, :1].expand(-1, -1, 3, -1, -1)
             return self.dwpose_embedding(torch.cat([first, pose_video], dim=2).to(dtype))
-        chunks = []
+        tokens = None
         for k0, k1, a, b in self._chunk_spans(out_frames, chunk_size):
             # input frames a..b-1 of [frame 0 x 3, frames...]: index i is pose frame max(i - 3, 0)
             index = (torch.arange(a, b, device=pose_video.device) - 3).clamp_(min=0)
             out = self.dwpose_embedding(pose_video.index_select(2, index).to(dtype))
-            chunks.append(out[:, :, k0 - a // 4:k1 - a // 4])
-        return torch.cat(chunks, dim=2)
+            kept = out[:, :, k0 - a // 4:k1 - a // 4]
+            if tokens is None:
+                tokens = kept.new_empty(*kept.shape[:2], out_frames, *kept.shape[3:])
+            # copied into one output: a list of slices would keep every chunk's halo outputs alive until a cat
+            tokens[:, :, k0:k1] = kept
+        return tokens
 
     @staticmethod
     def _chunk_spans(out_frames: int, chunk_size: int) -> List[Tuple[int, int, int, int]]:
@@ -81,6 +91,19 @@ class PoseGuider(nn.Module):
             k1 = min(k0 + chunk_size, out_frames)
             spans.append((k0, k1, 4 * max(k0 - 2, 0), 4 * min(k1 + 1, out_frames)))
         return spans
+
+    def auto_chunk_size(self, frames: int, height: int, width: int,
+                        budget_bytes: int = POSE_CHUNK_BYTES) -> Optional[int]:
+        """The `chunk_size` (output frames) whose full-resolution activations (hidden_dim channels over the chunk's
+        input frames, halo included: 4 * (chunk + 3)) stay within `budget_bytes`; None (one pass) when the whole
+        clip's do, so small clips run exactly as before. At least 1 (the halo alone may exceed a tiny budget)."""
+        dtype = self.dwpose_embedding[0].weight.dtype
+        per_frame = self.config.hidden_dim * height * width * dtype.itemsize
+        out_frames = (frames - 1) // 4 + 1
+        if 4 * out_frames * per_frame <= budget_bytes:
+            return None
+        return max(1, budget_bytes // (4 * per_frame) - 3)
+
     def embed_reference_pose(self, ref_pose: torch.Tensor) -> torch.Tensor:
         """Reference pose image [B, 3, H, W] in [0, 1] -> [B, 20, 1, H/8, W/8] (broadcast over latent frames)."""
         if ref_pose.ndim != 4 or ref_pose.shape[1] != 3:

@@ -64,8 +64,12 @@ def encode_pose_video(pose_guider: PoseGuider, pose_video: torch.Tensor, device,
                       chunk_size: Optional[int] = None) -> torch.Tensor:
     """Pose frames [3, F, H, W] or a batch [B, 3, F, H, W] (0..255) -> pose tokens [B, d, T, h', w']. Scaling is
     /255, no normalisation. `chunk_size`: run the pose CNN on that many latent frames at a time (see
-    `PoseGuider.embed_pose_video`). No `no_grad` here: the pipelines call it under theirs, training with gradients."""
+    `PoseGuider.embed_pose_video`); None picks one without gradients (`PoseGuider.auto_chunk_size`: one pass for
+    small clips, chunks at 480p/720p), and one pass with them (training keeps every activation for the backward
+    anyway). No `no_grad` here: the pipelines call it under theirs, training with gradients."""
     video = pose_video[None] if pose_video.ndim == 4 else pose_video
+    if chunk_size is None and not torch.is_grad_enabled() and video.ndim == 5:
+        chunk_size = pose_guider.auto_chunk_size(*video.shape[2:])
     video = video.to(device=device, dtype=param_dtype(pose_guider)) / 255
     return pose_guider.embed_pose_video(video, chunk_size=chunk_size)
 

@@ -85,6 +85,54 @@ def test_chunked_pose_video_is_bit_equal_on_one_conv_backend(frames, chunk):
         assert torch.equal(guider.embed_pose_video(video, chunk_size=chunk), guider.embed_pose_video(video))
 
 
+@pytest.mark.parametrize("frames", [5, 29])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_chunked_pose_video_is_bit_equal_in_bfloat16(frames, chunk):
+    """The same halo in bf16 (the guider's dtype when a pipeline loads everything in bf16): bit-equal on both CPU
+    backends at this size."""
+    guider = chunk_guider().to(torch.bfloat16)
+    video = torch.rand(1, 3, frames, 32, 48, generator=torch.Generator().manual_seed(frames))
+    with torch.no_grad():
+        assert torch.equal(guider.embed_pose_video(video, chunk_size=chunk), guider.embed_pose_video(video))
+
+
+def test_auto_chunk_size_keeps_small_clips_whole_and_bounds_large_ones():
+    guider = PoseGuider(PoseGuiderConfig(out_dim=8))          # hidden_dim 16, fp32: 64 bytes per pixel and frame
+    assert guider.auto_chunk_size(81, 64, 48) is None          # the golden sizes: one pass, as before
+    budget = 2**30
+    for (height, width), expected in {(832, 480): 7, (1280, 720): 1}.items():
+        chunk = guider.auto_chunk_size(81, height, width)
+        assert chunk == expected, (height, width, chunk)
+        per_frame = 16 * height * width * 4
+        assert 4 * (chunk + 3) * per_frame <= budget < 4 * (chunk + 4) * per_frame   # the largest that fits
+    assert guider.auto_chunk_size(81, 832, 480, budget_bytes=1) == 1
+    assert guider.to(torch.bfloat16).auto_chunk_size(81, 1280, 720) == 6    # half the bytes per frame
+
+
+def test_pipelines_chunk_the_pose_guider_without_gradients_only(monkeypatch):
+    """`units.encode_pose_video` with no chunk size: chunked by `auto_chunk_size` under no_grad (the pipelines), one
+    pass with gradients (training); the tokens are the one-pass tokens either way."""
+    from diffsynth.pipelines import units
+
+    guider = chunk_guider()
+    calls = []
+    original = PoseGuider.embed_pose_video
+
+    def spy(self, video, chunk_size=None):
+        calls.append(chunk_size)
+        return original(self, video, chunk_size=chunk_size)
+    monkeypatch.setattr(PoseGuider, "embed_pose_video", spy)
+    monkeypatch.setattr(PoseGuider, "auto_chunk_size", lambda self, f, h, w: 2)
+    poses = torch.rand(3, 29, 32, 48, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.backends.mkldnn.flags(enabled=False):
+        with torch.no_grad():
+            chunked = units.encode_pose_video(guider, poses, "cpu")
+            whole = units.encode_pose_video(guider, poses, "cpu", chunk_size=100)
+        trained = units.encode_pose_video(guider, poses, "cpu")
+    assert calls == [2, 100, None]
+    assert torch.equal(chunked, whole) and torch.equal(trained.detach(), whole)
+
+
 def test_chunked_pose_video_matches_in_float64_on_the_default_backend():
     guider = chunk_guider().double()
     video = torch.rand(1, 3, 45, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
