@@ -23,7 +23,11 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float() if x.dtype in HALF_DTYPES else x
         normed = F.rms_norm(xf, (xf.shape[-1],), eps=self.eps)   # x * rsqrt(mean(x^2) + eps), fused
-        return normed.to(x.dtype) * self.weight
+        # Each fp32 copy is dropped as soon as it is used (the same numbers): the q/k norms of a batched-CFG step
+        # were the DiT's memory peak, two [B, L, d] fp32 copies beside the cast; 1.0 GiB lower at 480p (simulated).
+        del xf
+        normed = normed.to(x.dtype)
+        return normed * self.weight
 
 
 def sinusoidal_embedding(dim: int, timestep: torch.Tensor) -> torch.Tensor:
