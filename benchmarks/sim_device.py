@@ -102,6 +102,7 @@ class StagePeak:
     name: str
     start: Dict[str, int]
     peak: Dict[str, int] = field(default_factory=dict)
+    end: Dict[str, int] = field(default_factory=dict)      # live bytes when the stage ended
     h2d: int = 0
     d2h: int = 0
     flops_start: int = 0
@@ -185,6 +186,7 @@ class MemoryTracker(TorchDispatchMode):
     def end(self, stage: StagePeak, flops: int = 0) -> StagePeak:
         self._purge()
         self._open.remove(stage)
+        stage.end = dict(self.current)
         stage.flops = flops - stage.flops_start
         stage.seconds = time.perf_counter() - stage.seconds
         return stage

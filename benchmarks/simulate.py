@@ -126,12 +126,29 @@ def _stop(*args, **kwargs):
     raise _DecodeReached
 
 
+def _decode_output_only(latents, *args, **kwargs):
+    """`decode="output"`: the tiled decode's output, [B, 3, 4T-3, 8h, 8w] in the latents' dtype, without its tile
+    loop (what runs after it, the conversion to frames, is the real code)."""
+    b, _, t, h, w = latents.shape
+    return torch.empty(b, 3, 4 * t - 3, 8 * h, 8 * w, dtype=latents.dtype, device=latents.device)
+
+
+# The stage from the VAE decode's return to the end of the pipeline's "decode" stage: the decoded video becoming
+# frames (units.decode_video, data.images.tensor_to_frames, the pipeline's decode). A copy of the video kept there
+# stays under the tile loop's peak, so it has a stage (and a ceiling in tests/test_simulate.py) of its own.
+FRAMES_STAGE = "decoded video -> frames"
+
+
 # ------------------------------------------------------------------------------------------------ instrumenting
 @contextlib.contextmanager
 def instrument(sim: SimDevice, pipe):
     """Name the stages: the pipeline's own StageTimer stages ("encode", "pose", "denoise", "decode"), and inside
-    them each model's call (umT5, CLIP, VAE encode/decode, pose guider, one guided DiT prediction)."""
+    them each model's call (umT5, CLIP, VAE encode/decode, pose guider, one guided DiT prediction), and
+    `FRAMES_STAGE` after the VAE decode. Yields a dict that gets "decoded_video": the decode's output (shape, dtype,
+    bytes)."""
     opened: Dict[int, object] = {}
+    after_decode: List[object] = []
+    notes: dict = {}
     timer_cls = timing_module.StageTimer
     orig_start, orig_stop = timer_cls.start, timer_cls.stop
 
@@ -141,32 +158,43 @@ def instrument(sim: SimDevice, pipe):
 
     def stop(timer, stage):
         out = orig_stop(timer, stage)
+        if stage == "decode":
+            while after_decode:
+                sim.tracker.end(after_decode.pop(), sim.flops)
         record = opened.pop((id(timer), stage), None)
         if record is not None:
             sim.tracker.end(record, sim.flops)
         return out
 
-    def wrap(obj, name, label):
+    def wrap(obj, name, label, after=None):
         original = getattr(obj, name, None)
         if original is None:     # a pipeline without that step (the pipelines are being restructured)
             return lambda: None
 
         def wrapped(*args, **kwargs):
             with sim.stage(label):
-                return original(*args, **kwargs)
+                out = original(*args, **kwargs)
+            if after is not None:
+                after(out)
+            return out
         setattr(obj, name, wrapped)
         return lambda: obj.__dict__.pop(name, None)
+
+    def frames_stage(video):
+        notes["decoded_video"] = {"shape": list(video.shape), "dtype": str(video.dtype),
+                                  "bytes": video.numel() * video.element_size()}
+        after_decode.append(sim.tracker.begin(FRAMES_STAGE, sim.flops))
 
     undo = [wrap(pipe, "encode_prompts", "umT5 encode (2 prompts)"),
             wrap(pipe.image_encoder, "encode_image", "CLIP encode"),
             wrap(pipe.vae, "encode", "VAE encode (reference)"),
             wrap(pipe, "encode_pose_video", "pose guider"),
             wrap(pipe, "predict", "DiT step (one guided prediction)"),
-            wrap(pipe.vae, "decode", "VAE decode (tiled)"),
+            wrap(pipe.vae, "decode", "VAE decode (tiled)", after=frames_stage),
             wrap(pipe.vae, "decode_iter", "VAE decode (tiled, streamed)")]
     timer_cls.start, timer_cls.stop = start, stop
     try:
-        yield
+        yield notes
     finally:
         timer_cls.start, timer_cls.stop = orig_start, orig_stop
         for u in undo:
@@ -178,7 +206,9 @@ def summarise_stages(sim: SimDevice) -> Dict[str, dict]:
     out: Dict[str, dict] = {}
     for stage in sim.tracker.stages:
         row = out.setdefault(stage.name, {"calls": 0, "peak_device": 0, "peak_host": 0, "h2d": 0, "flops": 0,
-                                          "h2d_last": 0, "flops_last": 0, "seconds": 0.0})
+                                          "h2d_last": 0, "flops_last": 0, "seconds": 0.0,
+                                          "live_start_device": stage.start.get("device", 0)})
+        row["live_end_device"] = stage.end.get("device", 0)
         row["calls"] += 1
         row["peak_device"] = max(row["peak_device"], stage.peak.get("device", 0))
         row["peak_host"] = max(row["peak_host"], stage.peak.get("cpu", 0) + stage.peak.get("pinned", 0))
@@ -256,7 +286,7 @@ def _call_arguments(pipe, wanted: dict) -> dict:
 def simulate(tier: str = "0 resident", resolution: str = "480p", num_frames: int = 81, steps: int = 2,
              cfg_scale: float = 1.5, cfg_batch: bool = True, long_windows: Optional[int] = None,
              output: str = "pil", flops: bool = False, mutate: Optional[Callable] = None,
-             dit_config: Optional[WanDiTConfig] = None, decode: bool = True, exact_rope: bool = False,
+             dit_config: Optional[WanDiTConfig] = None, decode=True, exact_rope: bool = False,
              session: Optional[Session] = None) -> dict:
     """One generation of the real pipeline at full size on the simulated device; figures in bytes.
 
@@ -265,6 +295,8 @@ def simulate(tier: str = "0 resident", resolution: str = "480p", num_frames: int
     mutate: called with (sim, pipe) before the generation (the regression tests break things on purpose with it).
     decode: False stops the generation when the VAE decode starts (every stage before it is complete); the decode is
         the slowest stage to simulate (~190k ops at 480p) and does not depend on the tier's DiT placement.
+        "output": the VAE decode returns its output's shape without the tile loop; everything after it (the
+        conversion to frames, `FRAMES_STAGE`) runs: seconds instead of a minute.
     session: reuse the models of a `Session` (then `flops` and `exact_rope` are the session's).
     """
     own = session is None
@@ -337,14 +369,16 @@ def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, 
     image = Image.new("RGB", (width, height), (128, 128, 128))
     poses = sim.fake(3, num_frames, height, width)                         # float 0..255, as read_pose_clip
     ref_pose = sim.fake(height, width, 3, dtype=torch.uint8)
+    if not decode:
+        for name in ("decode", "decode_iter"):
+            setattr(pipe.vae, name, _stop)
+    elif decode == "output":
+        pipe.vae.decode = _decode_output_only
     if mutate is not None:
         mutate(sim, pipe)
     setup = {k: sim.live(k) for k in ("device", "cpu", "pinned")}
     sim.tracker.stages.clear()
     sim.tracker.reset_peaks()
-    if not decode:
-        for name in ("decode", "decode_iter"):
-            setattr(pipe.vae, name, _stop)
     arguments = dict(prompt="a person is dancing", negative_prompt="blurry", input_image=image, dwpose_data=poses,
                      random_ref_dwpose=ref_pose, height=height, width=width, num_frames=num_frames,
                      cfg_scale=cfg_scale, num_inference_steps=steps, seed=0, cfg_batch=cfg_batch,
@@ -352,7 +386,7 @@ def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, 
     frames = None
     reuse = encoder_reuse(session, models, resolution)
     try:
-        with reuse as replayed, instrument(sim, pipe), contextlib.suppress(_DecodeReached):
+        with reuse as replayed, instrument(sim, pipe) as notes, contextlib.suppress(_DecodeReached):
             frames = pipe(**_call_arguments(pipe, arguments))
             if frames is not None and not isinstance(frames, list):   # a streamed decode runs when consumed
                 if decode:
@@ -367,6 +401,8 @@ def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, 
         stages = summarise_stages(sim)
         if not decode:
             stages = {k: v for k, v in stages.items() if "decode" not in k}
+        elif decode == "output":     # the tile loop did not run: no VAE decode figure ("stage:decode" is the rest)
+            stages.pop("VAE decode (tiled)", None)
         if session.reuse_encoders:
             record = session.encoder_records[resolution]
             if replayed is not None:
@@ -379,8 +415,9 @@ def _simulate(session: Session, tier, resolution, num_frames, steps, cfg_scale, 
         return {
             "tier": tier, "resolution": resolution, "height": height, "width": width, "num_frames": num_frames,
             "frames_out": n_frames, "steps": steps, "cfg_scale": cfg_scale, "cfg_batch": cfg_batch,
-            "long_windows": long_windows, "output": output, "decoded": decode,
-            "peak_device": max(v["peak_device"] for v in stages.values()) if not decode else peaks["device"],
+            "long_windows": long_windows, "output": output, "decoded": decode is True,
+            "decoded_video": notes.get("decoded_video"),
+            "peak_device": max(v["peak_device"] for v in stages.values()) if decode is not True else peaks["device"],
             "peak_host": peaks["cpu"] + peaks["pinned"],
             "weights_host_at_load": weights_host, "setup_live": setup,
             "streamed_host_bytes": {name: sum(g.nbytes for g in st._groups.values())
@@ -416,11 +453,12 @@ def step_figures(result: dict) -> dict:
     return out
 
 
-def decode_peaks(results: List[dict]) -> Dict[str, int]:
-    """Device peak of the tiled VAE decode per resolution (simulated once per resolution; see `main`)."""
+def decode_peaks(results: List[dict], stage_name: str = "VAE decode (tiled)") -> Dict[str, int]:
+    """Device peak of the tiled VAE decode (or of `stage_name`) per resolution (simulated once per resolution; see
+    `main`)."""
     out = {}
     for r in results:
-        stage = r["stages"].get("VAE decode (tiled)")
+        stage = r["stages"].get(stage_name)
         if stage and not r.get("long_windows"):
             out[r["resolution"]] = max(out.get(r["resolution"], 0), stage["peak_device"])
     return out
@@ -435,17 +473,20 @@ def table_rows(results: List[dict]) -> List[str]:
     stage_names = ["umT5 encode (2 prompts)", "CLIP encode", "VAE encode (reference)", "pose guider",
                    "DiT step (one guided prediction)"]
     decodes = decode_peaks(results)
+    conversions = decode_peaks(results, FRAMES_STAGE)
     head = ("| tier | res | CFG | peak GPU, simulated | + allowance | host RAM in denoise / peak | "
-            + " | ".join(["umT5", "CLIP", "VAE enc", "pose guider", "DiT step", "decode"]) + " | H2D GB/step |")
+            + " | ".join(["umT5", "CLIP", "VAE enc", "pose guider", "DiT step", "decode", "to frames"])
+            + " | H2D GB/step |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if r.get("long_windows"):
             continue
         stages = r["stages"]
         cells = [f"{gib(stages[s]['peak_device']):.2f}" if s in stages else "-" for s in stage_names]
-        dec = stages.get("VAE decode (tiled)", {}).get("peak_device")
-        cells.append(f"{gib(dec):.2f}" if dec else (f"({gib(decodes[r['resolution']]):.2f})"
-                                                     if r["resolution"] in decodes else "-"))
+        for name, peaks in (("VAE decode (tiled)", decodes), (FRAMES_STAGE, conversions)):
+            own = stages.get(name, {}).get("peak_device")
+            cells.append(f"{gib(own):.2f}" if own else (f"({gib(peaks[r['resolution']]):.2f})"
+                                                         if r["resolution"] in peaks else "-"))
         peak = generation_peak(r, decodes)
         rows.append(f"| {r['tier']} | {r['resolution']} | {'batched' if r['cfg_batch'] else 'one by one'} | "
                     f"{gib(peak):.2f} GiB | {gib(with_allowance(peak)):.1f} GiB | "
@@ -525,7 +566,9 @@ def write_report(report: dict, out_dir: Path = RESULTS) -> None:
     lines += table_rows(report["results"])
     lines += ["", "Stage columns: the device peak while that stage runs (everything resident at the time included); "
               "(x): the decode simulated in the 0-resident run of that resolution (the DiT is offloaded before the "
-              "VAE runs, so the decode does not depend on the tier).",
+              "VAE runs, so the decode does not depend on the tier). decode: the VAE's tiled decode (tile loop and "
+              "blend); to frames: from its return to the frames (`tensor_to_frames` makes two fp32 temporaries of "
+              "the whole video, one after the other, on the device).",
               "Host RAM: fake-CPU storage (models parked in CPU memory, the streamed weights' buffers, which are "
               "pinned on CUDA, the pose frames, the returned frames), during the denoising loop and over the whole "
               "call (the peak is at the start, when every model still sits in CPU memory as the ModelManager loaded "
@@ -631,8 +674,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--windows", default="1,2,4,8", help="long-video windows ('' to skip)")
     parser.add_argument("--no_flops", action="store_true")
-    parser.add_argument("--cfg", choices=("default", "batched", "one_by_one"), default="default",
-                        help="default: both at 480p, batched at 720p")
+    parser.add_argument("--cfg", choices=("both", "batched", "one_by_one"), default="both",
+                        help="CFG branches batched, one by one, or both (--quick: batched)")
     parser.add_argument("--no_decode", action="store_true", help="stop every run before the VAE decode")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="write one report from several simulate.json files (their runs and FLOP runs)")
@@ -682,7 +725,7 @@ def main(argv=None) -> dict:
                 # The decode does not depend on the tier (the DiT is offloaded before the VAE runs): simulated once
                 # per resolution, in the "0 resident" run.
                 batches = {"batched": (True,), "one_by_one": (False,)}.get(
-                    args.cfg, (True,) if args.quick or resolution != "480p" else (True, False))
+                    args.cfg, (True,) if args.quick else (True, False))
                 for batch in batches:
                     decode = not args.quick and not args.no_decode and batch and tier == "0 resident"
                     run(f"{tier} {resolution} cfg_batch={batch} decode={decode}", tier=tier, resolution=resolution,

@@ -4,6 +4,7 @@ window fails here long before a user's GPU runs out of memory. Every figure is s
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -105,11 +106,13 @@ _RESULTS = {}
 
 
 def _tier(session, tier, cfg_scale=1.0):
-    """One 480p generation of `tier` (cached for the module: several tests read it)."""
+    """One 480p generation of `tier` (cached for the module: several tests read it). The VAE's tile loop is left
+    out (`decode="output"`: its output appears without it; the slow decode test below runs it); what turns the
+    decoded video into frames runs."""
     key = (tier, cfg_scale)
     if key not in _RESULTS:
         _RESULTS[key] = simulate.simulate(tier, "480p", steps=1, cfg_scale=cfg_scale, cfg_batch=False,
-                                          decode=False, session=session)
+                                          decode="output", session=session)
     return _RESULTS[key]
 
 
@@ -122,10 +125,9 @@ def tiers(session):
     return _tiers(session, 1.0)
 
 
-# Each tier is 15-30 s to simulate on 2 busy cores: the default suite runs the 0-resident tier (the one small GPUs
-# use); the others are in the slow suite.
-@pytest.mark.parametrize("tier", [t if t == "0 resident" else pytest.param(t, marks=pytest.mark.slow)
-                                  for t in TIER_CEILINGS_GB])
+# Each tier is 5-9 s to simulate on 2 cores (one DiT forward, the models built once for the module); the fp8 tier
+# runs last, as its DiT is built again (quantised).
+@pytest.mark.parametrize("tier", sorted(TIER_CEILINGS_GB, key=lambda t: t == "fp8 + 0"))
 def test_tier_fits_its_ceiling_at_480p(session, tier):
     _check_tier(_tier(session, tier), tier)
 
@@ -153,7 +155,6 @@ def _check_tier(result, tier):
         assert streamed > 10 * GB
 
 
-@pytest.mark.slow
 def test_tiers_are_ordered(tiers):
     peak = {t: r["peak_device"] for t, r in tiers.items()}
     assert peak["fp8 + 0"] < peak["0 resident"] < peak["7B resident"] < peak["all resident"]
@@ -166,16 +167,72 @@ def test_tiers_are_ordered(tiers):
     assert step["fp8 + 0"] < 0.55 * step["0 resident"]
 
 
+# ------------------------------------------------------------------------------ the decoded video becoming frames
+def test_decoded_video_becomes_frames_without_a_kept_float_copy(session):
+    _check_frames(_tier(session, "0 resident"))
+
+
+def _check_frames(result):
+    """From the VAE decode's return to the end of the pipeline's decode stage (`simulate.FRAMES_STAGE`: the decoded
+    video to uint8 PIL frames): at most the two fp32 temporaries of `tensor_to_frames` (`x + 1` next to its product,
+    each the whole video), and nothing of the video left on the device after it. An fp32 copy of the decoded video
+    that lives longer stays under the tile loop's peak (the decode test below cannot see it) but fails here."""
+    stages = result["stages"]
+    frames = stages[simulate.FRAMES_STAGE]
+    float_video = math.prod(result["decoded_video"]["shape"]) * 4
+    added = frames["peak_device"] - frames["live_start_device"]
+    assert added <= 2 * float_video + 2**20, (
+        f"the frames conversion holds {added / float_video:.2f} fp32 copies of the decoded video at once (2 expected)")
+    left = frames["live_end_device"] - stages["stage:decode"]["live_start_device"]
+    assert left <= 0, f"{left / 2**20:.0f} MiB more on the device after decoding than before it"
+
+
+def hold_fp32_copy_through_the_conversion(monkeypatch, sim, pipe):
+    """A regression on purpose: `video = video.float()` kept while the frames are made (what `tensor_to_frames` or
+    `units.decode_video` would do with one more line)."""
+    from diffsynth.pipelines import units
+
+    original = units.tensor_to_frames
+
+    def tensor_to_frames(video):
+        kept = video.float()   # noqa: F841
+        return original(video)
+    monkeypatch.setattr(units, "tensor_to_frames", tensor_to_frames)
+
+
+def keep_fp32_copy_after_decoding(monkeypatch, sim, pipe):
+    """A regression on purpose: an fp32 copy of the decoded video referenced after the call (a cache on the VAE)."""
+    original, kept = pipe.vae.decode, []
+
+    def decode(*args, **kwargs):
+        video = original(*args, **kwargs)
+        kept.append(video.float())
+        return video
+    pipe.vae.decode = decode
+
+
+@pytest.mark.parametrize("regression, caught", [(hold_fp32_copy_through_the_conversion, "3.00 fp32 copies"),
+                                                (keep_fp32_copy_after_decoding, "MiB more on the device")])
+def test_frames_check_catches_a_float_copy_of_the_decoded_video(session, monkeypatch, regression, caught):
+    """The DiT cut to 2 blocks (a few seconds): what happens after the decode does not depend on it."""
+    result = simulate.simulate("0 resident", "480p", steps=1, cfg_scale=1.0, cfg_batch=False, decode="output",
+                               session=session, dit_config=_two_block_dit(),
+                               mutate=lambda sim, pipe: regression(monkeypatch, sim, pipe))
+    with pytest.raises(AssertionError, match=caught):
+        _check_frames(result)
+
+
 # ------------------------------------------------------------------------------------------------ long video
-LONG_DIT = None
+def _two_block_dit():
+    from diffsynth.configs import WanDiTConfig, replace
+
+    return replace(WanDiTConfig.from_preset("wan2.1-i2v-14b"), num_layers=2)
 
 
 def _long(session, windows, mutate=None):
-    from diffsynth.configs import WanDiTConfig, replace
-
     # The full-width DiT (5120) with 2 blocks: per-window state (pose tokens [1, L, 5120], private frames) is full
     # size, the forward is 20x cheaper to simulate. The full 40 blocks at 1/2/4/8 windows are in simulate.md.
-    config = replace(WanDiTConfig.from_preset("wan2.1-i2v-14b"), num_layers=2)
+    config = _two_block_dit()
     # Batched CFG, as the pipeline runs when memory allows (the video-length state, latents and their fp32 running
     # sum, grows ~15 MB per window at 480p: +1-2% at 8 windows against a 5 GB one-by-one peak, well inside 2% of the
     # batched one).

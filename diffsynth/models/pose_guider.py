@@ -17,7 +17,7 @@ from ..configs import PoseGuiderConfig
 # The most bytes one full-resolution activation of the pose CNN may take when the pipelines pick the chunk size
 # (`PoseGuider.auto_chunk_size`). The one-shot pass keeps ~2 of them alive (a conv's input and output): over 81 frames
 # that is 4.3 GB at 832x480 and 9.9 GB at 1280x720 in fp32, more than a 0-resident denoising step needs; chunked
-# under 1 GiB the pose stage stays near 3 GB at both sizes (simulated, benchmarks/results/simulate.md).
+# under 1 GiB the pose stage peaks at 3.3 GiB at 480p and 4.5 GiB at 720p (simulated, benchmarks/results/simulate.md).
 POSE_CHUNK_BYTES = 1 << 30
 
 
