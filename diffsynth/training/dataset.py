@@ -31,8 +31,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data.pose_folder import select_frames   # the frame-window rule shared with inference
-from .samples import (FRAMES_DIR, LEGACY_FRAME_FILE, LEGACY_POSE_FILE, META_FILE, POSES_DIR,
-                                  load_legacy_pickle, open_rgb)
+from .sample_format import (FRAMES_DIR, LEGACY_FRAME_FILE, LEGACY_POSE_FILE, META_FILE, POSES_DIR,
+                            load_legacy_pickle, open_rgb)
 
 logger = logging.getLogger(__name__)
 

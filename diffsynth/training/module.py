@@ -11,53 +11,34 @@ Parameters and checkpoint names (what `ModelManager.load_lora_v2` reads):
 - T5, VAE and CLIP are frozen and only used under no_grad to encode the batch (`preprocessors.*`, never saved).
   A module built without them (`text_encoder_path=None`, ...) trains from batches encoded once by
   `--task data_process` (cache.py).
-A release checkpoint holds exactly the trainable tensors, as a flat `{name: tensor}` dict (no optimizer state), plus
-`network_alpha` (a 0-dim fp32 tensor, the training `lora_alpha`) for LoRA training. Resumable checkpoints
-(resume.py) are full Lightning checkpoints whose `state_dict` holds the same trainable tensors.
+The checkpoint files are checkpoint_format.py's (a release file holds exactly the trainable tensors plus
+`network_alpha`; resumable ones, resume.py, are Lightning's with the same tensors); the LoRA injection and the
+`--pretrained_lora_path` weights are lora_setup.py's; the frozen encoders encoders.py's.
 """
 from __future__ import annotations
 
 import logging
-import os
-import re
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..configs import PoseGuiderConfig
-from ..loading.files import WEIGHT_SUFFIXES, Checkpoint, describe
-from ..loading.lora import is_pose_key, pose_guider_state_dict, strip_lora_prefix
-from ..loading.manager import load_wan_dit, load_wan_image_encoder, load_wan_text_encoder, load_wan_vae
+from ..loading.manager import load_wan_dit
 from ..models.pose_guider import PoseGuider, pose_guider_config
-from ..data.images import image_to_tensor
-from ..pipelines.units import encode_pose_video, encode_prompt, encode_reference_image, encode_reference_pose
-from ..prompters import WanPrompter, resolve_tokenizer_path
+from ..pipelines.units import encode_pose_video, encode_reference_pose
 from ..schedulers import FlowMatchScheduler
-from .resume import NonFiniteError, find_nonfinite
+# The pieces of the trainer, re-exported here where callers have always imported them.
+from .checkpoint_format import ALPHA_KEY, check_resumed_checkpoint, prepare_checkpoint, release_state_dict
+from .encoders import FrozenEncoders, PathSpec, split_paths
+from .errors import NonFiniteError, TrainingError
+from .lora_setup import DEFAULT_LORA_TARGETS, add_lora, load_pretrained_weights, resolve_pretrained_files
+from .resume_checks import check_resume_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LORA_TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")
-ALPHA_KEY = "network_alpha"       # the training lora_alpha in release checkpoints (0-dim fp32; no 'lora' in the name)
 ENCODED_KEYS = ("context", "latents", "clip_feature", "y")     # what the frozen encoders make of a batch
-# DeepSpeed's zero_to_fp32 (--safe_serialization) and transformers-style shard names: model-00001-of-00003.safetensors
-SHARD_NAME = re.compile(r"(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.(?P<ext>safetensors|bin)")
-PathSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
-
-
-class TrainingError(RuntimeError):
-    """A training setup that cannot work (e.g. a pretrained LoRA of another rank)."""
-
-
-def split_paths(spec: Optional[PathSpec]):
-    """`"a,b,c"` (the CLI's comma-separated shards) -> ["a", "b", "c"]; anything else unchanged."""
-    if isinstance(spec, str) and "," in spec:
-        return [p.strip() for p in spec.split(",") if p.strip()]
-    return spec
 
 
 class TrainingPipe(nn.Module):
@@ -66,48 +47,6 @@ class TrainingPipe(nn.Module):
     def __init__(self, dit: nn.Module):
         super().__init__()
         self.dit = dit
-
-
-class FrozenEncoders(nn.Module):
-    """umT5, VAE and CLIP, frozen: turn a training batch into DiT inputs (spec 7.4 step 3).
-
-    Used inside the training step, or once per sample by `--task data_process` (cache.py).
-    """
-
-    def __init__(self, text_encoder: nn.Module, vae: nn.Module, image_encoder: nn.Module, prompter: WanPrompter,
-                 tiled: bool = True, tile_size: Tuple[int, int] = (34, 34), tile_stride: Tuple[int, int] = (18, 16)):
-        super().__init__()
-        self.text_encoder, self.vae, self.image_encoder = text_encoder, vae, image_encoder
-        self.prompter = prompter
-        self.tiler = dict(tiled=tiled, tile_size=tuple(tile_size), tile_stride=tuple(tile_stride))
-        self.eval().requires_grad_(False)
-
-    @classmethod
-    def load(cls, text_encoder_path: PathSpec, vae_path: PathSpec, image_encoder_path: PathSpec, *,
-             tokenizer_path: Optional[str] = None, torch_dtype: torch.dtype = torch.bfloat16, configs=None,
-             progress: bool = False, **tiler) -> "FrozenEncoders":
-        load = dict(torch_dtype=torch_dtype, device="cpu", config=configs, progress=progress)
-        prompter = WanPrompter(resolve_tokenizer_path(tokenizer_path or _first(split_paths(text_encoder_path))))
-        return cls(load_wan_text_encoder(split_paths(text_encoder_path), **load),
-                   load_wan_vae(split_paths(vae_path), **load),
-                   load_wan_image_encoder(split_paths(image_encoder_path), **load), prompter, **tiler)
-
-    @torch.no_grad()
-    def encode(self, batch: dict) -> dict:
-        """`video`, `first_frame`, `text` of a batch of one -> T5 `context`, VAE `latents`, CLIP `clip_feature`
-        and `y`, each with a batch dimension of 1."""
-        video, first_frame, text = batch["video"], batch["first_frame"], batch["text"]
-        if video.shape[0] != 1:
-            raise ValueError(f"training uses batch_size 1 (as upstream); got a batch of {video.shape[0]}")
-        text = text[0] if isinstance(text, (list, tuple)) else text
-        device = video.device
-        _, _, num_frames, height, width = video.shape
-        context = encode_prompt(self.prompter, self.text_encoder, text, device)
-        vae_dtype = next(self.vae.parameters()).dtype
-        latents = self.vae.encode(video.to(vae_dtype), progress=False, **self.tiler)
-        image = image_to_tensor(first_frame[0].cpu().numpy().astype(np.uint8), height, width)
-        clip_feature, y = encode_reference_image(self.image_encoder, self.vae, image, num_frames, device)
-        return {"context": context, "latents": latents, "clip_feature": clip_feature, "y": y}
 
 
 class UniAnimateTrainingModule(pl.LightningModule):
@@ -213,7 +152,7 @@ class UniAnimateTrainingModule(pl.LightningModule):
         self.randomref_embedding_pose = guider.randomref_embedding_pose
         object.__setattr__(self, "pose_guider", guider)    # same sub-modules; not registered a second time
 
-    def _fit_pose_guider(self, pose: Dict[str, torch.Tensor], source: str) -> None:
+    def fit_pose_guider(self, pose: Dict[str, torch.Tensor], source: str) -> None:
         """Rebuild the pose guider at the width of the guider tensors `pose` (e.g. the demo model's 8 channels);
         a guider for another DiT width is an error. Nothing happens without pose tensors or when the width fits."""
         if not pose:
@@ -255,12 +194,8 @@ class UniAnimateTrainingModule(pl.LightningModule):
         return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
 
     def release_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The release checkpoint: the trainable tensors, plus `network_alpha` for a LoRA (upstream's loader only
-        reads keys with 'lora' or a pose marker in them, so it ignores it)."""
-        state = self.trainable_state_dict()
-        if self.train_architecture == "lora":
-            state[ALPHA_KEY] = torch.tensor(float(self.lora_alpha), dtype=torch.float32)
-        return state
+        """The release checkpoint (checkpoint_format.py)."""
+        return release_state_dict(self)
 
     def training_settings(self) -> dict:
         """What a resumable checkpoint must agree with to be continued by this module."""
@@ -309,115 +244,14 @@ class UniAnimateTrainingModule(pl.LightningModule):
                     group["lr"] = self.learning_rate
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Release files: replace Lightning's checkpoint by the flat release dict (readable by `load_lora_v2` and
-        upstream). Resumable files: keep Lightning's checkpoint, with only the trainable tensors as state_dict."""
-        from .resume import RESUME_KEY  # noqa: PLC0415
-
-        if self.saving_resumable:
-            checkpoint["state_dict"] = self.trainable_state_dict()
-            checkpoint[RESUME_KEY] = self.training_settings()
-            checked = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states")}
-        else:
-            checkpoint.clear()
-            checkpoint.update(self.release_state_dict())
-            checked = checkpoint
-        bad = find_nonfinite(checked)          # raised before anything is written: no checkpoint of NaN weights
-        if bad:
-            raise NonFiniteError(f"step {self.global_step}: NaN/Inf in {', '.join(bad)}; no checkpoint written")
+        prepare_checkpoint(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Resuming: the checkpoint must come from the same training setup and hold every trainable tensor."""
-        from .resume import RESUME_KEY  # noqa: PLC0415
+        check_resumed_checkpoint(self, checkpoint)
 
-        check_resume_settings(checkpoint.get(RESUME_KEY), self.training_settings(), "the checkpoint")
-        state = checkpoint.get("state_dict", {})
-        bad = find_nonfinite({"state_dict": state, "optimizer_states": checkpoint.get("optimizer_states", [])})
-        if bad:
-            raise NonFiniteError(f"the resumable checkpoint holds NaN/Inf in {', '.join(bad)}: resume from an "
-                                 "earlier one")
-        # A run started from a --pretrained_lora_path guider of another width (that flag is ignored when resuming):
-        # rebuild it at the checkpoint's width before Lightning loads the weights and the optimizer.
-        self._fit_pose_guider(pose_guider_state_dict(state), "the resumable checkpoint")
-        expected = set(self.trainable_state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise TrainingError(f"the resumable checkpoint does not fit this model: {len(missing)} trainable tensors "
-                                f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-
-    # -------------------------------------------------------------------------------------------- pretrained
     def load_pretrained(self, path: PathSpec) -> None:
-        """Load a UniAnimate checkpoint into the LoRA (or the whole DiT) and the pose guider, strictly.
-
-        `path`: a file; shards (a list or comma-separated); or a folder holding exactly one checkpoint file or the
-        complete shards of one export (`<name>-0000i-of-0000n.safetensors|bin`). Errors: several other checkpoint
-        files in the folder (ambiguous), missing shards, a file without LoRA tensors (e.g. the base DiT), missing
-        LoRA tensors of the configured targets, another rank, a missing or incomplete pose guider, and a stored
-        alpha other than `lora_alpha`. A LoRA may be in any layout `load_lora_v2` reads (diffsynth/PEFT, ComfyUI,
-        diffusers, kohya: the table in `loading/lora_formats.py`); a pose-guider file beside it is read too.
-        """
-        from ..loading.files import CheckpointError  # noqa: PLC0415
-        from ..loading.lora import read_training_lora  # noqa: PLC0415
-
-        paths = resolve_pretrained_files(split_paths(path))
-        source = describe(path)
-        full = self.train_architecture == "full"
-        if full:
-            with Checkpoint(paths) as ckpt:
-                keys = list(ckpt.infos)
-                # Read only what can be used: a DeepSpeed export also holds the frozen DiT, T5 and VAE (tens of GB).
-                wanted = [k for k in keys if is_pose_key(k) or k.startswith("pipe.dit.")]
-                state = dict(ckpt.iter_tensors(wanted, dtype=torch.float32))
-            pose = pose_guider_state_dict({k: v for k, v in state.items() if is_pose_key(k)})
-            dit_state = {strip_lora_prefix(k): v for k, v in state.items() if not is_pose_key(k)}
-            looks_like_base = any(k.endswith("self_attn.q.weight") and ".lora_" not in k for k in keys)
-        else:
-            # Any LoRA layout of the loaders' table (diffsynth/PEFT, ComfyUI, diffusers, kohya), with the pose-guider
-            # file beside it; only LoRA, alpha and pose tensors are read.
-            try:
-                read = read_training_lora(paths, [name for name, _ in self.dit.named_modules()], source)
-            except CheckpointError as error:
-                raise TrainingError(str(error)) from error
-            for alpha, where in read.alphas.items():
-                if not np.isclose(alpha, float(self.lora_alpha), rtol=1e-6):
-                    raise TrainingError(f"{source} was trained with lora_alpha {alpha:g} (its {where}) but "
-                                        f"--lora_alpha is {self.lora_alpha:g}: the LoRA would act "
-                                        f"{self.lora_alpha / alpha:g} times as strongly. Pass --lora_alpha "
-                                        f"{alpha:g} to continue from it")
-            pose, dit_state, looks_like_base = read.pose, read.state, read.looks_like_base
-        own = self.dit.state_dict()
-        expected = sorted(name for name, p in self.dit.named_parameters() if p.requires_grad)
-        unknown = sorted(k for k in dit_state if k not in own)
-        if unknown:
-            raise TrainingError(f"{source}: {len(unknown)} tensors fit no DiT parameter (e.g. {unknown[:3]}); "
-                                "was it trained with other --lora_target_modules or another model?")
-        if not dit_state:
-            raise TrainingError(
-                f"{source} holds no {'DiT weights (pipe.dit.*)' if full else 'LoRA tensors (*.lora_A/B.*)'}"
-                + (": it looks like base model weights, not a UniAnimate checkpoint" if looks_like_base else "")
-                + f". Expected {len(expected)} tensors such as {expected[0]}")
-        missing = [k for k in expected if k not in dit_state]
-        if missing:
-            raise TrainingError(f"{source} misses {len(missing)} of the {len(expected)} trainable DiT tensors of "
-                                f"--lora_target_modules {','.join(self.lora_target_modules)} (e.g. {missing[:4]}). "
-                                "Was it trained with other targets, or is a shard missing?")
-        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in dit_state.items() if v.shape != own[k].shape]
-        if bad:
-            key, got, want = bad[0]
-            if ".lora_A." in key or ".lora_B." in key:
-                rank = got[0] if ".lora_A." in key else got[1]
-                raise TrainingError(f"{source} holds a rank-{rank} LoRA but --lora_rank is {self.lora_rank}: "
-                                    f"pass --lora_rank {rank} (and its --lora_alpha) to continue from it")
-            raise TrainingError(f"{source}: {key} has shape {got}, the DiT expects {want}")
-        self._fit_pose_guider(pose, source)
-        own_pose = self.pose_guider.state_dict()
-        missing_pose = sorted(k for k in own_pose if k not in pose)
-        if missing_pose:
-            raise TrainingError(f"{source} misses {len(missing_pose)} of the {len(own_pose)} pose-guider tensors "
-                                f"(e.g. {missing_pose[:3]}): a UniAnimate checkpoint holds dwpose_embedding.* and "
-                                "randomref_embedding_pose.*")
-        self.dit.load_state_dict(dit_state, strict=False)
-        self.pose_guider.load_state_dict(pose, strict=True)
-        logger.info("loaded %d DiT tensors and %d pose-guider tensors from %s", len(dit_state), len(pose), source)
+        """Start from a UniAnimate checkpoint (`lora_setup.load_pretrained_weights`)."""
+        load_pretrained_weights(self, path)
 
     # ---------------------------------------------------------------------------------------------- training
     @torch.no_grad()
@@ -488,80 +322,6 @@ class UniAnimateTrainingModule(pl.LightningModule):
                                  "or check that sample, then continue with --resume")
         self.log("train_loss", loss, prog_bar=True, batch_size=1)
         return loss
-
-
-def check_resume_settings(stored: Optional[dict], current: dict, source: str) -> None:
-    """Raise when a resumable checkpoint was written by another training setup (architecture, rank, alpha,
-    targets): continuing it with this one would silently train something else."""
-    if not isinstance(stored, dict):
-        raise TrainingError(f"{source} is not a resumable checkpoint of this trainer")
-    diffs = [f"{k}: checkpoint {stored.get(k)!r}, now {v!r}" for k, v in current.items() if stored.get(k) != v]
-    if diffs:
-        raise TrainingError(f"{source} was written by another training setup ({'; '.join(diffs)}); pass the same "
-                            "flags to resume it")
-
-
-def resolve_pretrained_files(spec: PathSpec) -> List[Path]:
-    """The files of a `--pretrained_lora_path`: a file; a list of files (shards, as given); or a folder holding one
-    checkpoint file, or only the complete shards of one export (`<stem>-0000i-of-0000n.safetensors|bin`)."""
-    if not isinstance(spec, (str, os.PathLike)):
-        return [Path(p) for p in spec]
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        if not path.exists():
-            raise FileNotFoundError(f"--pretrained_lora_path not found: {path}")
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files:
-        if (path / "zero_to_fp32.py").is_file() or (path / "checkpoint").is_dir():
-            raise TrainingError(f"{path} is a DeepSpeed ZeRO checkpoint folder: convert it first with "
-                                "`python zero_to_fp32.py . OUT --safe_serialization` (docs/training.md) and pass OUT")
-        raise TrainingError(f"{path} holds no checkpoint file ({', '.join(WEIGHT_SUFFIXES)})")
-    if len(files) == 1:
-        return files
-    shards = [SHARD_NAME.fullmatch(p.name) for p in files]
-    groups = {(m["stem"], m["total"], m["ext"]) for m in shards if m}
-    if all(shards) and len(groups) == 1:
-        total = int(next(iter(groups))[1])
-        present = {int(m["index"]) for m in shards}
-        missing = sorted(set(range(1, total + 1)) - present)
-        if missing:
-            raise TrainingError(f"{path} holds shards of a {total}-file export but shard(s) {missing} are missing")
-        return files
-    names = ", ".join(p.name for p in files[:8]) + (f", ... ({len(files)} files)" if len(files) > 8 else "")
-    raise TrainingError(f"{path} holds several checkpoint files ({names}), which would be merged into one: pass the "
-                        "one file to start from (a folder is accepted when it holds one checkpoint, or only the "
-                        "shards <name>-0000i-of-0000n of one export)")
-
-
-def add_lora(dit: nn.Module, rank: int, alpha: float, target_modules: Union[str, Sequence[str]] = DEFAULT_LORA_TARGETS,
-             init_lora_weights: str = "kaiming") -> nn.Module:
-    """Inject a PEFT LoRA (adapter "default") into `dit` in place and upcast its parameters to fp32.
-
-    Targets match by name suffix: "q" hits `self_attn.q` and `cross_attn.q` but not `cross_attn.k_img`.
-    """
-    from peft import LoraConfig, inject_adapter_in_model  # noqa: PLC0415
-
-    if isinstance(target_modules, str):
-        target_modules = [t.strip() for t in target_modules.split(",") if t.strip()]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
-                        init_lora_weights=True if init_lora_weights == "kaiming" else "gaussian")
-    inject_adapter_in_model(config, dit)
-    adapted = 0
-    for name, param in dit.named_parameters():
-        if ".lora_" in name:
-            param.data = param.data.float()
-            param.requires_grad_(True)
-            adapted += 1
-        else:
-            param.requires_grad_(False)
-    if not adapted:
-        raise TrainingError(f"no DiT layer matches --lora_target_modules {list(target_modules)}")
-    return dit
-
-
-def _first(spec):
-    return spec[0] if isinstance(spec, (list, tuple)) else spec
 
 
 __all__ = ["UniAnimateTrainingModule", "TrainingPipe", "FrozenEncoders", "TrainingError", "add_lora", "split_paths",

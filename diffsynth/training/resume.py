@@ -1,4 +1,5 @@
-"""Training that survives a crash: resumable checkpoints, a data order that can be continued, the loss log.
+"""Training that survives a crash: resumable checkpoints, written and rotated here (the data order they continue
+is data_order.py, the stop signals signals.py, the loss log loss_log.py; resume_checks.py checks one before a run).
 
 A resumable checkpoint is a Lightning checkpoint whose `state_dict` holds only the trainable tensors (the frozen DiT,
 T5, VAE and CLIP are left out), plus the optimizer, the loop counters (global step, epoch, batch), the sampler
@@ -16,217 +17,24 @@ the last optimizer step are put back before the next training step, so noise, ti
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
-import random
-import signal
-import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Sampler
 
-from ..data.safe_write import atomic_output, atomic_write_text
+from ..data.safe_write import atomic_output
+from .data_order import EpochSampler, ResumableDataLoader, capture_rng_state, make_loader, restore_rng_state
+from .errors import NonFiniteError, find_nonfinite
+from .loss_log import LOSS_FILE, LossLog
+from .signals import StopRequest
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteError(RuntimeError):
-    """NaN or Inf in a loss, gradients, weights or a loaded file: training stops instead of going on with them."""
-
 
 RESUME_PREFIX = "resume-"
 RESUME_SUFFIX = ".ckpt"
 RESUME_KEY = "unianimate_resume"          # the module's training settings in a resumable checkpoint
-LOSS_FILE = "loss.csv"
-LOSS_COLUMNS = ("step", "epoch", "loss", "lr")
-
-
-# ----------------------------------------------------------------------------------------------- finite values
-def find_nonfinite(obj: Any, prefix: str = "", limit: int = 5) -> List[str]:
-    """The keys (dotted paths) of floating-point tensors holding NaN or Inf in a nested dict/list of tensors,
-    at most `limit` of them."""
-    found: List[str] = []
-
-    def visit(value, key):
-        if len(found) >= limit:
-            return
-        if isinstance(value, torch.Tensor):
-            if (value.is_floating_point() or value.is_complex()) and value.numel() \
-                    and not bool(torch.isfinite(value).all()):
-                found.append(key)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                visit(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                visit(v, f"{key}.{i}" if key else str(i))
-
-    visit(obj, prefix)
-    return found
-
-
-# ----------------------------------------------------------------------------------------------- data order
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch that can be resumed in the middle of an epoch.
-
-    With several processes, each takes every `num_replicas`-th index of the (padded) permutation, as
-    `DistributedSampler` does; `position` counts the indices this process has consumed in the current epoch.
-    The seed is drawn once from the OS when none is given, and saved, so an unseeded run resumes exactly too.
-    """
-
-    def __init__(self, length: int, seed: Optional[int] = None, dataset=None):
-        if length < 1:
-            raise ValueError("the dataset is empty")
-        self.length = length
-        self.dataset = dataset                                  # told the epoch too, when it has `set_epoch`
-        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
-        self.epoch, self.position = 0, 0
-        self._layout: Optional[tuple] = None                    # (num_replicas, rank) when set explicitly
-
-    def set_distributed(self, num_replicas: int, rank: int) -> None:
-        self._layout = (num_replicas, rank)
-
-    @property
-    def num_replicas(self) -> int:
-        return self._distribution()[0]
-
-    @property
-    def rank(self) -> int:
-        return self._distribution()[1]
-
-    def _distribution(self) -> tuple:
-        if self._layout is not None:
-            return self._layout
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before every epoch (also a resumed one); a new epoch starts at its beginning."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
-
-    def epoch_indices(self, epoch: int) -> List[int]:
-        """This process's indices of `epoch`, in order."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.length).tolist()
-        total = self.num_samples * self.num_replicas
-        order += order[: total - len(order)]                    # pad as DistributedSampler does
-        return order[self.rank:total:self.num_replicas]
-
-    @property
-    def num_samples(self) -> int:
-        return math.ceil(self.length / self.num_replicas)
-
-    def __len__(self) -> int:
-        return self.num_samples                                 # the whole epoch, also when resumed mid-epoch
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices(self.epoch)[self.position:])
-
-    def commit(self, consumed: int) -> None:
-        """Record that the training loop has used the first `consumed` indices of this epoch."""
-        self.position = consumed
-
-    def state_dict(self) -> Dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "length": self.length,
-                "num_replicas": self.num_replicas}
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        if int(state["length"]) != self.length:
-            raise ValueError(f"the checkpoint was written for {state['length']} samples per epoch, but the dataset "
-                             f"now has {self.length}: the data order cannot be continued (same data and "
-                             "--steps_per_epoch needed)")
-        if int(state["num_replicas"]) != self.num_replicas:
-            logger.warning("the checkpoint was written by %d processes, this run has %d: the rest of the epoch is "
-                           "split differently", state["num_replicas"], self.num_replicas)
-        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
-        if self.position >= self.num_samples:                  # saved after the last batch of an epoch
-            self.epoch, self.position = self.epoch + 1, 0
-        self.set_epoch(self.epoch)
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an `EpochSampler`. Its `state_dict` makes Lightning store the sampler's position in every
-    checkpoint and restore it before the first batch is drawn (before worker processes copy the dataset)."""
-
-    def state_dict(self) -> Dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
-
-
-def make_loader(dataset, seed: Optional[int], num_workers: int) -> ResumableDataLoader:
-    """Batch size 1 over a seeded `EpochSampler`. The loader gets its own generator, so starting an epoch does not
-    draw from the global torch RNG (which would shift the noise of a resumed run)."""
-    generator = torch.Generator().manual_seed(seed if seed is not None else 0)
-    return ResumableDataLoader(dataset, batch_size=1, sampler=EpochSampler(len(dataset), seed, dataset),
-                               num_workers=num_workers, persistent_workers=False, generator=generator)
-
-
-# ----------------------------------------------------------------------------------------------- RNG states
-def capture_rng_state() -> Dict[str, Any]:
-    """torch, CUDA, numpy and Python `random` states, as tensors / numbers (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------- stopping
-class StopRequest:
-    """SIGINT / SIGTERM handlers that ask the training to stop after the current optimizer step (the
-    `ResumeCheckpoint` callback then writes a resumable checkpoint). A second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("received %s: stopping after the current step and writing a resumable checkpoint "
-                       "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.getsignal(signum)
-                signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -429,59 +237,6 @@ def _sampler(trainer) -> Optional[EpochSampler]:
 def _checkpoint_dir(trainer) -> Optional[Path]:
     callback = trainer.checkpoint_callback
     return Path(callback.dirpath) if callback is not None and callback.dirpath else None
-
-
-# ----------------------------------------------------------------------------------------------- loss log
-class LossLog(Callback):
-    """One CSV row per optimizer step: step, epoch, loss (mean over the accumulated batches and the processes),
-    learning rate. On a resumed run the rows after the resumed step (written before the crash) are dropped first,
-    so the file holds each step once."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.losses: List[torch.Tensor] = []
-        self.last_step = -1
-        self.started = False
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.last_step = trainer.global_step
-        self.started = True
-        if trainer.is_global_zero:
-            self._keep_rows_up_to(trainer.global_step)
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        # A run resumed at or past its --max_steps trains nothing (no on_train_start), but the rows after the
-        # resumed step are still not part of it.
-        if not self.started and trainer.is_global_zero and trainer.global_step > 0:
-            self._keep_rows_up_to(trainer.global_step)
-
-    def _keep_rows_up_to(self, step: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if step > 0 and self.path.is_file():
-            with open(self.path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if row.get("step", "").isdigit() and int(row["step"]) <= step]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, LOSS_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: row.get(k, "") for k in LOSS_COLUMNS} for row in kept)
-        atomic_write_text(self.path, text.getvalue())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            self.losses.append(loss.detach().float())
-        if trainer.global_step == self.last_step:
-            return
-        self.last_step = trainer.global_step
-        value = torch.stack(self.losses).mean() if self.losses else torch.tensor(float("nan"))
-        self.losses = []
-        value = trainer.strategy.reduce(value.to(pl_module.device), reduce_op="mean")
-        if trainer.is_global_zero:
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-            with open(self.path, "a", newline="") as f:
-                row = [trainer.global_step, trainer.current_epoch, f"{float(value):.8g}", f"{lr:.8g}"]
-                csv.writer(f, lineterminator="\n").writerow(row)
 
 
 __all__ = ["NonFiniteError", "find_nonfinite", "loader_state", "EpochSampler", "ResumableDataLoader", "make_loader",

@@ -13,16 +13,14 @@ Every file is written atomically (no half-written JPEG, nothing written through 
 exactly the files a sample folder's manifest lists; any other file is kept, and one in the way of a file this tool
 writes (e.g. a user's `frames/000001.jpg`) fails that video with a message naming it rather than being replaced.
 
-Frame names are zero-padded to max(6, digits needed). `read_training_sample` reads a folder back;
+Frame names are zero-padded to max(6, digits needed). `read_training_sample` reads a folder back (sample_format.py);
 `read_legacy_pickle_sample` reads upstream's `frame_data.pkl` + `dw_pose_with_foot_wo_face.pkl` safely.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,6 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ..pose.backends import create_backend
@@ -39,17 +36,16 @@ from ..pose.extract import fill_missing
 from ..pose.onnx_runtime import DEFAULT_DET_MODEL, DEFAULT_POSE_MODEL
 from ..pose.sources import FrameSource
 from ..data.safe_write import Manifest, atomic_write_text, check_output_folder, make_folder
+# The sample layout, and reading samples back (re-exported: callers import them from here).
+from .sample_format import (FORMAT, FRAMES_DIR, META_FILE, POSES_DIR, UnsafePickleError, load_legacy_pickle,
+                            read_legacy_pickle_sample, read_training_sample)
 
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 DEFAULT_OUT_SUBDIR = "training_video_pose"
-FRAMES_DIR, POSES_DIR, META_FILE = "frames", "poses", "meta.json"
-FORMAT = "diffsynth.training_sample/1"
 JPEG_QUALITY = 95
 HALVE_AT_WIDTH = 2048
-LEGACY_FRAME_FILE = "frame_data.pkl"
-LEGACY_POSE_FILE = "dw_pose_with_foot_wo_face.pkl"
 MANIFEST_FILE = ".prepare_training_data.json"  # one per sample folder: samples are skipped/redone one by one
 _RESERVE_CHUNK = 1024  # frame names listed in the manifest ahead of writing, per manifest save
 
@@ -315,91 +311,6 @@ def _prepare_video(video: Path, folder: Path, pose_backend, max_frames: int | No
     atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n", replace=False)
     manifest.finish([*_sample_files(names), META_FILE])  # exactly what is on disk now
     return meta
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading samples
-
-
-def open_rgb(source) -> Image.Image:
-    """An image file (or file-like object) as an RGB PIL image, with the file closed."""
-    with Image.open(source) as image:
-        return image.convert("RGB")
-
-
-def read_training_sample(folder: str | Path, indices: Sequence[int] | None = None
-                         ) -> tuple[list[Image.Image], list[Image.Image], dict]:
-    """(frames, poses, meta) of a sample folder: PIL RGB images in frame order (only `indices` if given).
-
-    Poses come back exactly as the pose JPEGs decode with PIL, i.e. in the colours training has always used.
-    """
-    folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: not a training sample, or an incomplete one")
-    meta = json.loads(meta_path.read_text())
-    names = meta["files"]
-    chosen = [names[i] for i in (range(len(names)) if indices is None else indices)]
-    frames = [open_rgb(folder / FRAMES_DIR / name) for name in chosen]
-    poses = [open_rgb(folder / POSES_DIR / name) for name in chosen]
-    return frames, poses, meta
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A legacy pickle asked for something other than dict/str/bytes."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds only dicts, strings and bytes. Protocols 3+ need no global for those; protocols 0-2 encode bytes as
-    `_codecs.encode(str, 'latin1')` (and empty bytes as `bytes()`), so those two callables are allowed too."""
-
-    ALLOWED = {
-        ("builtins", "dict"), ("builtins", "str"), ("builtins", "bytes"),
-        ("__builtin__", "dict"), ("__builtin__", "str"), ("__builtin__", "bytes"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise UnsafePickleError(
-                f"refusing to load {module}.{name}: legacy training pickles may only contain a dict of str -> "
-                f"bytes; this file asks for code and may be malicious")
-        return super().find_class(module, name)
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError("refusing a persistent id in a legacy training pickle")
-
-
-def load_legacy_pickle(path: str | Path) -> dict[str, bytes]:
-    """Upstream's `{"000000.jpg": jpeg_bytes, ...}` pickle, loaded without running any code (see
-    `_RestrictedUnpickler`). Raises UnsafePickleError for anything else."""
-    with open(path, "rb") as file:
-        data = _RestrictedUnpickler(file).load()
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, bytes) for k, v in data.items()):
-        raise UnsafePickleError(f"{path}: expected a dict of str -> bytes, got {type(data).__name__}")
-    return data
-
-
-def read_legacy_pickle_sample(path: str | Path, pose_file: str = LEGACY_POSE_FILE
-                              ) -> tuple[list[Image.Image], list[Image.Image], dict]:
-    """(frames, poses, meta) from upstream's `frame_data.pkl` and `dw_pose_with_foot_wo_face.pkl`.
-
-    `path` is the sample folder (or one of its pickles). Frame order is the frame pickle's key order and each pose
-    is looked up by the same key, as upstream's training loader does.
-    """
-    folder = Path(path)
-    if folder.is_file():
-        folder = folder.parent
-    frame_bytes = load_legacy_pickle(folder / LEGACY_FRAME_FILE)
-    pose_bytes = load_legacy_pickle(folder / pose_file)
-    missing = [key for key in frame_bytes if key not in pose_bytes]
-    if missing:
-        raise KeyError(f"{folder / pose_file} has no pose for {len(missing)} frames (first: {missing[0]})")
-    frames = [open_rgb(io.BytesIO(data)) for data in frame_bytes.values()]
-    poses = [open_rgb(io.BytesIO(pose_bytes[key])) for key in frame_bytes]
-    meta = {"format": "upstream-pickle", "source": str(folder), "num_frames": len(frames), "files": list(frame_bytes),
-            "width": frames[0].width if frames else None, "height": frames[0].height if frames else None}
-    return frames, poses, meta
 
 
 __all__ = [

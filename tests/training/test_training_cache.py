@@ -13,7 +13,7 @@ from training.training_helpers import save_structural_checkpoints, tiny_argv, wr
 pl = pytest.importorskip("lightning.pytorch")
 pytest.importorskip("peft")
 
-from diffsynth.training import cli, module as module_lib  # noqa: E402
+from diffsynth.training import cli, encoders as encoders_lib, module as module_lib  # noqa: E402
 from diffsynth.training.cache import MANIFEST, CachedDataset, _read_metadata  # noqa: E402
 from diffsynth.training.dataset import UniAnimateDataset  # noqa: E402
 
@@ -46,7 +46,7 @@ def no_encoders(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an encoder was loaded")
     for name in ("load_wan_text_encoder", "load_wan_vae", "load_wan_image_encoder"):
-        monkeypatch.setattr(module_lib, name, refuse)
+        monkeypatch.setattr(encoders_lib, name, refuse)
 
 
 def test_data_process_writes_each_item_once(setup, cache):
