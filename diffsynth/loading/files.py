@@ -25,6 +25,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 
 import torch
 
+from .errors import CheckpointError, NonFiniteTensorError, UnsafeCheckpointError
+from .tensors import all_finite, cast, non_finite_error
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -36,10 +39,6 @@ WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 # Keys under which trainers wrap a state dict (the VAE's `model_state`, Lightning's `state_dict`, DeepSpeed's
 # `module`). Unwrapped only when the top level holds no tensors itself.
 WRAPPER_KEYS = ("model_state", "state_dict", "module", "model")
-FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-                                                     "float8_e5m2fnuz") if hasattr(torch, name))
-# Compute dtype for fp8 tensors when no target dtype is given (fp8 cannot be computed with on CPU).
-FP8_UPCAST = torch.bfloat16
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -49,18 +48,6 @@ _SAFETENSORS_DTYPES = {
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
     if hasattr(torch, _attr):
         _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
-
-
-class CheckpointError(RuntimeError):
-    """A weight file that cannot be read, or whose contents do not fit the model it is loaded as."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """`torch.load(weights_only=True)` refused a pickle: it would import or call something other than tensors."""
-
-
-class NonFiniteTensorError(CheckpointError):
-    """A tensor holds NaN or Inf values, as stored or after the cast to the compute dtype."""
 
 
 @dataclass(frozen=True)
@@ -116,81 +103,6 @@ def describe(spec: Union[PathLike, Sequence]) -> str:
         return str(spec)
     items = [str(p) for p in spec]
     return items[0] if len(items) == 1 else f"[{items[0]}, ... {len(items)} files]"
-
-
-# ------------------------------------------------------------------------------------------------- casting
-# Pass as the dtype to keep a tensor exactly as stored, fp8 included (the fp8 DiT loader keeps fp8 weights as is).
-STORED = "stored"
-
-
-def target_dtype(source: torch.dtype, dtype: Union[torch.dtype, str, None]) -> torch.dtype:
-    """The dtype a stored tensor becomes: `dtype` for floating tensors, unchanged for integer/bool tensors.
-
-    `dtype=None` keeps the stored dtype but upcasts fp8 to bf16. An fp8 `dtype` is a storage request that only the
-    fp8 DiT loader honours (for its Linear weights): every other floating tensor is computed in bf16
-    (`FP8_UPCAST`). `dtype=STORED` keeps every tensor as stored, fp8 included."""
-    if not source.is_floating_point or dtype == STORED:
-        return source
-    if dtype is None:
-        return FP8_UPCAST if source in FP8_DTYPES else source
-    if dtype in FP8_DTYPES:
-        return FP8_UPCAST
-    return dtype
-
-
-def cast(tensor: torch.Tensor, dtype: Union[torch.dtype, str, None] = None, device: Union[str, torch.device, None] = None
-         ) -> torch.Tensor:
-    """Cast one stored tensor to the compute dtype/device (round to nearest even, as torch `.to`)."""
-    return tensor.to(device=device, dtype=target_dtype(tensor.dtype, dtype))
-
-
-# ------------------------------------------------------------------------------------------------- finite values
-FINITE_CHUNK = 1 << 24     # elements per element-wise pass: bounds the slow path's temporaries to 16 MiB
-
-
-def _chunks(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
-    flat = tensor.reshape(-1)
-    for start in range(0, flat.numel(), FINITE_CHUNK):
-        yield flat[start:start + FINITE_CHUNK]
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """True when no element is NaN or Inf (always for integer tensors).
-
-    A sum is finite iff every term is finite and it does not overflow; torch accumulates half types in fp32, so
-    one reduction at memory speed clears a weight tensor (isfinite().all() costs ~10x more). Only a non-finite sum
-    pays for the exact element-wise test, chunk by chunk."""
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return True
-    if tensor.dtype in FP8_DTYPES:      # no arithmetic on fp8: upcast chunk-wise (exact)
-        return all(all_finite(c.to(torch.float32)) for c in _chunks(tensor))
-    if bool(torch.isfinite(tensor.sum())):
-        return True
-    return all(bool(torch.isfinite(c).all()) for c in _chunks(tensor))
-
-
-def _count_nonfinite(tensor: torch.Tensor) -> Tuple[int, int]:
-    """(NaN count, Inf count), chunk-wise."""
-    nan = inf = 0
-    for c in _chunks(tensor):
-        c = c.to(torch.float32) if c.dtype in FP8_DTYPES else c
-        nan += int(torch.isnan(c).sum())
-        inf += int(torch.isinf(c).sum())
-    return nan, inf
-
-
-def non_finite_error(path: PathLike, key: str, stored: torch.Tensor, loaded: torch.Tensor) -> NonFiniteTensorError:
-    """The error for a tensor that is not finite once loaded: damaged in the file, or overflowed by the cast."""
-    where = f"{str(path)!r}: tensor {key!r} {list(stored.shape)}"
-    if loaded.dtype != stored.dtype and all_finite(stored):
-        amax = max(float(c.to(torch.float32).abs().max()) for c in _chunks(stored))
-        return NonFiniteTensorError(
-            f"{where} is finite as stored ({stored.dtype}) but overflows {loaded.dtype} (largest magnitude "
-            f"{amax:g}): load it in a wider dtype (bfloat16 or float32)")
-    nan, inf = _count_nonfinite(stored)
-    return NonFiniteTensorError(
-        f"{where} holds {nan} NaN and {inf} Inf values (of {stored.numel()}); refusing to load it. The file is "
-        "damaged, or the training that wrote it diverged.")
 
 
 # ------------------------------------------------------------------------------------------------- one file
@@ -420,6 +332,5 @@ def load_state_dict(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, d
 
 __all__ = [
     "CheckpointError", "UnsafeCheckpointError", "NonFiniteTensorError", "TensorInfo", "CheckpointFile", "Checkpoint",
-    "resolve_paths", "load_state_dict", "cast", "target_dtype", "describe", "all_finite", "WEIGHT_SUFFIXES",
-    "FP8_DTYPES", "STORED",
+    "resolve_paths", "load_state_dict", "describe", "all_finite", "WEIGHT_SUFFIXES",
 ]

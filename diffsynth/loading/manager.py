@@ -11,358 +11,31 @@ Plain functions for notebooks (`load_wan_dit(paths, torch.bfloat16, "cuda")`, ..
     pose_guider = model_manager.fetch_pose_guider(torch_dtype=torch.bfloat16)
 
 Everything that can be checked from the file headers (format, config, every key and shape) is checked before any
-tensor is read, and a model is registered only once it is completely loaded.
+tensor is read (`plan.py`), the tensors are streamed in one at a time (`execute.py`), and a model is registered only
+once it is completely loaded.
 """
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .checks import StateDictDiff, compare_state_dict, summarize_keys
-from .files import (FP8_DTYPES, FP8_UPCAST, STORED, Checkpoint, CheckpointError, CheckpointFile,
-                    NonFiniteTensorError, PathSpec, all_finite, describe, load_state_dict, target_dtype)
-from .formats import (MODEL_KINDS, ConfigError, Detection, ModelKind, UnknownFormatError, closest_layout, detect,
-                      looks_like_lora, read_config_json)
-from .sidecar import read_config_sidecar
-from .lora import (MERGE_PRECISIONS, BaseWeights, LoraCheckpoint, LoraError, check_alpha, check_strength,
-                   merge_loras, pose_guider_state_dict, read_lora,
-                   with_pose_sidecars)
+from .checks import compare_state_dict
+from .errors import CheckpointError
+from .execute import Device, assign_tensor, execute_plan
+from .files import PathSpec, describe
+from .lora import read_lora
+from .lora_base_weights import BaseWeights
+from .lora_checkpoint import LoraCheckpoint, LoraError, check_alpha
+from .lora_entries import LoraSpec, MergedLora, lora_entries
+from .lora_merge import MERGE_PRECISIONS, merge_loras
+from .lora_pose import pose_guider_state_dict, with_pose_sidecars
+from .plan import ConfigSpec, LoadPlan, expected_tensors, plan_load
+from .tensors import target_dtype
 
 logger = logging.getLogger(__name__)
-
-Device = Union[str, torch.device, None]
-ConfigSpec = Union[Any, Sequence[Any], None]
-
-
-# ------------------------------------------------------------------------------------------------- assignment
-def expected_tensors(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
-    """Names and shapes a checkpoint must provide: parameters and persistent buffers."""
-    out = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    for mod_name, module in model.named_modules():
-        for name, buf in module._buffers.items():
-            if buf is not None and name not in module._non_persistent_buffers_set:
-                out[f"{mod_name}.{name}" if mod_name else name] = tuple(buf.shape)
-    return out
-
-
-def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
-    """Replace the (meta) parameter or buffer `key` by `tensor` (frozen: requires_grad=False)."""
-    module_path, _, name = key.rpartition(".")
-    module = model.get_submodule(module_path) if module_path else model
-    if name in module._parameters:
-        module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
-    elif name in module._buffers:
-        module._buffers[name] = tensor
-    else:
-        raise KeyError(key)
-
-
-def _meta_tensors(model: nn.Module) -> List[str]:
-    names = [n for n, p in model.named_parameters() if p.is_meta]
-    return names + [n for n, b in model.named_buffers() if b.is_meta]
-
-
-def _check_fit(plan: "LoadPlan", config_given: bool) -> None:
-    """Every key and shape of the checkpoint against the meta-built model, before any tensor is read."""
-    model = plan.model
-    diff = compare_state_dict(expected_tensors(model), plan.detection.official_shapes, plan.kind.optional)
-    if diff.ok:
-        return
-    n_files = len(plan.checkpoint.files)
-    if n_files > 1:
-        foreign = _files_that_do_not_fit(plan, diff)
-        if foreign:
-            raise _different_models(plan.source, foreign)
-    what = f"{plan.source} ({plan.detection.label})"
-    if diff.missing and not (diff.unexpected or diff.mismatched):
-        absent = summarize_keys(diff.missing, diff.expected)
-        incomplete = (f"the list of {n_files} files looks incomplete" if n_files > 1 else
-                      "the checkpoint is incomplete (a shard of a larger set, or an interrupted export?)")
-        raise CheckpointError(f"{what}: {incomplete}; {len(diff.missing)} tensors of "
-                              f"{type(model).__name__} are absent: {absent} missing.\n"
-                              "Pass every shard (a list, or the folder).")
-    hint = ("the config passed in does not match the checkpoint" if config_given
-            else "a model variant this loader does not know")
-    raise CheckpointError(f"{what} does not fit {type(model).__name__}({plan.config}):\n  "
-                          + "\n  ".join(diff.lines()) + f"\nLikely cause: {hint}.")
-
-
-# ------------------------------------------------------------------------------------------------- mixed files
-def _different_models(source: str, lines: List[str]) -> CheckpointError:
-    return CheckpointError(f"{source}: these files hold different models:\n  " + "\n  ".join(lines)
-                           + "\nA list of files is one model in shards: give each model its own entry, e.g. "
-                           "load_models([[dit_shard_1, dit_shard_2], vae_path]).")
-
-
-def _identify(f: CheckpointFile) -> Optional[str]:
-    """The model one file holds on its own, when it is complete enough to be recognised."""
-    try:
-        return detect({k: v.shape for k, v in f.infos.items()}, str(f.path)).label
-    except CheckpointError:
-        return None
-
-
-def _conflicting_shapes(checkpoint: Checkpoint) -> Optional[List[str]]:
-    """Lines naming a tensor stored in two files with different shapes (shards of one model never do that)."""
-    seen: Dict[str, Tuple[Path, Tuple[int, ...]]] = {}
-    for f in checkpoint.files:
-        for key, info in f.infos.items():
-            if key in seen and seen[key][1] != info.shape:
-                first, shape = seen[key]
-                return [f"{first.name}: {key} {list(shape)}",
-                        f"{f.path.name}: {key} {list(info.shape)} (same name, another shape)"]
-            seen[key] = (f.path, info.shape)
-    return None
-
-
-def _identify_each(checkpoint: Checkpoint) -> Optional[List[str]]:
-    """When files recognised on their own hold different models: one line per file, else None."""
-    labels = [_identify(f) for f in checkpoint.files]
-    if len({label.split(" (")[0] for label in labels if label}) < 2:
-        return None
-    return [f"{f.path.name}: {label or 'not recognised on its own (a shard of one of the others?)'}"
-            for f, label in zip(checkpoint.files, labels)]
-
-
-def _explain_unknown_list(checkpoint: Checkpoint, source: str, error: UnknownFormatError) -> None:
-    """A list that matches no format: different models side by side, or shards without the first one."""
-    mixed = _identify_each(checkpoint)
-    if mixed:
-        raise _different_models(source, mixed) from None
-    shapes = checkpoint.shapes
-    closest = None if looks_like_lora(shapes) else closest_layout(shapes)
-    if closest is not None and closest[1]:
-        layout, absent = closest
-        raise CheckpointError(
-            f"{source}: the list of {len(checkpoint.files)} files looks incomplete: its tensors look like "
-            f"{layout.label} ({summarize_keys(shapes, limit=3)}) but {', '.join(absent)} "
-            f"{'is' if len(absent) == 1 else 'are'} missing.\nPass every shard (a list, or the folder).") from error
-
-
-def _files_that_do_not_fit(plan: "LoadPlan", diff: StateDictDiff) -> Optional[List[str]]:
-    """Lines for a list where some files fit the model exactly and others mostly do not; else None."""
-    det = plan.detection
-    if det.layout.convert is not None:        # keys are combined: no per-file attribution
-        return None
-    bad, infos = diff.bad_keys, plan.checkpoint.infos
-    shapes = {k: (found, want) for k, found, want in diff.mismatched}
-    fitting, foreign = [], []
-    for f in plan.checkpoint.files:
-        official = [det.key_map[k] for k in f.infos if k in det.key_map and infos[k].file == f.path]
-        n_bad = sum(k in bad for k in official)
-        if official and n_bad == 0:
-            fitting.append(f.path.name)
-        elif official and 2 * n_bad > len(official):
-            example = next(k for k in official if k in bad)
-            why = (f"e.g. {example}: file {list(shapes[example][0])}, model {list(shapes[example][1])}"
-                   if example in shapes else f"e.g. {example} is not part of it")
-            label = _identify(f)
-            foreign.append(f"{f.path.name}: {label or 'another model'}; {n_bad} of {len(official)} tensors do not "
-                           f"fit the {det.model} of the others ({why})")
-    if not (fitting and foreign):
-        return None
-    return [f"{', '.join(fitting)}: {det.label}, {type(plan.model).__name__}({plan.config})"] + foreign
-
-
-# ------------------------------------------------------------------------------------------------- plan + load
-@dataclass
-class LoadPlan:
-    """Everything decided from the headers: what to read, as what, into which (meta) model."""
-
-    checkpoint: Checkpoint
-    detection: Detection
-    kind: ModelKind
-    config: Any
-    model: nn.Module          # built on the meta device
-    source: str
-
-    @property
-    def name(self) -> str:
-        return self.kind.name
-
-
-def _pick_config(config: ConfigSpec, kind: ModelKind) -> Optional[Any]:
-    if config is None:
-        return None
-    candidates = list(config) if isinstance(config, (list, tuple)) else [config]
-    matching = [c for c in candidates if isinstance(c, kind.config_type)]
-    return matching[0] if matching else None
-
-
-def plan_load(spec: PathSpec, config: ConfigSpec = None) -> LoadPlan:
-    """Read headers, detect the format, decide the config and build the model on meta; check every key and
-    shape. Reads no tensor data (except for legacy non-zip `.pth` files)."""
-    checkpoint = Checkpoint(spec)
-    source = describe(spec)
-    several = len(checkpoint.files) > 1
-    try:
-        conflict = _conflicting_shapes(checkpoint) if several else None
-        if conflict:
-            raise _different_models(source, conflict)
-        try:
-            detection = detect(checkpoint.shapes, source)
-        except UnknownFormatError as e:
-            if several:
-                _explain_unknown_list(checkpoint, source, e)
-            raise
-        kind = MODEL_KINDS[detection.model]
-        chosen = _pick_config(config, kind)
-        if chosen is None:     # a custom size: the configuration written beside the weights
-            chosen = read_config_sidecar(checkpoint.paths, kind.config_type)
-        try:
-            cfg = chosen if chosen is not None else kind.config_from(detection.official_shapes,
-                                                                       read_config_json(checkpoint.paths))
-        except ConfigError as e:
-            if not (e.missing and several):
-                raise
-            raise CheckpointError(
-                f"{source} ({detection.label}): the list of {len(checkpoint.files)} files looks incomplete: "
-                f"{', '.join(e.missing)} missing (present: {summarize_keys(detection.official_shapes, limit=3)}).\n"
-                "Pass every shard (a list, or the folder).") from e
-        with torch.device("meta"):
-            model = kind.build(cfg)
-        plan = LoadPlan(checkpoint, detection, kind, cfg, model, source)
-        _check_fit(plan, chosen is not None)
-    except Exception:
-        checkpoint.close()
-        raise
-    if detection.ignored:
-        logger.info("%s: ignoring %d tensors that are not part of %s (e.g. %s)", source, len(detection.ignored),
-                    kind.name, detection.ignored[0])
-    return plan
-
-
-# ------------------------------------------------------------------------------------------------- fp8
-class _Fp8Weights:
-    """What the fp8 DiT load does with each weight: the Linear weights (`Fp8Linear`) are kept as stored when the
-    file already holds the storage dtype (with the file's ComfyUI `scale_weight`, or scale 1), and are otherwise
-    read in fp32 (dequantised with the file's scale, if any) and quantised with `granularity`. Weights of other
-    modules that carry a ComfyUI scale are dequantised (W * scale) into their compute dtype."""
-
-    def __init__(self, plan: LoadPlan, torch_dtype, device, granularity: str, base_dtype):
-        from ..models.fp8 import GRANULARITIES, fp8_dtype_for_device, fp8_linear_names, quantize_model_fp8
-
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"fp8_granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        self.plan, self.device, self.granularity, self.base_dtype = plan, device, granularity, base_dtype
-        det = plan.detection
-        self.stored = {det.key_map[k]: info.dtype for k, info in plan.checkpoint.infos.items() if k in det.key_map}
-        self.storage: Optional[torch.dtype] = None
-        self.linear_weights: set = set()
-        if torch_dtype in FP8_DTYPES:
-            if plan.name != "wan_video_dit":
-                logger.info("%s: fp8 storage applies to the DiT's Linear layers; this %s is loaded in %s",
-                            plan.source, plan.name, FP8_UPCAST)
-            else:
-                self.storage = fp8_dtype_for_device(torch_dtype, device)
-                names = fp8_linear_names(plan.model)
-                quantize_model_fp8(plan.model, self.storage, granularity, names=names, compute_dtype=FP8_UPCAST)
-                self.linear_weights = {n + ".weight" for n in names}
-        # ComfyUI scales: small (a scalar or [out] per layer), read up front in fp32.
-        self.scales: Dict[str, torch.Tensor] = {}
-        if det.scales:
-            by_file = {v: k for k, v in det.scales.items()}
-            for file_key, t in plan.checkpoint.iter_tensors(list(by_file), dtype=torch.float32, desc="fp8 scales"):
-                self.scales[by_file[file_key]] = t
-
-    def read_dtype(self, key: str):
-        """The dtype a tensor is read in (see the class doc)."""
-        if key in self.linear_weights:
-            return STORED if self.stored.get(key) == self.storage else torch.float32
-        if key in self.scales:
-            return torch.float32
-        return self.base_dtype(key)
-
-    def assignments(self, key: str, tensor: torch.Tensor, source: str):
-        """(official key, tensor) pairs to assign for one tensor read with `read_dtype`."""
-        from ..models.fp8 import dequantize_fp8, quantize_fp8, scale_to_channels
-
-        if key not in self.linear_weights and key not in self.scales:
-            return [(key, tensor)]
-        scale = None
-        if key in self.scales:
-            scale = scale_to_channels(self.scales[key], tensor.shape[0], f"{key} scale_weight").to(tensor.device)
-        if key in self.linear_weights:
-            module = key[: -len(".weight")]
-            if tensor.dtype == self.storage:            # kept exactly as stored
-                scale = scale if scale is not None else torch.ones(tensor.shape[0], device=tensor.device)
-                return [(key, tensor), (module + ".scale", scale)]
-            weight = dequantize_fp8(tensor, scale) if scale is not None else tensor
-            q, s = quantize_fp8(weight, self.storage, self.granularity)
-            return [(key, q), (module + ".scale", s)]
-        out = dequantize_fp8(tensor, scale).to(target_dtype(self.stored[key], self.base_dtype(key)))
-        if not all_finite(out):
-            raise NonFiniteTensorError(f"{source}: tensor {key!r} times its fp8 scale_weight is not finite in "
-                                       f"{out.dtype}: load it in a wider dtype (bfloat16 or float32)")
-        return [(key, out)]
-
-
-def execute_plan(plan: LoadPlan, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
-                 progress: bool = True, fp8_granularity: str = "channel") -> nn.Module:
-    """Stream the tensors into the meta-built model, casting each as it is read; returns the loaded model
-    (eval mode, frozen). The plan's files are closed afterwards.
-
-    An fp8 `torch_dtype` (float8_e4m3fn / float8_e5m2) loads a DiT with its Linear layers as `Fp8Linear` (fp8
-    weight, fp32 scale per output channel, or per tensor with `fp8_granularity="tensor"`, or none with "none")
-    and everything else in bf16; see `diffsynth.models.fp8`. Other models are loaded in bf16."""
-    started = time.perf_counter()
-    model, det = plan.model, plan.detection
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    def base_dtype(official_key: str) -> Optional[torch.dtype]:   # one dtype per model (loading/release.py)
-        return torch_dtype
-
-    try:
-        fp8 = _Fp8Weights(plan, torch_dtype, device, fp8_granularity, base_dtype)
-        dtype_for = fp8.read_dtype
-        with plan.checkpoint as ckpt:
-            if det.layout.convert is None:
-                # One tensor at a time: renamed, cast and assigned before the next one is read.
-                for file_key, tensor in _stream(ckpt, det, dtype_for, device, progress, plan.name):
-                    for key, value in fp8.assignments(det.key_map[file_key], tensor, plan.source):
-                        assign_tensor(model, key, value)
-            else:
-                # Tensors must be combined (CLIP q/k/v -> to_qkv): read the (small) model whole, then convert.
-                raw = {det.key_map[k]: t for k, t in _stream(ckpt, det, dtype_for, device, progress, plan.name)}
-                for key, tensor in det.layout.convert(raw).items():
-                    assign_tensor(model, key, tensor.contiguous())
-                del raw
-        expected = expected_tensors(model)
-        for key in plan.kind.optional:
-            if key in expected and _is_meta(model, key):
-                logger.info("%s: %s not in the file (unused by Wan); filled with zeros", plan.source, key)
-                dtype = target_dtype(torch.float32, base_dtype(key))
-                assign_tensor(model, key, torch.zeros(expected[key], dtype=dtype, device=device))
-        left = _meta_tensors(model)
-        if left:
-            raise CheckpointError(f"{plan.source}: {len(left)} tensors were never loaded: {left[:6]}")
-        model.to(device)         # non-persistent buffers built on CPU (e.g. the VAE latent statistics)
-    except BaseException:
-        plan.checkpoint.close()
-        raise
-    model.eval().requires_grad_(False)
-    logger.info("loaded %s (%s) from %s as %s on %s in %.1f s", plan.name, det.label, plan.source,
-                f"{fp8.storage} Linear weights + {FP8_UPCAST}" if fp8.storage else torch_dtype or "stored dtype",
-                device, time.perf_counter() - started)
-    return model
-
-
-def _stream(ckpt: Checkpoint, det: Detection, dtype_for, device, progress: bool, desc: str):
-    """(file key, tensor) in file order, each cast to the dtype its official name asks for."""
-    return ckpt.iter_tensors(det.key_map, dtype=lambda file_key: dtype_for(det.key_map[file_key]), device=device,
-                             progress=progress, desc=desc)
-
-
-def _is_meta(model: nn.Module, key: str) -> bool:
-    module_path, _, name = key.rpartition(".")
-    module = model.get_submodule(module_path) if module_path else model
-    tensor = module._parameters.get(name, module._buffers.get(name))
-    return tensor is not None and tensor.is_meta
 
 
 def load_model(spec: PathSpec, torch_dtype: Optional[torch.dtype] = None, device: Device = "cpu",
@@ -446,45 +119,6 @@ def load_pose_guider(state_dict: Dict[str, torch.Tensor], torch_dtype: Optional[
 # ------------------------------------------------------------------------------------------------- manager
 def _list_sources(sources: Sequence[str]) -> str:
     return ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
-
-
-@dataclass(frozen=True)
-class MergedLora:
-    """One LoRA merged by load_lora_v2: what was given, the files it resolved to (a pose-guider file found beside
-    it included), the content digest and the strength it was merged with."""
-
-    path: Any
-    files: Tuple[Path, ...]
-    digest: str
-    strength: float = 1.0
-
-
-LoraSpec = Union[PathSpec, Tuple[PathSpec, float], Sequence[Tuple[PathSpec, float]]]
-
-
-def _is_weighted(item: Any) -> bool:
-    """`(spec, strength)`: a 2-tuple whose second item is a real number (a path never is)."""
-    return (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, float))
-            and not isinstance(item[1], bool))
-
-
-def lora_entries(file_path: LoraSpec, lora_alpha: float) -> List[Tuple[PathSpec, float]]:
-    """The (spec, strength) pairs of a load_lora_v2 call. A plain path or list is ONE LoRA (a list: its shards)
-    merged at `lora_alpha`; `(spec, strength)` or a list of such pairs is one LoRA per pair. Every strength is
-    checked (`check_strength`: NaN/Inf refused naming the value, 0 or negative warned)."""
-    if _is_weighted(file_path):
-        pairs = [file_path]
-    elif isinstance(file_path, (list, tuple)) and file_path and all(_is_weighted(x) for x in file_path):
-        pairs = list(file_path)
-    elif isinstance(file_path, (list, tuple)) and any(isinstance(x, tuple) for x in file_path):
-        raise ValueError("load_lora_v2 takes a path, a list of shards of ONE LoRA, or a list of (path, strength) "
-                         f"pairs for several LoRAs; got a mixture: {file_path!r}")
-    else:
-        return [(file_path, check_strength(lora_alpha, describe(file_path)))]
-    if lora_alpha != 1.0:
-        raise ValueError(f"load_lora_v2 got (path, strength) pairs and lora_alpha={lora_alpha}: give each LoRA's "
-                         "strength in its pair, and leave lora_alpha at 1.0")
-    return [(spec, check_strength(strength, describe(spec))) for spec, strength in pairs]
 
 
 class ModelManager:
@@ -705,6 +339,5 @@ class ModelManager:
 
 __all__ = [
     "ModelManager", "load_model", "load_wan_dit", "load_wan_vae", "load_wan_text_encoder", "load_wan_image_encoder",
-    "load_pose_guider", "load_state_dict", "plan_load", "execute_plan", "LoadPlan", "expected_tensors", "assign_tensor",
-    "MergedLora", "lora_entries",
+    "load_pose_guider", "plan_load", "expected_tensors",
 ]

@@ -12,7 +12,7 @@ position embeddings lose their leading singleton axes; `head [dim, out]` is `vis
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -50,24 +50,37 @@ def _unknown(keys, what: str) -> ValueError:
     return ValueError(f"not {what} keys: {shown}")
 
 
+def _rename_t5(state_dict: Mapping[str, torch.Tensor], top: Mapping[str, str], block: re.Pattern,
+               block_table: Mapping[str, str], block_stem: str, what: str,
+               tied: Optional[Tuple[str, str]] = None) -> StateDict:
+    """One direction of the umT5 rename: whole keys by `top`; keys `block` matches (block index, name inside the
+    block) by `block_table`, under `{block_stem}.{index}.`; `tied` = (key, target): a second copy of a tensor, used
+    for target only when no `top` key fills it. Unknown keys raise (ValueError naming `what`)."""
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        if key in top:
+            out[top[key]] = value
+            continue
+        if tied is not None and key == tied[0]:
+            out.setdefault(tied[1], value)
+            continue
+        m = block.fullmatch(key)
+        if m and m.group(2) in block_table:
+            out[f"{block_stem}.{m.group(1)}.{block_table[m.group(2)]}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise _unknown(unknown, what)
+    return out
+
+
 def t5_official_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """Official umT5 encoder keys (`blocks.{i}.attn.q.weight`, ...) -> `UMT5EncoderModel` keys.
 
     The token embedding is written to both `shared.weight` and `encoder.embed_tokens.weight` (same tensor), which is
     what `UMT5EncoderModel.state_dict()` lists.
     """
-    out, unknown = {}, []
-    for key, value in state_dict.items():
-        if key in _T5_TOP:
-            out[_T5_TOP[key]] = value
-            continue
-        m = _OFFICIAL_T5_BLOCK.fullmatch(key)
-        if m and m.group(2) in _T5_BLOCK:
-            out[f"encoder.block.{m.group(1)}.{_T5_BLOCK[m.group(2)]}"] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise _unknown(unknown, "official umT5 encoder")
+    out = _rename_t5(state_dict, _T5_TOP, _OFFICIAL_T5_BLOCK, _T5_BLOCK, "encoder.block", "official umT5 encoder")
     if "shared.weight" in out:
         out[_T5_TIED] = out["shared.weight"]
     return out
@@ -78,22 +91,8 @@ def t5_transformers_to_official(state_dict: Mapping[str, torch.Tensor]) -> State
 
     `shared.weight` and `encoder.embed_tokens.weight` are the same (tied) tensor; either one is accepted.
     """
-    out, unknown = {}, []
-    for key, value in state_dict.items():
-        if key in _T5_TOP_INV:
-            out[_T5_TOP_INV[key]] = value
-            continue
-        if key == _T5_TIED:
-            out.setdefault("token_embedding.weight", value)
-            continue
-        m = _HF_T5_BLOCK.fullmatch(key)
-        if m and m.group(2) in _T5_BLOCK_INV:
-            out[f"blocks.{m.group(1)}.{_T5_BLOCK_INV[m.group(2)]}"] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise _unknown(unknown, "transformers umT5 encoder")
-    return out
+    return _rename_t5(state_dict, _T5_TOP_INV, _HF_T5_BLOCK, _T5_BLOCK_INV, "blocks", "transformers umT5 encoder",
+                      tied=(_T5_TIED, "token_embedding.weight"))
 
 
 # ----------------------------------------------------------------------------------------------- CLIP visual
