@@ -86,11 +86,13 @@ def encode_reference_pose(pose_guider: PoseGuider, reference_pose: torch.Tensor,
 def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor,
              context: Union[torch.Tensor, EmbeddedContext], clip_feature: Optional[torch.Tensor],
              y: Optional[torch.Tensor], add_condition: Optional[torch.Tensor] = None,
-             block_cache: Optional[Sequence[Optional[BlockCache]]] = None) -> torch.Tensor:
+             block_cache: Optional[Sequence[Optional[BlockCache]]] = None, use_gradient_checkpointing: bool = False,
+             use_gradient_checkpointing_offload: bool = False) -> torch.Tensor:
     """One DiT velocity prediction through `WanModel.forward`, inputs cast to the DiT's parameter dtype first: with
     bf16 weights the timestep is rounded to bf16 before the sinusoid, as upstream (995.93 -> 996).
 
-    `block_cache`: one step cache (or None) per batch item.
+    `block_cache`: one step cache (or None) per batch item. `use_gradient_checkpointing(_offload)`: for the trainer,
+    which takes its DiT step here too.
     """
     dtype = param_dtype(dit)
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
@@ -99,7 +101,9 @@ def dit_step(dit: WanModel, latents: torch.Tensor, timestep: torch.Tensor,
         context = cast(context)
     if block_cache is not None and all(cache is None for cache in block_cache):
         block_cache = None
-    return dit(latents, timestep, context, clip_feature, y, add_condition, block_cache=block_cache)
+    return dit(latents, timestep, context, clip_feature, y, add_condition, block_cache=block_cache,
+               use_gradient_checkpointing=use_gradient_checkpointing,
+               use_gradient_checkpointing_offload=use_gradient_checkpointing_offload)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..configs import PoseGuiderConfig
 from ..loading.manager import load_wan_dit
 from ..models.pose_guider import PoseGuider, pose_guider_config
-from ..pipelines.units import encode_pose_video, encode_reference_pose
+from ..pipelines.units import dit_step, encode_pose_video, encode_reference_pose
 from ..schedulers import FlowMatchScheduler
 # The pieces of the trainer, re-exported here where callers have always imported them.
 from .checkpoint_format import ALPHA_KEY, check_resumed_checkpoint, prepare_checkpoint, release_state_dict
@@ -74,7 +74,9 @@ class UniAnimateTrainingModule(pl.LightningModule):
         tiled, tile_size, tile_stride: VAE encode of the training video (latent units).
         pose_dropout: probability of zeroing both pose embeddings (upstream 0.05).
         reference_dropout: probability of zeroing the CLIP tokens and the whole y (upstream 0.1).
-        bf16_timestep: round the sampled timestep to bf16 before use, as upstream (995.9 -> 996).
+        bf16_timestep: round the sampled timestep to bf16 before use, as upstream (995.9 -> 996). The DiT step
+            (`pipelines.units.dit_step`, shared with the pipelines) casts the timestep to the DiT's dtype: with
+            False, bf16/fp16 weights still embed a rounded timestep (the noise and loss weight use the exact one).
         configs: model configs for checkpoints whose shapes do not determine them (tiny test models).
     """
 
@@ -292,10 +294,9 @@ class UniAnimateTrainingModule(pl.LightningModule):
         timestep = self.sample_timestep(timestep_id).to(latents.device)
         noisy = self.scheduler.add_noise(latents, noise, timestep)
         target = self.scheduler.training_target(latents, noise)
-        # 6. DiT prediction with the pose tokens added after patch embedding.
-        dtype = next(self.dit.parameters()).dtype
-        pred = self.dit(noisy.to(dtype), timestep[None], encoded["context"].to(dtype), clip_feature.to(dtype),
-                        y.to(dtype), add_condition=pose_tokens,
+        # 6. DiT prediction with the pose tokens added after patch embedding: the pipelines' step, which casts the
+        #    inputs (the timestep too) to the DiT's dtype, as upstream's training passes its bf16 timestep.
+        pred = dit_step(self.dit, noisy, timestep[None], encoded["context"], clip_feature, y, pose_tokens,
                         use_gradient_checkpointing=self.use_gradient_checkpointing,
                         use_gradient_checkpointing_offload=self.use_gradient_checkpointing_offload)
         # 7. Weighted MSE.

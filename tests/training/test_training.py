@@ -229,15 +229,21 @@ def test_training_step_matches_spec(tiny, drop_pose, drop_reference):
     assert pose_grad is not None and (pose_grad.abs().sum() == 0) == drop_pose
 
 
-def test_gradient_checkpointing_gives_same_loss_and_grads(tiny):
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny, monkeypatch):
+    import diffsynth.models.wan_dit as wan_dit
+
     module = make_module(tiny)
     batch, noise = make_batch(1), torch.randn(1, 16, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(2))
+    checkpointed = []        # the flag reaches the DiT's blocks (through pipelines.units.dit_step)
+    monkeypatch.setattr(wan_dit, "checkpoint", lambda block, *a, **k: checkpointed.append(block) or
+                        torch.utils.checkpoint.checkpoint(block, *a, **k))
     results = []
     for checkpointing in (False, True):
         module.use_gradient_checkpointing = checkpointing
         module.zero_grad()
         loss = module.compute_loss(batch, noise=noise, timestep_id=300)
         loss.backward()
+        assert len(checkpointed) == (len(module.dit.blocks) if checkpointing else 0)
         results.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}))
     (loss_a, grads_a), (loss_b, grads_b) = results
     torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
