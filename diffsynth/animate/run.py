@@ -163,6 +163,13 @@ class Animator:
                                          f"parallel {'on' if state.config.cfg_parallel else 'off'})")
         return self._pipeline
 
+    def _runs_on_cpu(self) -> bool:
+        if self._pipeline is not None:
+            return torch_device_type(self._pipeline.device) == "cpu"
+        from .models import default_device  # noqa: PLC0415
+
+        return torch_device_type(self.settings.device or default_device()) == "cpu"
+
     def _steps(self, timesteps):
         total = len(timesteps)
         self.emit("generate", 0, total, "denoising")
@@ -243,6 +250,13 @@ class Animator:
             negative_prompt=WAN_NEGATIVE_PROMPT if settings.negative_prompt is None else settings.negative_prompt,
             tiled=not settings.tiny if settings.tiled is None else settings.tiled, step_cache=step_cache(settings),
             preset="fast" if settings.fast else None, **settings.extra)
+        if not settings.tiny and self._runs_on_cpu():     # say it before minutes of loading and hours of steps
+            from .cpu_estimate import cpu_estimate_line  # noqa: PLC0415
+
+            planned = request.resolved(step_distilled=True)
+            windows = (LONG_VIDEO_WINDOWS.context_size, LONG_VIDEO_WINDOWS.context_overlap) if long_video else None
+            self.emit("load", message=cpu_estimate_line(count, height, width, planned.num_inference_steps,
+                                                        planned.cfg_scale, windows))
         pipeline = self.pipeline
         self.emit("encode", message=f"encoding the prompt, the reference and {count} pose frames")
         frames = generate_frames(pipeline, reference, dwpose_data, random_ref_dwpose, request,
@@ -288,6 +302,11 @@ class Animator:
                 self.emit("failed", message=f"{Path(reference).name} x {Path(driving).name}: {error_line(error)}")
         self._item = (1, 1)
         return batch
+
+
+def torch_device_type(device) -> str:
+    """'cuda' for 'cuda:1' or torch.device('cuda', 1); 'cpu' for the CPU."""
+    return str(device).split(":")[0]
 
 
 def _barrier() -> None:
