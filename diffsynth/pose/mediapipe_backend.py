@@ -11,6 +11,10 @@ Install: `pip install -r requirements/pose-offline.txt` (see docs/pose.md).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+
 import numpy as np
 
 from .keypoints import FramePose, Pose
@@ -35,6 +39,25 @@ def _import_mediapipe():
         raise ImportError(f"mediapipe {getattr(mp, '__version__', '?')} has no bundled Holistic solution; "
                           + INSTALL_HINT)
     return mp
+
+
+@contextlib.contextmanager
+def _native_logs_hidden():
+    """MediaPipe's C++ side (TFLite, absl) writes a dozen warnings straight to file descriptor 2 when a graph starts
+    ("Feedback manager requires a model with a single signature ..."), which no environment variable of this build
+    silences and which tell a user nothing. They are hidden while MediaPipe runs, unless diffsynth logs at DEBUG
+    (`--debug`); Python errors still propagate."""
+    if logging.getLogger("diffsynth").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _landmarks(landmark_list) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +115,14 @@ class MediaPipeBackend:
         )
 
     def _holistic(self, static: bool):
-        return self._mp.solutions.holistic.Holistic(static_image_mode=static, **self._options)
+        with _native_logs_hidden():
+            return self._mp.solutions.holistic.Holistic(static_image_mode=static, **self._options)
 
     @staticmethod
     def _run(holistic, image_bgr: np.ndarray) -> FramePose:
         rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-        results = holistic.process(rgb)
+        with _native_logs_hidden():
+            results = holistic.process(rgb)
         if results.pose_landmarks is None:
             return FramePose(None)
         pose_xy, visibility = _landmarks(results.pose_landmarks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,3 +168,27 @@ def test_auto_takes_dwpose_when_both_files_are_there_else_the_offline_backend(tm
     assert create_backend("auto", tmp_path / "yolox_l.onnx", pose_model) == "offline" and made == ["mediapipe"]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("poses: DWPose files not found") and "yolox_l.onnx" in err[0]
+
+
+@needs_mediapipe
+@pytest.mark.parametrize("debug", [False, True])
+def test_mediapipes_native_warnings_are_hidden_unless_debugging(tmp_path, debug):
+    """MediaPipe's C++ start-up warnings (written to fd 2, past Python) do not reach a user's terminal; with
+    diffsynth at DEBUG they do (so the test sees the mechanism, not a quiet build)."""
+    import subprocess
+    import sys
+
+    code = (f"import logging, numpy as np\n"
+            f"logging.getLogger('diffsynth').setLevel(logging.{'DEBUG' if debug else 'WARNING'})\n"
+            "from diffsynth.pose.mediapipe_backend import MediaPipeBackend\n"
+            "backend = MediaPipeBackend()\n"
+            "tracker = backend.new_sequence()\n"
+            "tracker(np.full((96, 64, 3), 90, np.uint8)); tracker.close()\n"
+            "backend.estimate_image(np.full((96, 64, 3), 90, np.uint8))\n"
+            "import sys; print('python stderr still works', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr
+    assert "python stderr still works" in done.stderr
+    native = [line for line in done.stderr.splitlines() if "XNNPACK" in line or line.startswith(("W0000", "I0000"))]
+    assert bool(native) == debug, done.stderr
