@@ -33,7 +33,7 @@ simulate = _load("simulate")
 # every stage up to the decode. The targets. The default suite runs one DiT branch per step (cfg 1: one
 # forward, to stay fast); cfg 1.5 with the branches one at a time adds the kept velocity and the negative context
 # (~12 MB) and is checked against the same ceilings in the slow suite. Batched CFG (batch 2) does not fit the 7B
-# and all-resident targets: see benchmarks/results/simulate.md.
+# target (22.3 GB; all resident fits at 39.5 GB): see benchmarks/results/simulate.md.
 TIER_CEILINGS_GB = {"0 resident": 12, "fp8 + 0": 10, "7B resident": 20, "all resident": 40}
 
 
