@@ -41,7 +41,7 @@ from diffsynth.models.fp8 import parameter_bytes, quantize_model_fp8  # noqa: E4
 from diffsynth.models.pose_guider import PoseGuider  # noqa: E402
 from diffsynth.models.wan_dit import WanModel  # noqa: E402
 from diffsynth.models.wan_vae import WanVideoVAE  # noqa: E402
-from diffsynth.pipelines.units import dit_step  # noqa: E402
+from diffsynth.pipelines.units import dit_step, encode_pose_video  # noqa: E402
 from diffsynth.schedulers import FlowMatchScheduler  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -116,7 +116,8 @@ def conditions(dit_config: WanDiTConfig, guider: PoseGuider, height: int, width:
     y = torch.randn(1, 20, t, height // 8, width // 8, generator=gen).to(device, dtype)
     poses = torch.rand(1, 3, frames, height, width, generator=gen).to(device)
     with torch.no_grad():
-        pose_tokens = guider.to(device).embed_pose_video(poses).to(dtype)
+        # the pipelines' own pose step: chunked at 480p/720p (PoseGuider.auto_chunk_size), as a generation runs it
+        pose_tokens = encode_pose_video(guider.to(device), poses * 255, device).to(dtype)
     guider.to("cpu")
     return latents, context, context_neg, clip, y, pose_tokens
 

@@ -42,9 +42,10 @@ def video_to_tensor(frames, height: int, width: int) -> torch.Tensor:
 
 
 def tensor_to_frames(video: torch.Tensor) -> List[Image.Image]:
-    """Decoded video [3, F, H, W] in [-1, 1] -> F PIL images. The uint8 conversion truncates, as upstream."""
-    frames = ((video.float().permute(1, 2, 3, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
-    return [Image.fromarray(frame) for frame in frames]
+    """Decoded video [3, F, H, W] in [-1, 1] -> F PIL images. The uint8 conversion truncates, as upstream. One
+    frame at a time: the fp32 temporaries are a frame's, not the video's (2.4 GiB at 720p x 81)."""
+    return [Image.fromarray(((frame.float().permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).to(torch.uint8).cpu()
+                            .numpy()) for frame in video.unbind(1)]
 
 
 __all__ = ["ImageLike", "to_rgb_uint8", "resize_rgb", "check_pil_image", "image_to_tensor", "video_to_tensor",

@@ -46,9 +46,9 @@ class WanUniAnimateLongVideoPipeline(WanUniAnimateVideoPipeline):
         Memory (`windows.py`): `window_state` is "offload" (default: per-window pose tokens and step-cache
         residuals wait on the CPU while other windows run), "recompute" (pose tokens recomputed whenever their
         window runs; keeps the pose guider on the device next to the DiT) or "device" (all on the compute device).
-        `pose_chunk_size` runs the pose CNN on that many latent frames at a time (bounds its full-resolution
-        activations; equal to the one-shot pass up to the convolution backend's rounding, see
-        `PoseGuider.embed_pose_video`). `output_type="iterator"` returns a generator of the frames, decoded chunk
+        `pose_chunk_size` runs the pose CNN on that many latent frames at a time (None: chosen by
+        `PoseGuider.auto_chunk_size`; bounds its full-resolution activations; equal to the one-shot pass up to
+        the convolution backend's rounding, see `PoseGuider.embed_pose_video`). `output_type="iterator"` returns a generator of the frames, decoded chunk
         by chunk as it is consumed (give it to `save_video`); "pil" returns the list.
 
         `step_cache`, `preset`, `denoising_step_list`, `sampler`, `cfg_batch`: as in the short pipeline. With the

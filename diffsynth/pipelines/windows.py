@@ -61,7 +61,8 @@ def context_windows(num_latent_frames: int, context_size: int = 21, context_over
 class WindowSettings:
     """How a long video is cut and where per-window state waits (module docstring). `context_size` and
     `context_overlap` are in latent frames (21 and 4: windows of 81 pixel frames, 8 pixel frames averaged);
-    `pose_chunk_size` runs the pose CNN on that many latent frames at a time."""
+    `pose_chunk_size` runs the pose CNN on that many latent frames at a time (None: chosen to bound its
+    activations, `PoseGuider.auto_chunk_size`)."""
 
     context_size: int = 21
     context_overlap: int = 4
