@@ -567,8 +567,8 @@ def write_report(report: dict, out_dir: Path = RESULTS) -> None:
     lines += ["", "Stage columns: the device peak while that stage runs (everything resident at the time included); "
               "(x): the decode simulated in the 0-resident run of that resolution (the DiT is offloaded before the "
               "VAE runs, so the decode does not depend on the tier). decode: the VAE's tiled decode (tile loop and "
-              "blend); to frames: from its return to the frames (`tensor_to_frames` makes two fp32 temporaries of "
-              "the whole video, one after the other, on the device).",
+              "blend); to frames: from its return to the frames (`tensor_to_frames` converts one frame at a time: "
+              "two fp32 temporaries of one frame, on the device).",
               "Host RAM: fake-CPU storage (models parked in CPU memory, the streamed weights' buffers, which are "
               "pinned on CUDA, the pose frames, the returned frames), during the denoising loop and over the whole "
               "call (the peak is at the start, when every model still sits in CPU memory as the ModelManager loaded "
