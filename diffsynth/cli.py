@@ -180,7 +180,7 @@ class _Printer:
                 if not self.open:
                     self.stream.write("\n")
             elif event.stage == "generate" or event.done in (0, event.total) or \
-                    event.done % max(1, event.total // 20) == 0:
+                    event.done % -(-event.total // 20) == 0:     # every ceil(total / 20)-th frame
                 self.stream.write(f"{prefix}{line}\n")
         else:
             if self.open:
