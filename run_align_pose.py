@@ -23,8 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source_video_paths", default="data/videos/source_video.mp4",
                         help="driving video, or a folder of videos (concatenated in sorted order) or of images")
     parser.add_argument("--saved_pose_dir", default="data/saved_pose/IMG_20240514_104337", help="output folder")
-    parser.add_argument("--backend", choices=BACKENDS, default="dwpose",
-                        help="dwpose (ONNX models below) or mediapipe (offline; requirements/pose-offline.txt)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto (default: dwpose when both ONNX files below are there, else the offline "
+                             "mediapipe backend, said in one line), dwpose or mediapipe (requirements/pose-offline.txt)")
     parser.add_argument("--det_model", default=str(DEFAULT_DET_MODEL), help="YOLOX ONNX file (dwpose backend)")
     parser.add_argument("--pose_model", default=str(DEFAULT_POSE_MODEL), help="DWPose ONNX file (dwpose backend)")
     parser.add_argument("--overwrite", action="store_true",

@@ -279,11 +279,11 @@ def test_bad_input_fails_with_a_message(tmp_path, det_model, pose_model, referen
         source = tmp_path / "nothing"
         source.mkdir()
         expected = "is empty"
-    else:
+    else:   # named: the default (auto) would take the offline backend instead
         det, expected = tmp_path / "yolox_l.onnx", "modelscope download --model xiaolaowx/UniAnimate-DiT"
     out = tmp_path / "out"
     rc = _run("--ref_name", ref, "--source_video_paths", source, "--saved_pose_dir", out,
-              "--det_model", det, "--pose_model", pose_model)
+              "--det_model", det, "--pose_model", pose_model, *(["--backend", "dwpose"] if case == "missing_model" else []))
     assert rc == 1 and expected in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
 

@@ -92,7 +92,9 @@ def test_holistic_on_the_astronaut_photo():
 
 @pytest.mark.mediapipe
 @needs_mediapipe
-def test_mediapipe_backend_end_to_end(tmp_path):
+@pytest.mark.parametrize("backend", [["--backend", "mediapipe"], []])
+def test_mediapipe_backend_end_to_end(tmp_path, backend, capsys):
+    """Named, or by default (`auto`) when the DWPose files are absent, as on a fresh machine."""
     import cv2
     from skimage import data
 
@@ -107,8 +109,10 @@ def test_mediapipe_backend_end_to_end(tmp_path):
     out = tmp_path / "out"
     with pytest.warns(PoseAlignmentWarning, match="left_knee"):  # the photo ends above the knees
         rc = run_align_pose.main(["--ref_name", str(tmp_path / "ref.png"), "--source_video_paths", str(frames),
-                                  "--saved_pose_dir", str(out), "--backend", "mediapipe", "--quiet"])
+                                  "--saved_pose_dir", str(out), *backend, "--quiet",
+                                  "--det_model", str(tmp_path / "absent_yolox.onnx")])
     assert rc == 0
+    assert ("DWPose files not found" in capsys.readouterr().err) == (not backend)
     assert sorted(p.name for p in out.iterdir()) == [".run_align_pose.json", "0000.jpg", "0001.jpg", "0002.jpg", "pose.jpg",
                                                    "poses.json"]
 
