@@ -162,6 +162,8 @@ def train(args, configs=None):
     with stop, warnings.catch_warnings():
         # A resumed run writes into a new version folder; Lightning warns that the old one is not reused.
         warnings.filterwarnings("ignore", message="The dirpath has changed")
+        # The frozen encoders stay in eval mode on purpose (no dropout; nothing of theirs trains).
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         try:
             trainer.fit(module, loader, ckpt_path=str(args.resume_path) if args.resume_path else None,
                         weights_only=True)
@@ -241,6 +243,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         logger.warning("stopped by signal %d at step %d; continue with --resume", trainer.stopped_by_signal,
                        trainer.global_step)
         sys.exit(128 + int(trainer.stopped_by_signal))
+    say_where_the_weights_are(trainer)
+
+
+def say_where_the_weights_are(trainer) -> None:
+    """The last release-format checkpoint and how to use it, once, at the end of a finished run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: PLC0415
+
+    last = next((c.last_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.last_model_path),
+                None)
+    if last and trainer.is_global_zero:
+        logger.info("trained weights: %s (animate with `python -m diffsynth animate --lora %s`, or "
+                    "ModelManager.load_lora_v2 it in place of the UniAnimate checkpoint)", last, last)
 
 
 __all__ = ["build_parser", "parse_args", "build_trainer", "build_dataset", "build_module", "train", "data_process",

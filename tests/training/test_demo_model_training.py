@@ -88,13 +88,15 @@ def test_readme_training_command_trains_the_demo_model(demo_dataset, tmp_path):
     (command,) = [c for c in commands if "train_unianimate_wan.py" in c and "--task train" in c]
     assert "--model_config" not in command and "--text_encoder_path" not in command
     output = tmp_path / "models"
-    run_documented(command, {"data/training_video_pose": str(demo_dataset), "./models": str(output)}, SMALL_RUN,
-                   {**assignments, "WAN": str(DEMO_FOLDER)})
+    done = run_documented(command, {"data/training_video_pose": str(demo_dataset), "./models": str(output)},
+                          SMALL_RUN, {**assignments, "WAN": str(DEMO_FOLDER)})
     rank = int(re.search(r"--lora_rank (\d+)", command).group(1))
     alpha = float(re.search(r"--lora_alpha ([\d.]+)", command).group(1))
     checkpoint = output / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert_loads_into_the_demo_model(checkpoint, rank, alpha)
     assert (output / "loss.csv").read_text().splitlines()[2].startswith("2,")
+    assert f"trained weights: {checkpoint} (animate with `python -m diffsynth animate --lora {checkpoint}`" in done.stderr
+    assert "in eval mode" not in done.stderr                  # the frozen encoders are meant to be
 
 
 @pytest.mark.slow        # ~30 s on 2 CPU cores; the lookup it relies on is tested above and below
