@@ -238,11 +238,12 @@ class Animator:
 
         settings = self.settings
         width, height = result.size
-        available = len(list_pose_frames(poses.path))
-        count = frames_at_stride(available, settings.stride, settings.max_frames)
+        pose_files = list_pose_frames(poses.path)
+        count = frames_at_stride(len(pose_files), settings.stride, settings.max_frames)
         long_video = count > settings.max_short_frames
         count = count if long_video else (count - 1) // 4 * 4 + 1      # the short pipeline takes 4k + 1 frames
-        clip = read_pose_frames(poses.path, select_frames(available, count, settings.stride), height, width)
+        chosen = [pose_files[i] for i in select_frames(len(pose_files), count, settings.stride)]
+        clip = read_pose_frames(poses.path, chosen, height, width)
         dwpose_data, random_ref_dwpose = clip.dwpose_data, clip.random_ref_dwpose
         reference = read_image_rgb(poses.reference_image)   # the pose tool's reader: photo and poses agree
         request = GenerationRequest(

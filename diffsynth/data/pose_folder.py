@@ -193,22 +193,20 @@ def read_pose_clip(pose_dir: PathLike, height: int, width: int, num_frames: Opti
     `num_frames=None` takes every `frame_interval`-th frame (long videos); otherwise `select_frames` picks a window
     of `num_frames` with stride `frame_interval`, at a start drawn from `seed` (None: a fresh random start).
     """
-    available = len(list_pose_frames(pose_dir))
-    if num_frames is None:
-        indices = select_frames(available, frames_at_stride(available, frame_interval), frame_interval)
-    else:
-        indices = select_frames(available, num_frames, frame_interval, np.random.default_rng(seed))
-    return read_pose_frames(pose_dir, indices, height, width)
-
-
-def read_pose_frames(pose_dir: PathLike, indices: Sequence[int], height: int, width: int) -> PoseClip:
-    """The pose frames at `indices` (from `select_frames`) and the reference pose of a pose folder, as pipeline
-    inputs at `height` x `width`."""
     frames = list_pose_frames(pose_dir)
-    chosen = [frames[i] for i in indices]
+    if num_frames is None:
+        indices = select_frames(len(frames), frames_at_stride(len(frames), frame_interval), frame_interval)
+    else:
+        indices = select_frames(len(frames), num_frames, frame_interval, np.random.default_rng(seed))
+    return read_pose_frames(pose_dir, [frames[i] for i in indices], height, width)
+
+
+def read_pose_frames(pose_dir: PathLike, chosen: Sequence[Path], height: int, width: int) -> PoseClip:
+    """The chosen pose frames (`list_pose_frames` at the `select_frames` indices) and the reference pose of a pose
+    folder, as pipeline inputs at `height` x `width`."""
     dwpose_data, ref = pose_tensors([read_rgb(p) for p in chosen], read_rgb(reference_pose_file(pose_dir)),
                                     height, width)
-    return PoseClip(dwpose_data, ref, chosen)
+    return PoseClip(dwpose_data, ref, list(chosen))
 
 
 def comparison_panels(reference: ImageLike, dwpose_data: torch.Tensor, generated: Sequence[ImageLike]

@@ -294,12 +294,13 @@ def test_animate_picks_frames_by_the_one_window_rule(tmp_path, tiny_pipe, pose_m
     `select_frames` without a seed, the rule the example scripts and training use with one. (The stand-in pose
     model draws the same pose on every frame, so the frames read are checked, not their pixels.)"""
     import diffsynth.animate.run as run
+    from diffsynth.data.pose_folder import list_pose_frames
 
     driving = write_driving(tmp_path / "fifteen.mp4", frames=15)
     read = {}
 
-    def read_pose_frames(pose_dir, indices, height, width):
-        read["indices"] = list(indices)
+    def read_pose_frames(pose_dir, chosen, height, width):
+        read["indices"] = [list_pose_frames(pose_dir).index(path) for path in chosen]
         raise Reached
     monkeypatch.setattr(run, "read_pose_frames", read_pose_frames)
     animator = Animator(settings_for(pose_models, stride=stride, max_frames=max_frames), pipeline=tiny_pipe)
