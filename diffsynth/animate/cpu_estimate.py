@@ -11,7 +11,7 @@ import torch
 
 from ..configs import WanDiTConfig
 from ..models.dit_flops import dit_forward_flops
-from ..pipelines.windows import context_windows
+from ..pipelines.windows import WindowSettings, context_windows
 
 
 def matmul_rate(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds: float = 0.25) -> float:
@@ -25,12 +25,13 @@ def matmul_rate(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds: 
     return 2 * size ** 3 * runs / (time.perf_counter() - start)
 
 
-def step_flops(num_frames: int, height: int, width: int, cfg_scale: float, windows: Optional[tuple] = None,
-               config: WanDiTConfig = WanDiTConfig()) -> float:
-    """FLOPs of one denoising step: every window (`windows`: (context_size, context_overlap) latent frames, or
-    None for the whole clip) and both CFG branches unless `cfg_scale == 1`."""
+def step_flops(num_frames: int, height: int, width: int, cfg_scale: float,
+               windows: Optional[WindowSettings] = None, config: WanDiTConfig = WanDiTConfig()) -> float:
+    """FLOPs of one denoising step: every window of the long-video schedule (`windows`, as given to the
+    generation; None: the whole clip at once) and both CFG branches unless `cfg_scale == 1`."""
     latent_frames, latent_h, latent_w = (num_frames - 1) // 4 + 1, height // 8, width // 8
-    spans = [(0, latent_frames)] if windows is None else context_windows(latent_frames, *windows)
+    spans = [(0, latent_frames)] if windows is None else \
+        context_windows(latent_frames, windows.context_size, windows.context_overlap)
     branches = 1 if cfg_scale == 1 else 2
     return branches * sum(dit_forward_flops(config, end - start, latent_h, latent_w) for start, end in spans)
 
@@ -42,7 +43,7 @@ def _duration(seconds: float) -> str:
 
 
 def cpu_estimate_line(num_frames: int, height: int, width: int, steps: int, cfg_scale: float,
-                      windows: Optional[tuple] = None, rate: Optional[float] = None) -> str:
+                      windows: Optional[WindowSettings] = None, rate: Optional[float] = None) -> str:
     """One line: the expected time per step and for the whole denoising on this CPU (`rate`: measured if None)."""
     flops = step_flops(num_frames, height, width, cfg_scale, windows)
     rate = matmul_rate() if rate is None else rate

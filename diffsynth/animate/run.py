@@ -164,11 +164,12 @@ class Animator:
         return self._pipeline
 
     def _runs_on_cpu(self) -> bool:
-        if self._pipeline is not None:
-            return torch_device_type(self._pipeline.device) == "cpu"
+        import torch  # noqa: PLC0415
+
         from .models import default_device  # noqa: PLC0415
 
-        return torch_device_type(self.settings.device or default_device()) == "cpu"
+        device = self._pipeline.device if self._pipeline is not None else self.settings.device or default_device()
+        return torch.device(device).type == "cpu"
 
     def _steps(self, timesteps):
         total = len(timesteps)
@@ -255,9 +256,8 @@ class Animator:
             from .cpu_estimate import cpu_estimate_line  # noqa: PLC0415
 
             planned = request.resolved(step_distilled=True)
-            windows = (LONG_VIDEO_WINDOWS.context_size, LONG_VIDEO_WINDOWS.context_overlap) if long_video else None
             self.emit("load", message=cpu_estimate_line(count, height, width, planned.num_inference_steps,
-                                                        planned.cfg_scale, windows))
+                                                        planned.cfg_scale, LONG_VIDEO_WINDOWS if long_video else None))
         pipeline = self.pipeline
         self.emit("encode", message=f"encoding the prompt, the reference and {count} pose frames")
         frames = generate_frames(pipeline, reference, dwpose_data, random_ref_dwpose, request,
@@ -303,11 +303,6 @@ class Animator:
                 self.emit("failed", message=f"{Path(reference).name} x {Path(driving).name}: {error_line(error)}")
         self._item = (1, 1)
         return batch
-
-
-def torch_device_type(device) -> str:
-    """'cuda' for 'cuda:1' or torch.device('cuda', 1); 'cpu' for the CPU."""
-    return str(device).split(":")[0]
 
 
 def _barrier() -> None:

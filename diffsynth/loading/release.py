@@ -151,8 +151,10 @@ def find_model_files(source: Union[str, os.PathLike] = "checkpoints", with_unian
     folder = Path(source).expanduser()
     if str(source) == DEMO_NAME or (folder.is_dir() and (folder / DEMO_FILES["text_encoder"]).is_file()):
         files = demo_files() if str(source) == DEMO_NAME else demo_files(folder)
-        files.unianimate = (str(_require(Path(unianimate), "the UniAnimate checkpoint")) if unianimate
-                            else files.unianimate) if with_unianimate else None
+        if not with_unianimate:
+            files.unianimate = None
+        elif unianimate:
+            files.unianimate = _require(Path(unianimate), "the UniAnimate checkpoint")
         return files
     return release_files(folder, unianimate=unianimate, with_unianimate=with_unianimate)
 

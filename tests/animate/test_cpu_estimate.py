@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import torch
 
 from diffsynth.animate import AnimateSettings, Animator
@@ -12,6 +11,7 @@ from diffsynth.animate import cpu_estimate
 from diffsynth.animate.cpu_estimate import cpu_estimate_line, matmul_rate, step_flops
 from diffsynth.configs import WanDiTConfig
 from diffsynth.models.dit_flops import dit_forward_flops
+from diffsynth.pipelines.windows import WindowSettings
 
 
 def test_step_flops_counts_branches_and_windows():
@@ -19,7 +19,7 @@ def test_step_flops_counts_branches_and_windows():
     assert step_flops(81, 832, 480, cfg_scale=1.0) == one
     assert step_flops(81, 832, 480, cfg_scale=1.5) == 2 * one
     # 149 frames: 38 latent frames in two windows of 21 (upstream's long schedule)
-    assert step_flops(149, 832, 480, cfg_scale=1.0, windows=(21, 4)) == 2 * one
+    assert step_flops(149, 832, 480, cfg_scale=1.0, windows=WindowSettings(21, 4)) == 2 * one
 
 
 def test_the_line_states_per_step_and_total_time():
